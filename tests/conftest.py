@@ -1,0 +1,33 @@
+"""Shared fixtures: the data root (``../shared/data`` beside the repo unless TGUIDE_DATA is set)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _data_root() -> Path:
+    env = os.environ.get("TGUIDE_DATA")
+    return Path(env).resolve() if env else SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = _data_root()
+    if not (root / "mnist").is_dir():
+        pytest.fail(f"real data not found at {root}; set TGUIDE_DATA to the shared data folder")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every test sees TGUIDE_DATA and writes W&B files only offline and under its tmp_path."""
+    monkeypatch.setenv("TGUIDE_DATA", str(_data_root()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
