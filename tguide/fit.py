@@ -186,6 +186,21 @@ def fit(cfg: Any) -> dict[str, float]:
     return metrics
 
 
+def run(cfg: Any) -> Any:
+    """Run the composed config: ``cfg.runner`` if the recipe names one, else :func:`fit`.
+
+    A recipe that is not "train a LightningModule then test it" (a few-shot study, a metric
+    benchmark) sets ``runner: {_target_: package.module.function, _partial_: true}``; the
+    function receives the whole composed config and writes into ``cfg.paths.run_dir``.
+    """
+    runner_cfg = cfg.get("runner")
+    if runner_cfg is None:
+        return fit(cfg)
+    runner = _instantiate(runner_cfg, "runner")
+    Path(cfg.paths.run_dir).mkdir(parents=True, exist_ok=True)
+    return runner(cfg)
+
+
 def _task(cfg: Any) -> None:
     from omegaconf import OmegaConf
 
@@ -199,7 +214,7 @@ def _task(cfg: Any) -> None:
     if _is_rank_zero():
         print(OmegaConf.to_yaml(cfg, resolve=True), flush=True)
     try:
-        fit(cfg)
+        run(cfg)
     except TGuideError as err:
         _fail(str(err))
 
