@@ -1,0 +1,441 @@
+"""OTCE: transferability across domains and tasks from an optimal-transport coupling.
+
+The source and target samples live in one feature space (the source model's). An
+optimal coupling π between the two empirical distributions says which source samples
+correspond to which target samples; its cost is the domain distance W_D and the
+conditional entropy of the target labels given the source labels under π is the task
+distance W_T.
+
+References:
+    [1] Y. Tan, Y. Li, S.-L. Huang, "OTCE: A Transferability Metric for Cross-Domain
+        Cross-Task Representations", CVPR 2021.
+    [2] M. Cuturi, "Sinkhorn Distances: Lightspeed Computation of Optimal Transport",
+        NeurIPS 2013.
+    [3] R. Flamary et al., "POT: Python Optimal Transport", JMLR 22(78), 2021 (the solvers).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ot
+import torch
+from torch import Tensor
+
+from tguide.metrics._validate import as_tensor, check_features, check_labels
+
+__all__ = [
+    "OTCEResult",
+    "OTCEConvergenceWarning",
+    "otce",
+    "otce_sim",
+    "fit_otce_weights",
+    "otce_coupling",
+    "task_distance",
+    "squared_euclidean",
+]
+
+SOLVERS = ("emd", "sinkhorn")
+_INT32_MAX = 2**31 - 1
+
+
+class OTCEConvergenceWarning(RuntimeWarning):
+    """The OT solver stopped at its iteration limit: the coupling is feasible but not optimal."""
+
+
+@dataclass(frozen=True)
+class OTCEResult:
+    """What :func:`otce` computes.
+
+    Attributes:
+        score: 0-d float64; ``-W_T`` (OTCE_sim), or ``λ1 W_D + λ2 W_T + λ3`` when
+            ``weights`` were given. Higher = more transferable.
+        domain_distance: 0-d float64, ``W_D = Σ_ij π_ij C_ij`` (squared-Euclidean cost).
+        task_distance: 0-d float64, ``W_T = H(Y_t | Y_s)`` in nats.
+        coupling: ``(Ns, Nt)`` float64 coupling π (rows of the subsets when
+            ``max_samples`` subsampled), summing to 1.
+    """
+
+    score: Tensor
+    domain_distance: Tensor
+    task_distance: Tensor
+    coupling: Tensor
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_solver_options(solver: str, reg: float, max_iter: int | None, tol: float) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+    if isinstance(reg, bool) or not isinstance(reg, numbers.Real) or not (math.isfinite(reg) and reg > 0):
+        raise ValueError(
+            f"`reg` must be a positive finite float (entropic strength relative to the mean cost), got {reg!r}."
+        )
+    if max_iter is not None and (
+        isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1
+    ):
+        raise ValueError(f"`max_iter` must be a positive integer or None (solver default), got {max_iter!r}.")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"`tol` must be a positive finite float (Sinkhorn marginal error), got {tol!r}.")
+
+
+def _check_weights(weights: Any) -> tuple[float, float, float] | None:
+    if weights is None:
+        return None
+    try:
+        w = tuple(float(v) for v in weights)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"`weights` must be three numbers (λ1, λ2, λ3) or None, got {weights!r}; "
+            "fit them with `fit_otce_weights`."
+        ) from err
+    if len(w) != 3 or not all(math.isfinite(v) for v in w):
+        raise ValueError(
+            f"`weights` must be three finite numbers (λ1, λ2, λ3) for λ1·W_D + λ2·W_T + λ3, got {weights!r}."
+        )
+    return w
+
+
+def _check_max_samples(max_samples: Any) -> int | None:
+    if max_samples is None:
+        return None
+    if isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral) or max_samples < 2:
+        raise ValueError(f"`max_samples` must be an integer ≥ 2 or None (use every sample), got {max_samples!r}.")
+    return int(max_samples)
+
+
+def _prepare_features(src_features: Any, tgt_features: Any) -> tuple[Tensor, Tensor]:
+    """Both feature matrices validated, float64, one feature space, one device."""
+    xs = check_features(src_features, "src_features")  # (Ns, D)
+    xt = check_features(tgt_features, "tgt_features")  # (Nt, D)
+    if xs.shape[1] != xt.shape[1]:
+        raise ValueError(
+            f"`src_features` have {xs.shape[1]} dimensions but `tgt_features` have {xt.shape[1]}; "
+            "both sides must be features of the same layer (one feature space)."
+        )
+    if xs.device != xt.device:
+        raise ValueError(
+            f"`src_features` are on {xs.device} but `tgt_features` on {xt.device}; move both to one device."
+        )
+    return xs, xt
+
+
+def _subsample(x: Tensor, y: Tensor, cap: int | None, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    if cap is None or x.shape[0] <= cap:
+        return x, y
+    idx = torch.randperm(x.shape[0], generator=gen)[:cap].sort().values
+    return x[idx.to(x.device)], y[idx.to(y.device)]
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def squared_euclidean(xs: Tensor, xt: Tensor) -> Tensor:
+    r"""Cost matrix :math:`C_{ij} = \lVert x_s^i - x_t^j \rVert^2`, ``(Ns, Nt)``, one allocation.
+
+    Computed as ``‖x‖² + ‖y‖² − 2 x yᵀ`` (one ``addmm``) and clamped at 0 against
+    round-off; in place when no gradient is needed.
+    """
+    c = torch.addmm((xs * xs).sum(1)[:, None] + (xt * xt).sum(1)[None, :], xs, xt.T, beta=1.0, alpha=-2.0)
+    if c.requires_grad:
+        return c.clamp(min=0.0)
+    return c.clamp_(min=0.0)
+
+
+def otce_coupling(
+    cost: Tensor,
+    *,
+    solver: str = "emd",
+    reg: float = 0.05,
+    max_iter: int | None = None,
+    tol: float = 1e-9,
+) -> Tensor:
+    r"""Optimal coupling between uniform marginals for a cost matrix, through POT.
+
+    ``"emd"``: exact OT, :math:`\pi = \arg\min_{\pi \in \Pi(a, b)} \langle \pi, C\rangle`
+    (network simplex, ``ot.emd``, on the CPU). ``"sinkhorn"``: entropic OT
+    :math:`\arg\min_\pi \langle \pi, C\rangle + \varepsilon \sum_{ij}\pi_{ij}\log\pi_{ij}`
+    with ``ot.sinkhorn(method="sinkhorn_log")`` on the cost's device, and
+    :math:`\varepsilon = \mathrm{reg}\cdot\overline{C}` (the mean cost), so ``reg`` is
+    scale-free: scaling all features by ``s`` leaves the coupling unchanged. The
+    Sinkhorn iterations run in torch, so the coupling is differentiable w.r.t. ``cost``
+    (autograd unrolls them: memory ≈ 2·Ns·Nt floats per iteration while a gradient is
+    recorded).
+
+    Args:
+        cost: ``(Ns, Nt)`` float64 cost matrix.
+        solver: ``"emd"`` or ``"sinkhorn"``.
+        reg: entropic strength relative to the mean cost (Sinkhorn only).
+        max_iter: iteration limit; ``None`` = ``max(10⁶, 10·Ns·Nt)`` network-simplex
+            iterations (capped at 2³¹−1) for ``emd``, 10 000 for ``sinkhorn``.
+        tol: Sinkhorn stopping threshold on the L2 error of the target marginal.
+
+    Returns:
+        ``(Ns, Nt)`` float64 coupling with rows summing to ``1/Ns`` and columns to ``1/Nt``.
+
+    Warns:
+        OTCEConvergenceWarning: the solver hit ``max_iter`` (coupling feasible for
+            ``emd`` but not optimal; marginals off by more than ``tol`` for Sinkhorn).
+
+    Raises:
+        ValueError: a cost that is not a finite, non-negative 2-D matrix; bad options.
+    """
+    _check_solver_options(solver, reg, max_iter, tol)
+    cost = check_features(cost, "cost")
+    if bool((cost.detach() < 0).any()):
+        raise ValueError("`cost` has negative entries; pass a cost such as squared distances (≥ 0).")
+    return _coupling(cost, solver, reg, max_iter, tol)
+
+
+def _coupling(cost: Tensor, solver: str, reg: float, max_iter: int | None, tol: float) -> Tensor:
+    """:func:`otce_coupling` without the input checks (the caller made ``cost``)."""
+    ns, nt = cost.shape
+    a = torch.full((ns,), 1.0 / ns, dtype=cost.dtype, device=cost.device)
+    b = torch.full((nt,), 1.0 / nt, dtype=cost.dtype, device=cost.device)
+    problem = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if solver == "emd":
+            n_iter = max_iter if max_iter is not None else min(_INT32_MAX, max(1_000_000, 10 * ns * nt))
+            plan, log = ot.emd(a, b, cost.detach(), numItermax=int(n_iter), log=True)
+            if int(log["result_code"]) != 1:
+                problem = (
+                    f"exact OT (ot.emd) stopped with status {log['warning']!r} after max_iter={n_iter}; "
+                    "the coupling is feasible but not optimal. Raise `max_iter`, subsample with "
+                    "`max_samples`, or use solver='sinkhorn'."
+                )
+        else:
+            scale = cost.mean()
+            eps = reg * (scale if float(scale.detach()) > 0 else torch.ones_like(scale))
+            n_iter = max_iter if max_iter is not None else 10_000
+            plan = ot.sinkhorn(a, b, cost, eps, method="sinkhorn_log", numItermax=int(n_iter), stopThr=tol)
+            if any("did not converge" in str(w.message) for w in caught):
+                problem = (
+                    f"Sinkhorn did not reach tol={tol:g} in max_iter={n_iter} iterations (reg={reg:g} "
+                    "relative to the mean cost); raise `max_iter`, raise `reg`, or use solver='emd'."
+                )
+    for w in caught:  # pass on what POT said, except the convergence notes translated below
+        text = str(w.message)
+        if problem is not None and ("numItermax" in text or "did not converge" in text):
+            continue
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if problem is not None:
+        warnings.warn(problem, OTCEConvergenceWarning, stacklevel=3)  # the user's otce/otce_coupling call
+    return plan
+
+
+def task_distance(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: Tensor, ct: int) -> Tensor:
+    r"""Conditional entropy :math:`W_T = H(Y_t \mid Y_s)` of the coupling's joint label law.
+
+    .. math::
+        \hat P(y_s, y_t) = \sum_{i: y_s^i = y_s,\; j: y_t^j = y_t} \pi_{ij}, \quad
+        \hat P(y_s) = \sum_{y_t} \hat P(y_s, y_t), \quad
+        W_T = -\sum_{y_s, y_t} \hat P(y_s, y_t) \log \frac{\hat P(y_s, y_t)}{\hat P(y_s)}
+
+    with :math:`0 \log 0 = 0`. Two ``index_add`` reductions, no loop over classes;
+    differentiable w.r.t. ``coupling`` (zero cells get zero gradient, not NaN).
+
+    Args:
+        coupling: ``(Ns, Nt)`` joint distribution of the samples.
+        src_codes: ``(Ns,)`` source classes ``0..cs-1``; tgt_codes: ``(Nt,)`` in ``0..ct-1``.
+    """
+    rows = torch.zeros(cs, coupling.shape[1], dtype=coupling.dtype, device=coupling.device)
+    rows = rows.index_add(0, src_codes, coupling)  # (Cs, Nt)
+    joint = torch.zeros(cs, ct, dtype=coupling.dtype, device=coupling.device)
+    joint = joint.index_add(1, tgt_codes, rows)  # (Cs, Ct): P̂(y_s, y_t)
+    marg = joint.sum(dim=1)  # (Cs,): P̂(y_s)
+
+    def plogp(p: Tensor) -> Tensor:
+        pos = p > 0
+        return torch.where(pos, p * torch.log(torch.where(pos, p, torch.ones_like(p))), torch.zeros_like(p))
+
+    return plogp(marg).sum() - plogp(joint).sum()
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def otce(
+    src_features: Any,
+    src_labels: Any,
+    tgt_features: Any,
+    tgt_labels: Any,
+    *,
+    solver: str = "emd",
+    reg: float = 0.05,
+    weights: Sequence[float] | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    max_iter: int | None = None,
+    tol: float = 1e-9,
+) -> OTCEResult:
+    r"""OTCE (Tan, Li, Huang, CVPR 2021 [1]): domain and task distance from an OT coupling.
+
+    With source features :math:`x_s^i` (labels :math:`y_s^i`, ``i ≤ Ns``) and target
+    features :math:`x_t^j` (labels :math:`y_t^j`, ``j ≤ Nt``) of one layer,
+
+    .. math::
+        C_{ij} = \lVert x_s^i - x_t^j \rVert_2^2, \qquad
+        \pi = \arg\min_{\pi \in \Pi(\frac{1}{N_s}\mathbf 1, \frac{1}{N_t}\mathbf 1)} \langle \pi, C \rangle
+        \;[+\, \varepsilon \textstyle\sum \pi\log\pi],
+
+        W_D = \sum_{ij} \pi_{ij} C_{ij}, \qquad
+        W_T = H(Y_t \mid Y_s) = -\sum_{y_s, y_t} \hat P(y_s, y_t)\log\frac{\hat P(y_s, y_t)}{\hat P(y_s)},
+
+        \mathrm{score} = -W_T \;(\mathrm{OTCE_{sim}}) \quad\text{or}\quad
+        \lambda_1 W_D + \lambda_2 W_T + \lambda_3 \;(\mathrm{OTCE}),
+
+    with :math:`\hat P(y_s, y_t) = \sum_{i: y_s^i = y_s, j: y_t^j = y_t} \pi_{ij}`. The
+    weights λ are fitted on auxiliary tasks with :func:`fit_otce_weights`. ``score ≤ 0``
+    for OTCE_sim, ``= 0`` when the coupling maps every target class onto one source class.
+
+    The entropic scale is relative: :math:`\varepsilon = \mathrm{reg} \cdot \overline{C}`
+    (mean cost), so ``reg`` does not depend on the scale of the features; ``reg → 0``
+    recovers the exact coupling. Only ``solver="sinkhorn"`` is differentiable in the
+    coupling (W_T gets a gradient w.r.t. the features through the Sinkhorn iterations;
+    with ``"emd"`` only W_D has one, by the envelope theorem).
+
+    Args:
+        src_features: ``(Ns, D)`` source features. src_labels: ``(Ns,)`` source classes
+            (any integers, one class allowed: then ``W_T = H(Y_t)``).
+        tgt_features: ``(Nt, D)`` target features, same D. tgt_labels: ``(Nt,)``,
+            at least 2 classes.
+        solver: ``"emd"`` (exact, network simplex; default) or ``"sinkhorn"`` (entropic,
+            log domain; for large N and for gradients).
+        reg: entropic strength relative to the mean cost (Sinkhorn only), default 0.05.
+        weights: ``(λ1, λ2, λ3)`` for the full OTCE score, or ``None`` for OTCE_sim.
+        max_samples: cap on each side; a larger side is replaced by a uniform random
+            subset of that size drawn with ``seed`` (the coupling then refers to the subsets).
+        seed: seed of that subsampling.
+        max_iter, tol: solver limits, see :func:`otce_coupling`.
+
+    Returns:
+        :class:`OTCEResult` (score, domain_distance, task_distance, coupling), float64
+        on the features' device.
+
+    Raises:
+        ValueError: different feature dimensions or devices, NaN/Inf, wrong shapes,
+            fewer than 2 target classes, an unknown solver, non-positive ``reg``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [1.0], [5.0], [6.0]])
+        >>> r = otce(x, [0, 0, 1, 1], x + 0.1, [7, 7, 3, 3])  # classes map one-to-one
+        >>> float(r.task_distance), round(float(r.domain_distance), 6)
+        (0.0, 0.01)
+    """
+    _check_solver_options(solver, reg, max_iter, tol)
+    lam = _check_weights(weights)
+    cap = _check_max_samples(max_samples)
+    xs, xt = _prepare_features(src_features, tgt_features)
+    ys, cs = check_labels(src_labels, xs.shape[0], "src_labels", min_classes=1)
+    yt, ct = check_labels(tgt_labels, xt.shape[0], "tgt_labels", min_classes=2)
+    if cap is not None and (xs.shape[0] > cap or xt.shape[0] > cap):
+        gen = torch.Generator().manual_seed(int(seed))
+        xs, ys = _subsample(xs, ys, cap, gen)
+        xt, yt = _subsample(xt, yt, cap, gen)
+        ys, cs = check_labels(ys, None, "src_labels (subsampled by max_samples)", min_classes=1)
+        yt, ct = check_labels(yt, None, "tgt_labels (subsampled by max_samples)", min_classes=2)
+    ys, yt = ys.to(xs.device), yt.to(xs.device)
+
+    cost = squared_euclidean(xs, xt)  # (Ns, Nt)
+    plan = _coupling(cost, solver, reg, max_iter, tol)
+    w_d = torch.dot(plan.reshape(-1), cost.reshape(-1))  # Σ π∘C without an (Ns, Nt) temporary
+    w_t = task_distance(plan, ys, cs, yt, ct)
+    score = -w_t if lam is None else lam[0] * w_d + lam[1] * w_t + lam[2]
+    return OTCEResult(score=score, domain_distance=w_d, task_distance=w_t, coupling=plan)
+
+
+def otce_sim(
+    src_features: Any,
+    src_labels: Any,
+    tgt_features: Any,
+    tgt_labels: Any,
+    *,
+    solver: str = "emd",
+    reg: float = 0.05,
+    max_samples: int | None = None,
+    seed: int = 0,
+    max_iter: int | None = None,
+    tol: float = 1e-9,
+) -> Tensor:
+    r"""OTCE_sim = :math:`-W_T = -H(Y_t \mid Y_s)`, the score of :func:`otce` without weights.
+
+    Returns a 0-d float64 tensor (≤ 0; higher = more transferable). Arguments as in :func:`otce`.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0], [1.0], [5.0], [6.0]])
+        >>> float(otce_sim(x, [0, 0, 0, 0], x, [1, 1, 2, 2]))  # one source class: -H(Y_t) = -log 2
+        -0.6931471805599453
+    """
+    return otce(
+        src_features,
+        src_labels,
+        tgt_features,
+        tgt_labels,
+        solver=solver,
+        reg=reg,
+        max_samples=max_samples,
+        seed=seed,
+        max_iter=max_iter,
+        tol=tol,
+    ).score
+
+
+def fit_otce_weights(w_d: Any, w_t: Any, accuracy: Any) -> tuple[float, float, float]:
+    r"""Least-squares weights of OTCE on auxiliary tasks (Tan et al. [1], Sec. 3.3).
+
+    .. math::
+        (\lambda_1, \lambda_2, \lambda_3) = \arg\min_\lambda \sum_k
+        \big(\lambda_1 W_D^{(k)} + \lambda_2 W_T^{(k)} + \lambda_3 - \mathrm{acc}^{(k)}\big)^2
+
+    over K ≥ 3 auxiliary source→target tasks with known transfer accuracy (float64,
+    ``numpy.linalg.lstsq``).
+
+    Args:
+        w_d, w_t, accuracy: ``(K,)`` domain distances, task distances and measured
+            accuracies of the auxiliary tasks.
+
+    Returns:
+        ``(λ1, λ2, λ3)`` as Python floats, to pass as ``otce(..., weights=...)``.
+
+    Raises:
+        ValueError: fewer than 3 tasks, different lengths, NaN/Inf, or W_D and W_T
+            collinear/constant over the tasks (the weights are then not identifiable).
+
+    Example:
+        >>> tuple(round(v, 6) for v in fit_otce_weights([1, 2, 3, 4], [0.5, 0.1, 0.9, 0.3], [0.9, 1.0, 0.5, 0.7]))
+        (-0.1, -0.5, 1.25)
+    """
+    cols = []
+    for name, v in (("w_d", w_d), ("w_t", w_t), ("accuracy", accuracy)):
+        arr = as_tensor(v, name).detach().cpu().to(torch.float64).numpy()
+        if arr.ndim != 1:
+            raise ValueError(f"`{name}` must be 1-D (one value per auxiliary task), got shape {arr.shape}.")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"`{name}` contains NaN/Inf; drop those auxiliary tasks.")
+        cols.append(arr)
+    k = cols[0].shape[0]
+    if any(c.shape[0] != k for c in cols):
+        raise ValueError(
+            f"`w_d`, `w_t` and `accuracy` must have one entry per auxiliary task; got lengths "
+            f"{[c.shape[0] for c in cols]}."
+        )
+    if k < 3:
+        raise ValueError(f"need at least 3 auxiliary tasks to fit 3 weights, got {k}; add auxiliary tasks.")
+    design = np.stack([cols[0], cols[1], np.ones(k)], axis=1)  # (K, 3)
+    lam, _, rank, _ = np.linalg.lstsq(design, cols[2], rcond=None)
+    if rank < 3:
+        raise ValueError(
+            "`w_d` and `w_t` are collinear or constant over the auxiliary tasks, so the weights are not "
+            "identifiable; use more varied auxiliary tasks, or OTCE_sim (`weights=None`)."
+        )
+    return float(lam[0]), float(lam[1]), float(lam[2])
