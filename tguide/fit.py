@@ -180,10 +180,20 @@ def fit(cfg: Any) -> dict[str, float]:
         results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if has_ckpt else None)
         for row in results:
             metrics.update({k: float(v) for k, v in row.items()})
+    _finish_loggers(trainer)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         print(f"tguide.fit: run folder {run_dir.resolve()}", flush=True)
     return metrics
+
+
+def _finish_loggers(trainer: Any) -> None:
+    """Flush and close the W&B run now (rank 0), so its files are complete when ``fit`` returns."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def run(cfg: Any) -> Any:
@@ -193,6 +203,11 @@ def run(cfg: Any) -> Any:
     benchmark) sets ``runner: {_target_: package.module.function, _partial_: true}``; the
     function receives the whole composed config and writes into ``cfg.paths.run_dir``.
     """
+    threads = cfg.get("threads")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
     runner_cfg = cfg.get("runner")
     if runner_cfg is None:
         return fit(cfg)
