@@ -66,6 +66,7 @@ METRICS: dict[str, MetricSpec] = {
     "hscore": MetricSpec("tguide.metrics.hscore:hscore"),
     "hscore_shrinkage": MetricSpec("tguide.metrics.hscore:hscore_shrinkage"),
     "transrate": MetricSpec("tguide.metrics.transrate:transrate"),
+    "transrate_comparable": MetricSpec("tguide.metrics.transrate:transrate_comparable"),
     "logme": MetricSpec("tguide.metrics.logme:logme"),
 }
 
@@ -149,28 +150,38 @@ def _device_for_backend() -> torch.device:
 
 def _extract(model: nn.Module, share: DataLoader, ids: Tensor, layers: Sequence[str], pool: str,
              pixels_per_image: int | None, ignore_index: int | None, seed: int, device: Any,
-             unpack: Unpack | None) -> FeatureSet | None:
+             unpack: Unpack | None, pixel_sampling: Mapping[str, Any] | None = None) -> FeatureSet | None:
     if len(ids) == 0:  # this rank's share is empty (fewer probe samples than ranks)
         return None
     if pixels_per_image is not None:
         return extract_pixel_features(model, share, layers, pixels_per_image=pixels_per_image,
-                                      ignore_index=ignore_index, seed=seed, ids=ids, device=device, unpack=unpack)
+                                      ignore_index=ignore_index, seed=seed, ids=ids, device=device, unpack=unpack,
+                                      **dict(pixel_sampling or {}))
     return extract_features(model, share, layers, pool=pool, ids=ids, device=device, unpack=unpack)
 
 
 def _compute(target: FeatureSet, source: FeatureSet | None, layers: Sequence[str], metrics: Sequence[str],
-             metric_kwargs: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+             metric_kwargs: Mapping[str, Mapping[str, Any]], null: int | None = None,
+             seed: int = 0) -> dict[str, float]:
+    from tguide.metrics.null import label_shuffle_null
+
     scores: dict[str, float] = {}
     for metric in metrics:
         spec = resolve_metric(metric)
         fn, kwargs = spec.function(), {**DEFAULT_METRIC_KWARGS.get(metric, {}), **metric_kwargs.get(metric, {})}
         for layer in layers:
+            if spec.needs_source:
+                assert source is not None
+                args = (source.features[layer], source.labels, target.features[layer], target.labels)
+            else:
+                args = (target.features[layer], target.labels)
             try:
-                if spec.needs_source:
-                    assert source is not None
-                    value = fn(source.features[layer], source.labels, target.features[layer], target.labels, **kwargs)
+                if null is None:
+                    value = fn(*args, **kwargs)
                 else:
-                    value = fn(target.features[layer], target.labels, **kwargs)
+                    calibrated = label_shuffle_null(fn, *args, n_perm=null, seed=seed, **kwargs)
+                    value = calibrated.score
+                    scores[f"transfer/{metric}_z/{layer}"] = float(calibrated.z)
             except ValueError as err:
                 raise ValueError(f"TransferabilityMonitor: {metric} on layer {layer!r} failed: {err}") from err
             scores[f"transfer/{metric}/{layer}"] = float(getattr(value, "score", value))
@@ -191,6 +202,8 @@ def transferability_scores(
     metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     pixels_per_image: int | None = None,
     ignore_index: int | None = None,
+    pixel_sampling: Mapping[str, Any] | None = None,
+    null: int | None = None,
     device: torch.device | str | None = None,
     unpack: Unpack | None = None,
     on_error: str = "raise",
@@ -203,7 +216,11 @@ def transferability_scores(
     result. ``max_samples`` and ``source_max_samples`` cap the probe and source subsets (``None``
     = all), drawn with ``seed`` and ``seed + 1``; ``metric_kwargs`` go to the metric functions,
     over :data:`DEFAULT_METRIC_KWARGS`. ``pixels_per_image`` switches to per-pixel features of
-    segmentation masks (:func:`tguide.features.extract_pixel_features`). With
+    segmentation masks (:func:`tguide.features.extract_pixel_features`), with ``pixel_sampling``
+    as its extra keyword arguments (e.g. ``{"sampling": "boundary", "band": 3}``). ``null=P``
+    also scores ``P`` shuffles of the probe labels (:func:`tguide.metrics.null.label_shuffle_null`,
+    seeded by ``seed``) and adds ``transfer/<metric>_z/<layer>``, the score's z against that null
+    (comparable across layers, widths and metrics). With
     ``on_error="warn"`` a metric that raises ``ValueError`` gives NaN scores and a warning
     instead of an error (on every rank).
     """
@@ -219,18 +236,20 @@ def transferability_scores(
     layers = list(resolve_layers(model, layers))
     rank, world = _world()
     share, ids = _probe_share(probe, max_samples, seed, rank, world, "probe")
-    target = _extract(model, share, ids, layers, pool, pixels_per_image, ignore_index, seed, device, unpack)
+    target = _extract(model, share, ids, layers, pool, pixels_per_image, ignore_index, seed, device, unpack,
+                      pixel_sampling)
     src = None
     if source is not None and any(resolve_metric(m).needs_source for m in metrics):
         share, ids = _probe_share(source, source_max_samples, seed + 1, rank, world, "source")
-        src = _extract(model, share, ids, layers, pool, pixels_per_image, ignore_index, seed + 1, device, unpack)
+        src = _extract(model, share, ids, layers, pool, pixels_per_image, ignore_index, seed + 1, device, unpack,
+                       pixel_sampling)
         src = _gather(src, layers, world)
     target = _gather(target, layers, world)
     payload: dict[str, Any] = {"scores": {}, "error": None}
     if rank == 0:
         assert target is not None
         try:
-            payload["scores"] = _compute(target, src, layers, metrics, metric_kwargs or {})
+            payload["scores"] = _compute(target, src, layers, metrics, metric_kwargs or {}, null, seed)
         except ValueError as err:
             payload["error"] = str(err)
     if world > 1:
@@ -241,7 +260,10 @@ def transferability_scores(
         if on_error == "raise":
             raise ValueError(payload["error"])
         warnings.warn(payload["error"], RuntimeWarning, stacklevel=2)
-        return {f"transfer/{m}/{layer}": float("nan") for m in metrics for layer in layers}
+        keys = [f"transfer/{m}/{layer}" for m in metrics for layer in layers]
+        if null is not None:
+            keys += [f"transfer/{m}_z/{layer}" for m in metrics for layer in layers]
+        return {key: float("nan") for key in keys}
     return payload["scores"]
 
 
@@ -253,7 +275,7 @@ class TransferabilityMonitor(Callback):
             method returning one (``"val_dataloader"``), or a zero-argument callable.
         layers: module names in the LightningModule's ``named_modules()`` (``"net.fc1"``).
         metrics: names in :data:`METRICS` (``otce_sim``, ``hscore``, ``hscore_shrinkage``,
-            ``transrate``, ``logme``).
+            ``transrate``, ``transrate_comparable``, ``logme``).
         source: source samples, as ``probe``; needed by ``otce_sim``.
         every_n_epochs: run after epochs ``n-1, 2n-1, ...`` (0-based).
         max_samples: probe subset size, fixed for the whole fit; ``None`` = all.
@@ -266,6 +288,10 @@ class TransferabilityMonitor(Callback):
         track: logged metrics to pair the scores with in the end-of-fit table and scatter
             plots; the first one present is used for the scatter.
         pixels_per_image, ignore_index: per-pixel features for segmentation masks.
+        pixel_sampling: extra keyword arguments of
+            :func:`tguide.features.extract_pixel_features` (how pixels are drawn).
+        null: number of probe-label shuffles; also logs ``transfer/<metric>_z/<layer>``, the
+            score's z against its label-shuffle null (``None``: raw scores only).
         seed: draws the probe subsets (and the pixels).
         unpack: ``batch -> (x, y)`` for batches that are not ``(x, y)`` tuples or common dicts.
         on_error: ``"raise"`` or ``"warn"`` (log NaN) when a metric rejects the features.
@@ -286,6 +312,8 @@ class TransferabilityMonitor(Callback):
         track: Sequence[str] = ("val/acc", "val/dice", "val/psnr"),
         pixels_per_image: int | None = None,
         ignore_index: int | None = None,
+        pixel_sampling: Mapping[str, Any] | None = None,
+        null: int | None = None,
         seed: int = 0,
         unpack: Unpack | None = None,
         on_error: str = "raise",
@@ -320,6 +348,10 @@ class TransferabilityMonitor(Callback):
             resolve_metric(name)
         self.track = list(track)
         self.pixels_per_image, self.ignore_index = pixels_per_image, ignore_index
+        self.pixel_sampling = dict(pixel_sampling or {})
+        if null is not None and (isinstance(null, bool) or not isinstance(null, int) or null < 2):
+            raise ValueError(f"`null` must be None or the number of label permutations (an integer ≥ 2), got {null!r}.")
+        self.null = null
         self.seed, self.unpack, self.on_error = seed, unpack, on_error
         self.history: list[dict[str, Any]] = []  # one row per run: epoch, step, seconds, scores
         self.tracked: dict[int, dict[str, float]] = {}  # epoch -> tracked metric values
@@ -368,7 +400,7 @@ class TransferabilityMonitor(Callback):
                 max_samples=self.max_samples, source_max_samples=self.source_max_samples, seed=self.seed,
                 metric_kwargs=self.metric_kwargs,
                 pixels_per_image=self.pixels_per_image, ignore_index=self.ignore_index,
-                device=pl_module.device, unpack=self.unpack, on_error=self.on_error)
+                pixel_sampling=self.pixel_sampling, null=self.null, device=pl_module.device, unpack=self.unpack, on_error=self.on_error)
         seconds = time.perf_counter() - start
         # every rank holds the same scores; sync_dist only keeps Lightning's DDP bookkeeping quiet
         for key, value in scores.items():
@@ -398,11 +430,17 @@ class TransferabilityMonitor(Callback):
         rows = []
         for run in self.history:
             extra = [self.tracked.get(run["epoch"], {}).get(k, float("nan")) for k in tracked]
-            for metric in self.metrics:
+            for metric in self._reported():
                 for layer in self.layers:
                     score = run["scores"].get(f"transfer/{metric}/{layer}", float("nan"))
                     rows.append([run["epoch"], run["step"], layer, metric, score, *extra])
         return columns, rows
+
+    def _reported(self) -> list[str]:
+        """The metric names in the table: each metric, and ``<metric>_z`` when a null is on."""
+        if self.null is None:
+            return list(self.metrics)
+        return [name for m in self.metrics for name in (m, f"{m}_z")]
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not self.history:
@@ -425,7 +463,7 @@ class TransferabilityMonitor(Callback):
         tracked = columns[5:]
         if tracked:
             x = tracked[0]
-            for metric in self.metrics:
+            for metric in self._reported():
                 for layer in self.layers:
                     pairs = [[r[5], r[4]] for r in rows if r[2] == layer and r[3] == metric and r[5] == r[5]]
                     if pairs:

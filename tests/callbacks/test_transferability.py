@@ -94,7 +94,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # -- construction errors ----------------------------------------------------------------------
 
 def test_registry_and_argument_errors():
-    assert set(METRICS) == {"otce_sim", "hscore", "hscore_shrinkage", "transrate", "logme"}
+    assert set(METRICS) == {"otce_sim", "hscore", "hscore_shrinkage", "transrate", "transrate_comparable", "logme"}
     with pytest.raises(ValueError, match=r"unknown metric 'leap'; valid names: otce_sim, hscore, hscore_shrinkage"):
         resolve_metric("leap")
     _, val = loaders()
@@ -451,3 +451,34 @@ def test_pixel_mode_for_segmentation_masks():
     assert fs.features["enc"].shape == (500, 4)
     assert out["transfer/hscore/enc"] == pytest.approx(numpy_hscore(fs.features["enc"].numpy(), fs.labels.numpy()),
                                                        rel=1e-6)
+
+
+def test_null_adds_z_scores_next_to_unchanged_raw_scores(tmp_path):
+    from tguide.features import extract_features
+    from tguide.metrics import label_shuffle_null, transrate_comparable
+
+    model = TinyModule()
+    _, val = loaders()
+    layers = ["net.conv", "net.fc"]
+    plain = transferability_scores(model, val, layers, ["hscore", "transrate_comparable"], max_samples=50, seed=3)
+    with_null = transferability_scores(model, val, layers, ["hscore", "transrate_comparable"], max_samples=50,
+                                       seed=3, null=15)
+    for key, value in plain.items():
+        assert with_null[key] == pytest.approx(value)
+    # the z of one entry, recomputed by hand from the same probe subset and permutation seed
+    ids = torch.sort(torch.randperm(60, generator=torch.Generator().manual_seed(3))[:50]).values
+    fs = extract_features(model, DataLoader(torch.utils.data.Subset(val.dataset, ids.tolist()), batch_size=16),
+                          ["net.fc"], ids=ids)
+    ref = label_shuffle_null(transrate_comparable, fs.features["net.fc"], fs.labels, n_perm=15, seed=3)
+    assert with_null["transfer/transrate_comparable_z/net.fc"] == pytest.approx(float(ref.z))
+    assert set(with_null) == set(plain) | {k.replace("/net.", "_z/net.", 1) for k in plain}
+    with pytest.raises(ValueError, match="null"):
+        TransferabilityMonitor(probe=val, layers=["net.fc"], metrics=["hscore"], null=1)
+    # the monitor logs the z keys and puts them in its end-of-fit table
+    train, val = loaders()
+    monitor = TransferabilityMonitor(probe=val, layers=["net.fc"], metrics=["hscore"], max_samples=40, null=10)
+    trainer = L.Trainer(max_epochs=1, callbacks=[monitor], logger=CSVLogger(tmp_path), **QUIET)
+    trainer.fit(model, train, val)
+    assert "transfer/hscore_z/net.fc" in trainer.callback_metrics
+    rows = read_csv(Path(trainer.loggers[0].log_dir) / "transferability.csv")
+    assert {r["metric"] for r in rows} == {"hscore", "hscore_z"}

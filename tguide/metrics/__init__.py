@@ -3,11 +3,15 @@
 Every score is higher = more transferable, computed in float64 on the input's device.
 
 Functional: :func:`hscore`, :func:`hscore_shrinkage`, :func:`transrate`,
-:func:`transrate_layers`, :func:`leep`, :func:`nce`, :func:`logme`, :func:`otce`
-(→ :class:`OTCEResult`), :func:`otce_sim`, :func:`fit_otce_weights`.
-Stateful (DDP-aware, ``update``/``compute``): :class:`HScore`, :class:`HScoreShrinkage`,
-:class:`TransRate`, :class:`LEEP`, :class:`NCE`, :class:`LogME`, :class:`OTCE`, all
-subclasses of :class:`FeatureMetric`.
+:func:`transrate_comparable` (width- and scale-comparable), :func:`transrate_layers`,
+:func:`leep`, :func:`nce`, :func:`logme`, :func:`otce` (→ :class:`OTCEResult`),
+:func:`otce_sim`, :func:`fit_otce_weights`.
+Calibration: :func:`label_shuffle_null` (→ :class:`NullCalibrated`: z-score, p-value and the
+bias-corrected score against label shuffles), and ``correction="null"|"miller_madow"`` of
+:func:`otce` / :func:`otce_sim` / :func:`nce`.
+Stateful (DDP-aware, ``update``/``compute``, ``null=P`` for calibrated output):
+:class:`HScore`, :class:`HScoreShrinkage`, :class:`TransRate`, :class:`TransRateComparable`,
+:class:`LEEP`, :class:`NCE`, :class:`LogME`, :class:`OTCE`, all subclasses of :class:`FeatureMetric`.
 """
 
 from tguide.metrics.hscore import hscore, hscore_shrinkage, ledoit_wolf_shrinkage
@@ -22,8 +26,19 @@ from tguide.metrics.otce import (
     otce_sim,
     task_distance,
 )
-from tguide.metrics.stateful import NCE, OTCE, FeatureMetric, HScore, HScoreShrinkage, LEEP, LogME, TransRate
-from tguide.metrics.transrate import coding_rate, transrate, transrate_layers
+from tguide.metrics.null import NullCalibrated, calibrate, label_permutations, label_shuffle_null
+from tguide.metrics.stateful import (
+    NCE,
+    OTCE,
+    FeatureMetric,
+    HScore,
+    HScoreShrinkage,
+    LEEP,
+    LogME,
+    TransRate,
+    TransRateComparable,
+)
+from tguide.metrics.transrate import coding_rate, comparable_features, transrate, transrate_comparable, transrate_layers
 
 __all__ = [
     # functional
@@ -31,6 +46,8 @@ __all__ = [
     "hscore_shrinkage",
     "ledoit_wolf_shrinkage",
     "transrate",
+    "transrate_comparable",
+    "comparable_features",
     "transrate_layers",
     "coding_rate",
     "leep",
@@ -42,6 +59,11 @@ __all__ = [
     "task_distance",
     "fit_otce_weights",
     "OTCEResult",
+    # calibration
+    "label_shuffle_null",
+    "NullCalibrated",
+    "calibrate",
+    "label_permutations",
     # warnings
     "OTCEConvergenceWarning",
     "LogMEConvergenceWarning",
@@ -51,6 +73,7 @@ __all__ = [
     "HScore",
     "HScoreShrinkage",
     "TransRate",
+    "TransRateComparable",
     "LogME",
     "LEEP",
     "NCE",

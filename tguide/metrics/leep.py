@@ -16,7 +16,7 @@ from torch import Tensor
 
 from tguide.metrics._validate import check_labels, check_probs, check_same_length
 
-__all__ = ["leep", "nce"]
+__all__ = ["leep", "nce", "nce_table"]
 
 
 def leep(source_probs: Any, labels: Any) -> Tensor:
@@ -61,7 +61,10 @@ def leep(source_probs: Any, labels: Any) -> Tensor:
     return torch.log(eep).mean()
 
 
-def nce(source_labels: Any, labels: Any) -> Tensor:
+CORRECTIONS = ("none", "null", "miller_madow")
+
+
+def nce(source_labels: Any, labels: Any, *, correction: str = "none", n_perm: int = 100, seed: int = 0) -> Tensor:
     r"""Negative Conditional Entropy (Tran et al., ICCV 2019 [2]).
 
     From the empirical joint distribution of the source model's hard labels ``Z`` and
@@ -74,10 +77,19 @@ def nce(source_labels: Any, labels: Any) -> Tensor:
     NCE ≤ 0, with equality when Y is a function of Z. A source side with a single class
     is allowed (then NCE = −H(Y)).
 
+    The plug-in ``H(Y|Z)`` is biased low when the table has many cells per sample (a source
+    with hundreds of classes): ``correction`` removes that bias. ``"none"`` (default) is the
+    paper's formula. ``"null"``: NCE minus its mean over ``n_perm`` label shuffles (seeded by
+    ``seed``): ≈ 0 without information, > 0 with it; use it to compare sources with different
+    numbers of classes. ``"miller_madow"``: ``−(H(Y|Z) + (m_zy − m_z)/(2N))`` with ``m`` the
+    occupied cells (Miller 1955); it under-corrects when cells hold few samples.
+
     Args:
         source_labels: ``(N,)`` source-model hard labels (e.g. ``logits.argmax(1)``),
             any label set.
         labels: ``(N,)`` target class ids, any label set, at least 2 classes.
+        correction: ``"none"``, ``"null"`` or ``"miller_madow"``.
+        n_perm, seed: label permutations of the ``"null"`` correction.
 
     Returns:
         0-d float64 tensor on the labels' device; higher = more transferable.
@@ -87,13 +99,35 @@ def nce(source_labels: Any, labels: Any) -> Tensor:
         >>> float(nce(torch.tensor([0, 0, 1, 1]), torch.tensor([5, 5, 6, 6])))
         0.0
     """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"`correction` must be one of {CORRECTIONS}, got {correction!r}.")
+    if correction == "null" and (isinstance(n_perm, bool) or not isinstance(n_perm, int) or n_perm < 2):
+        raise ValueError(f"`n_perm` must be an integer ≥ 2 for correction='null', got {n_perm!r}.")
     y, c = check_labels(labels, None, "labels", min_classes=2)
     z, cz = check_labels(source_labels, None, "source_labels", min_classes=1)
     check_same_length(z, y, "source_labels", "labels")
     z = z.to(y.device)
-    n = y.shape[0]
-    counts = torch.bincount(z * c + y, minlength=cz * c).reshape(cz, c).to(torch.float64)
-    joint = counts / n  # (Cz, C)
-    marginal = joint.sum(dim=1, keepdim=True)  # (Cz, 1); > 0 for every remapped z
-    terms = torch.where(joint > 0, joint * torch.log(joint / marginal), 0.0)
-    return terms.sum()
+    value = nce_table(z, cz, y[None, :], c)[0]
+    if correction == "miller_madow":
+        cells = int(torch.unique(z * c + y).numel())
+        return value - (cells - cz) / (2.0 * y.shape[0])
+    if correction == "null":
+        from tguide.metrics.null import label_permutations
+
+        perms = label_permutations(y.shape[0], n_perm, seed, y.device)
+        return value - nce_table(z, cz, y[perms], c).mean()
+    return value
+
+
+def nce_table(z: Tensor, cz: int, ys: Tensor, c: int) -> Tensor:
+    """NCE of source codes ``z (N,)`` against each row of target codes ``ys (P, N)``: ``(P,)``.
+
+    One ``bincount`` of all ``P`` joint tables at once (no checks; codes in ``0..cz-1``, ``0..c-1``).
+    """
+    p, n = ys.shape
+    offsets = (torch.arange(p, device=ys.device) * (cz * c))[:, None]
+    counts = torch.bincount((z[None, :] * c + ys + offsets).flatten(), minlength=p * cz * c)
+    joint = counts.view(p, cz, c).to(torch.float64) / n  # (P, Cz, C)
+    marginal = joint.sum(dim=2, keepdim=True)  # (P, Cz, 1)
+    terms = torch.where(joint > 0, joint * torch.log(joint / torch.where(marginal > 0, marginal, 1.0)), 0.0)
+    return terms.sum(dim=(1, 2))

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from tguide.metrics._validate import check_features, check_labels
 
-__all__ = ["logme", "LogMEConvergenceWarning", "LogMEUnboundedWarning"]
+__all__ = ["logme", "logme_columns", "LogMEConvergenceWarning", "LogMEUnboundedWarning"]
 
 _LOG2PI = math.log(2 * math.pi)
 _GRID = 32  # log ρ grid points of the start search
@@ -242,6 +242,18 @@ def logme(features: Any, labels: Any, tol: float = 1e-7, max_iter: int = 10_000)
     f = check_features(features, "features")
     codes, c = check_labels(labels, f.shape[0], "labels", min_classes=2)
     y = torch.nn.functional.one_hot(codes.to(f.device), c).to(f.dtype)  # (N, C)
+    return logme_columns(f, y, tol, max_iter).mean()
+
+
+def logme_columns(f: Tensor, y: Tensor, tol: float = 1e-7, max_iter: int = 10_000) -> Tensor:
+    """Maximum log evidence per sample of every target column: ``(C,)`` for ``f (N, D)``, ``y (N, C)``.
+
+    The columns are independent problems that share one eigendecomposition of ``f``;
+    :func:`logme` is the mean over the one-hot columns of the labels. Callers stack extra
+    columns (e.g. the one-hot labels of many label permutations, :mod:`tguide.metrics.null`)
+    to score them all for the price of one decomposition. Inputs are not checked here.
+    """
+    c = y.shape[1]
     sp = _spectrum(f, y)
     n, lam = sp.n, sp.lam
     lam_max, lam_min = float(lam.max()), float(lam.min())
@@ -278,7 +290,7 @@ def logme(features: Any, labels: Any, tol: float = 1e-7, max_iter: int = 10_000)
             f"{change:.3g} > tol={tol:g}); those classes are scored at their last iterate. "
             "Raise `max_iter` or `tol`.",
             LogMEConvergenceWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
 
     unbounded = (sp.residual(alpha, beta, alpha + beta * lam) <= sp.floor) & (sp.floor > 0)
@@ -290,7 +302,7 @@ def logme(features: Any, labels: Any, tol: float = 1e-7, max_iter: int = 10_000)
             "with the residual floored at the rounding level, which inflates the score; check the "
             "features for label leakage or duplicated label columns.",
             LogMEUnboundedWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     best = torch.maximum(sp.evidence(alpha, beta), sp.edges())  # (C,)
-    return (best / n).mean()
+    return best / n

@@ -39,9 +39,14 @@ __all__ = [
     "otce_coupling",
     "task_distance",
     "squared_euclidean",
+    "joint_labels",
+    "miller_madow_correction",
+    "task_distance_null",
+    "CORRECTIONS",
 ]
 
 SOLVERS = ("emd", "sinkhorn")
+CORRECTIONS = ("none", "null", "miller_madow")
 _INT32_MAX = 2**31 - 1
 
 
@@ -60,12 +65,21 @@ class OTCEResult:
         task_distance: 0-d float64, ``W_T = H(Y_t | Y_s)`` in nats.
         coupling: ``(Ns, Nt)`` float64 coupling π (rows of the subsets when
             ``max_samples`` subsampled), summing to 1.
+        correction: the bias correction applied to W_T in the score (``"none"``,
+            ``"null"``, ``"miller_madow"``).
+        task_correction: 0-d float64 added to the plug-in ``task_distance`` before it enters
+            the score (``None`` without a correction).
+        null: the :class:`~tguide.metrics.null.NullCalibrated` of the uncorrected score
+            under label shuffling (``correction="null"`` only).
     """
 
     score: Tensor
     domain_distance: Tensor
     task_distance: Tensor
     coupling: Tensor
+    correction: str = "none"
+    task_correction: Tensor | None = None
+    null: Any = None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -246,17 +260,80 @@ def task_distance(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: Tenso
         coupling: ``(Ns, Nt)`` joint distribution of the samples.
         src_codes: ``(Ns,)`` source classes ``0..cs-1``; tgt_codes: ``(Nt,)`` in ``0..ct-1``.
     """
+    joint = joint_labels(coupling, src_codes, cs, tgt_codes, ct)
+    marg = joint.sum(dim=1)  # (Cs,): P̂(y_s)
+    return _plogp(marg).sum() - _plogp(joint).sum()
+
+
+def _plogp(p: Tensor) -> Tensor:
+    """``p log p`` elementwise with ``0 log 0 = 0`` (and a zero, not NaN, gradient at 0)."""
+    pos = p > 0
+    return torch.where(pos, p * torch.log(torch.where(pos, p, torch.ones_like(p))), torch.zeros_like(p))
+
+
+def joint_labels(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: Tensor, ct: int) -> Tensor:
+    """The coupling's joint label law ``P̂(y_s, y_t)``, ``(Cs, Ct)``: two ``index_add`` reductions."""
     rows = torch.zeros(cs, coupling.shape[1], dtype=coupling.dtype, device=coupling.device)
     rows = rows.index_add(0, src_codes, coupling)  # (Cs, Nt)
     joint = torch.zeros(cs, ct, dtype=coupling.dtype, device=coupling.device)
-    joint = joint.index_add(1, tgt_codes, rows)  # (Cs, Ct): P̂(y_s, y_t)
-    marg = joint.sum(dim=1)  # (Cs,): P̂(y_s)
+    return joint.index_add(1, tgt_codes, rows)  # (Cs, Ct)
 
-    def plogp(p: Tensor) -> Tensor:
-        pos = p > 0
-        return torch.where(pos, p * torch.log(torch.where(pos, p, torch.ones_like(p))), torch.zeros_like(p))
 
-    return plogp(marg).sum() - plogp(joint).sum()
+def miller_madow_correction(joint: Tensor, n: int) -> Tensor:
+    r"""Miller–Madow bias term of the plug-in conditional entropy ``H(Y_t|Y_s)`` of ``joint``.
+
+    The plug-in entropy of ``m`` occupied cells from ``n`` samples is low by about
+    ``(m − 1)/(2n)`` (Miller 1955); for ``H(Y_t|Y_s) = H(Y_s, Y_t) − H(Y_s)`` the term is
+
+    .. math:: \frac{m_{st} - m_s}{2n}
+
+    with ``m_st`` the occupied cells of the joint and ``m_s`` the occupied source classes. It
+    assumes each cell holds many samples; with ~Cs·Ct cells and few samples per cell it
+    under-corrects (use the label-shuffle ``"null"`` correction there).
+    """
+    m_joint = int((joint.detach() > 0).sum())
+    m_src = int((joint.detach().sum(dim=1) > 0).sum())
+    return torch.tensor((m_joint - m_src) / (2.0 * n), dtype=joint.dtype, device=joint.device)
+
+
+def task_distance_null(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: Tensor, ct: int,
+                       perms: Tensor) -> Tensor:
+    r"""``W_T`` for every permutation of the target labels, reusing one coupling: ``(P,)``.
+
+    Row ``p`` of ``perms (P, Nt)`` relabels target sample ``j`` with ``tgt_codes[perms[p, j]]``.
+    The coupling depends on the features only, so shuffling the labels only re-tabulates
+    ``P̂(y_s, y_t)``: the coupling is first summed over source classes into ``(Cs, Nt)``, and
+    every permutation's joint table is one weighted ``bincount`` over that matrix's non-zero
+    entries (a sparse exact coupling has at most ``Ns + Nt − 1`` of them). The source
+    marginal does not change under target shuffles. A dense coupling (Sinkhorn) uses one
+    ``(Cs, Nt) @ (Nt, b·Ct)`` product per block of permutations instead.
+    """
+    plan = coupling.detach()
+    rows = torch.zeros(cs, plan.shape[1], dtype=plan.dtype, device=plan.device).index_add_(0, src_codes, plan)
+    src_term = _plogp(rows.sum(dim=1)).sum()
+    s_idx, t_idx = torch.nonzero(rows > 0, as_tuple=True)  # K entries
+    weights = rows[s_idx, t_idx]  # (K,)
+    k = int(weights.numel())
+    out = torch.empty(perms.shape[0], dtype=plan.dtype, device=plan.device)
+    cells = cs * ct
+    if k > 8 * (cs + plan.shape[1]):  # a dense coupling (Sinkhorn): one matmul per block instead
+        chunk = max(1, 2_000_000 // (plan.shape[1] * ct))
+        for start in range(0, perms.shape[0], chunk):
+            block = tgt_codes[perms[start:start + chunk].to(plan.device)]  # (b, Nt)
+            b = block.shape[0]
+            onehot = torch.nn.functional.one_hot(block.T, ct).to(plan.dtype).reshape(plan.shape[1], b * ct)
+            joint = (rows @ onehot).view(cs, b, ct).transpose(0, 1)  # (b, Cs, Ct)
+            out[start:start + b] = src_term - _plogp(joint).sum(dim=(1, 2))
+        return out
+    chunk = max(1, 4_000_000 // max(k, 1))
+    for start in range(0, perms.shape[0], chunk):
+        block = perms[start:start + chunk].to(plan.device)  # (b, Nt)
+        b = block.shape[0]
+        labels = tgt_codes[block][:, t_idx]  # (b, K): permuted label of each entry's target sample
+        flat = (s_idx[None, :] * ct + labels) + (torch.arange(b, device=plan.device) * cells)[:, None]
+        joint = torch.bincount(flat.flatten(), weights=weights.repeat(b), minlength=b * cells).view(b, cells)
+        out[start:start + b] = src_term - _plogp(joint).sum(dim=1)
+    return out
 
 
 # ----------------------------------------------------------------------------- public
@@ -275,6 +352,8 @@ def otce(
     seed: int = 0,
     max_iter: int | None = None,
     tol: float = 1e-9,
+    correction: str = "none",
+    n_perm: int = 100,
 ) -> OTCEResult:
     r"""OTCE (Tan, Li, Huang, CVPR 2021 [1]): domain and task distance from an OT coupling.
 
@@ -313,12 +392,26 @@ def otce(
         weights: ``(λ1, λ2, λ3)`` for the full OTCE score, or ``None`` for OTCE_sim.
         max_samples: cap on each side; a larger side is replaced by a uniform random
             subset of that size drawn with ``seed`` (the coupling then refers to the subsets).
-        seed: seed of that subsampling.
+        seed: seed of that subsampling and of the label permutations.
         max_iter, tol: solver limits, see :func:`otce_coupling`.
+        correction: bias correction of the plug-in ``W_T`` used in the score.
+            ``"none"`` (default): the paper's formula, so published numbers reproduce.
+            ``"null"``: subtract the mean ``W_T`` of ``n_perm`` label-shuffled targets
+            (one coupling, re-tabulated per permutation; :func:`task_distance_null`), so
+            OTCE_sim becomes ``score − E_null[score]``: ≈ 0 when the source tells nothing
+            about the target labels, > 0 when it does. Use it whenever source models with
+            different numbers of classes are compared, or when Cs·Ct is not ≪ N (the
+            plug-in ``H(Y_t|Y_s)`` is then biased low: a 242-class source looks
+            transferable even to shuffled labels). ``"miller_madow"``: add
+            ``(m_st − m_s)/(2 min(Ns, Nt))`` (:func:`miller_madow_correction`); cheap, but it
+            under-corrects when cells hold few samples, and with Sinkhorn every cell is
+            occupied (it then over-corrects): prefer ``"null"``.
+        n_perm: permutations for ``correction="null"``.
 
     Returns:
-        :class:`OTCEResult` (score, domain_distance, task_distance, coupling), float64
-        on the features' device.
+        :class:`OTCEResult` (score, domain_distance, task_distance, coupling, correction,
+        task_correction, null), float64 on the features' device. ``task_distance`` is
+        always the plug-in ``W_T``; the score uses ``W_T + task_correction``.
 
     Raises:
         ValueError: different feature dimensions or devices, NaN/Inf, wrong shapes,
@@ -334,6 +427,7 @@ def otce(
     _check_solver_options(solver, reg, max_iter, tol)
     lam = _check_weights(weights)
     cap = _check_max_samples(max_samples)
+    _check_correction(correction, n_perm)
     xs, xt = _prepare_features(src_features, tgt_features)
     ys, cs = check_labels(src_labels, xs.shape[0], "src_labels", min_classes=1)
     yt, ct = check_labels(tgt_labels, xt.shape[0], "tgt_labels", min_classes=2)
@@ -348,9 +442,32 @@ def otce(
     cost = squared_euclidean(xs, xt)  # (Ns, Nt)
     plan = _coupling(cost, solver, reg, max_iter, tol)
     w_d = torch.dot(plan.reshape(-1), cost.reshape(-1))  # Σ π∘C without an (Ns, Nt) temporary
-    w_t = task_distance(plan, ys, cs, yt, ct)
-    score = -w_t if lam is None else lam[0] * w_d + lam[1] * w_t + lam[2]
-    return OTCEResult(score=score, domain_distance=w_d, task_distance=w_t, coupling=plan)
+    joint = joint_labels(plan, ys, cs, yt, ct)  # (Cs, Ct)
+    w_t = _plogp(joint.sum(dim=1)).sum() - _plogp(joint).sum()
+
+    def combine(task: Tensor) -> Tensor:
+        return -task if lam is None else lam[0] * w_d + lam[1] * task + lam[2]
+
+    if correction == "none":
+        return OTCEResult(score=combine(w_t), domain_distance=w_d, task_distance=w_t, coupling=plan)
+    null = None
+    if correction == "miller_madow":
+        fix = miller_madow_correction(joint, min(xs.shape[0], xt.shape[0]))
+    else:
+        from tguide.metrics.null import calibrate, label_permutations
+
+        null_wt = task_distance_null(plan, ys, cs, yt, ct, label_permutations(xt.shape[0], n_perm, seed, yt.device))
+        fix = -null_wt.mean()
+        null = calibrate(combine(w_t).detach(), combine(null_wt))
+    return OTCEResult(score=combine(w_t + fix), domain_distance=w_d, task_distance=w_t, coupling=plan,
+                      correction=correction, task_correction=fix, null=null)
+
+
+def _check_correction(correction: str, n_perm: int) -> None:
+    if correction not in CORRECTIONS:
+        raise ValueError(f"`correction` must be one of {CORRECTIONS}, got {correction!r}.")
+    if correction == "null" and (isinstance(n_perm, bool) or not isinstance(n_perm, numbers.Integral) or n_perm < 2):
+        raise ValueError(f"`n_perm` must be an integer ≥ 2 for correction='null', got {n_perm!r}.")
 
 
 def otce_sim(
@@ -365,10 +482,13 @@ def otce_sim(
     seed: int = 0,
     max_iter: int | None = None,
     tol: float = 1e-9,
+    correction: str = "none",
+    n_perm: int = 100,
 ) -> Tensor:
     r"""OTCE_sim = :math:`-W_T = -H(Y_t \mid Y_s)`, the score of :func:`otce` without weights.
 
-    Returns a 0-d float64 tensor (≤ 0; higher = more transferable). Arguments as in :func:`otce`.
+    Returns a 0-d float64 tensor (≤ 0 without a correction; higher = more transferable).
+    Arguments as in :func:`otce` (``correction="null"``: ``score − E_null[score]``).
 
     Example:
         >>> import torch
@@ -387,6 +507,8 @@ def otce_sim(
         seed=seed,
         max_iter=max_iter,
         tol=tol,
+        correction=correction,
+        n_perm=n_perm,
     ).score
 
 

@@ -20,7 +20,7 @@ References:
 from __future__ import annotations
 
 import numbers
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -31,10 +31,12 @@ from tguide.metrics._validate import as_tensor, check_features, check_labels, ch
 from tguide.metrics.hscore import hscore, hscore_shrinkage
 from tguide.metrics.leep import leep, nce
 from tguide.metrics.logme import logme
+from tguide.metrics.null import label_shuffle_null
 from tguide.metrics.otce import OTCEResult, _check_solver_options, _check_weights, otce
-from tguide.metrics.transrate import transrate
+from tguide.metrics.transrate import transrate, transrate_comparable
 
-__all__ = ["FeatureMetric", "HScore", "HScoreShrinkage", "TransRate", "LogME", "LEEP", "NCE", "OTCE"]
+__all__ = ["FeatureMetric", "HScore", "HScoreShrinkage", "TransRate", "TransRateComparable", "LogME", "LEEP", "NCE",
+           "OTCE"]
 
 
 def _batch_labels(labels: Any, n: int, name: str, device: torch.device) -> Tensor:
@@ -64,6 +66,12 @@ class FeatureMetric(Metric):
             a uniform random subset of all samples seen (reservoir sampling). ``None``
             keeps everything.
         seed: seed of the reservoir's random generator (reset by :meth:`reset`).
+        null: ``None`` (default): ``compute()`` returns the score, a 0-d tensor. An integer
+            ``P``: ``compute()`` returns the score with its label-shuffle null over ``P``
+            permutations (:func:`tguide.metrics.null.label_shuffle_null`) as a dict of 0-d
+            tensors ``{"score", "corrected", "z", "p_value", "null_mean", "null_std"}``,
+            ready for ``log_dict``.
+        null_seed: seed of those permutations.
         kwargs: passed to :class:`torchmetrics.Metric` (``compute_on_cpu``,
             ``dist_sync_fn``, ``process_group``, ...).
 
@@ -76,8 +84,15 @@ class FeatureMetric(Metric):
     full_state_update: bool = False
     _fields: ClassVar[tuple[str, ...]] = ("features", "labels")
 
-    def __init__(self, max_samples: int | None = None, seed: int = 0, **kwargs: Any) -> None:
+    def __init__(self, max_samples: int | None = None, seed: int = 0, null: int | None = None, null_seed: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if null is not None and (isinstance(null, bool) or not isinstance(null, numbers.Integral) or null < 2):
+            raise ValueError(f"`null` must be None or the number of label permutations (an integer ≥ 2), got {null!r}.")
+        if isinstance(null_seed, bool) or not isinstance(null_seed, numbers.Integral):
+            raise ValueError(f"`null_seed` must be an integer, got {null_seed!r}.")
+        self.null = None if null is None else int(null)
+        self.null_seed = int(null_seed)
         if max_samples is not None and (
             isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral) or max_samples < 1
         ):
@@ -164,6 +179,20 @@ class FeatureMetric(Metric):
         """Update only (no per-batch score); returns ``None``."""
         self.update(*args, **kwargs)
 
+    # ------------------------------------------------------------------ compute
+    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """``(function, args, kwargs)`` of the functional on the stored samples (labels last)."""
+        raise NotImplementedError
+
+    def compute(self) -> Any:
+        """The score of every stored sample (all ranks): a 0-d tensor, or with ``null`` the dict of
+        :meth:`tguide.metrics.null.NullCalibrated.as_dict`."""
+        fn, args, kwargs = self._call()
+        if self.null is None:
+            out = fn(*args, **kwargs)
+            return getattr(out, "score", out)
+        return label_shuffle_null(fn, *args, n_perm=self.null, seed=self.null_seed, **kwargs).as_dict()
+
 
 class _FeaturesLabels(FeatureMetric):
     """Metrics of ``(features (N, D), labels (N,))``."""
@@ -187,19 +216,15 @@ class HScore(_FeaturesLabels):
         True
     """
 
-    def compute(self) -> Tensor:
-        """H-score of every sample stored (all ranks)."""
-        x, y = self._samples()
-        return hscore(x, y)
+    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        return hscore, self._samples(), {}
 
 
 class HScoreShrinkage(_FeaturesLabels):
     """Stateful :func:`tguide.metrics.hscore.hscore_shrinkage` (Ibrahim et al. 2022)."""
 
-    def compute(self) -> Tensor:
-        """Shrinkage H-score of every sample stored (all ranks)."""
-        x, y = self._samples()
-        return hscore_shrinkage(x, y)
+    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        return hscore_shrinkage, self._samples(), {}
 
 
 class TransRate(_FeaturesLabels):
@@ -213,10 +238,24 @@ class TransRate(_FeaturesLabels):
         super().__init__(**kwargs)
         self.eps = eps
 
-    def compute(self) -> Tensor:
-        """TransRate of every sample stored (all ranks)."""
-        x, y = self._samples()
-        return transrate(x, y, eps=self.eps)
+    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        return transrate, self._samples(), {"eps": self.eps}
+
+
+class TransRateComparable(_FeaturesLabels):
+    """Stateful :func:`tguide.metrics.transrate.transrate_comparable` (width- and scale-comparable).
+
+    Args:
+        rank, eps: see the functional. Other arguments: :class:`FeatureMetric`.
+    """
+
+    def __init__(self, rank: int = 32, eps: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rank = rank
+        self.eps = eps
+
+    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        return transrate_comparable, self._samples(), {"rank": self.rank, "eps": self.eps}
 
 
 class LogME(_FeaturesLabels):
@@ -231,10 +270,8 @@ class LogME(_FeaturesLabels):
         self.tol = tol
         self.max_iter = max_iter
 
-    def compute(self) -> Tensor:
-        """LogME of every sample stored (all ranks)."""
-        x, y = self._samples()
-        return logme(x, y, tol=self.tol, max_iter=self.max_iter)
+    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        return logme, self._samples(), {"tol": self.tol, "max_iter": self.max_iter}
 
 
 class LEEP(FeatureMetric):
@@ -248,10 +285,8 @@ class LEEP(FeatureMetric):
         y = _batch_labels(labels, p.shape[0], "labels", p.device)
         self._store((_owned(p, source_probs), y))
 
-    def compute(self) -> Tensor:
-        """LEEP of every sample stored (all ranks)."""
-        p, y = self._samples()
-        return leep(p, y)
+    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        return leep, self._samples(), {}
 
 
 class NCE(FeatureMetric):
@@ -267,10 +302,8 @@ class NCE(FeatureMetric):
         y = _batch_labels(labels, n, "labels", z.device)
         self._store((z, y))
 
-    def compute(self) -> Tensor:
-        """NCE of every sample stored (all ranks)."""
-        z, y = self._samples()
-        return nce(z, y)
+    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        return nce, self._samples(), {}
 
 
 _DOMAINS = {"source": 0, "target": 1}
@@ -329,7 +362,7 @@ class OTCE(FeatureMetric):
         tag = torch.full((x.shape[0],), _DOMAINS[domain], dtype=torch.int64, device=x.device)
         self._store((_owned(x, features), y, tag), group=_DOMAINS[domain])
 
-    def _result(self) -> OTCEResult:
+    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         x, y, tag = self._samples()
         src, tgt = tag == 0, tag == 1
         for name, mask in (("source", src), ("target", tgt)):
@@ -337,24 +370,19 @@ class OTCE(FeatureMetric):
                 raise ValueError(
                     f"OTCE.compute(): no {name} samples were given; call update(features, labels, domain={name!r})."
                 )
-        return otce(
-            x[src],
-            y[src],
-            x[tgt],
-            y[tgt],
-            solver=self.solver,
-            reg=self.reg,
-            weights=self.weights,
-            max_iter=self.otce_max_iter,
-            tol=self.tol,
-        )
+        kwargs = {"solver": self.solver, "reg": self.reg, "weights": self.weights, "max_iter": self.otce_max_iter,
+                  "tol": self.tol}
+        return otce, (x[src], y[src], x[tgt], y[tgt]), kwargs
 
-    def compute(self) -> Tensor:
-        """OTCE score between the stored source and target samples (all ranks), 0-d float64."""
-        return self._result().score
+    def _result(self) -> OTCEResult:
+        fn, args, kwargs = self._call()
+        if self.null is not None:
+            kwargs = {**kwargs, "correction": "null", "n_perm": self.null, "seed": self.null_seed}
+        return fn(*args, **kwargs)
 
     def compute_result(self) -> OTCEResult:
-        """The whole :class:`~tguide.metrics.otce.OTCEResult` (score, W_D, W_T, coupling), all ranks' samples.
+        """The whole :class:`~tguide.metrics.otce.OTCEResult` (score, W_D, W_T, coupling), all ranks' samples;
+        with ``null`` it is the ``correction="null"`` result (``.null`` holds the calibration).
 
         Gathers across processes like ``compute()`` (call it on every rank under DDP); not cached.
         """

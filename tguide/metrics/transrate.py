@@ -17,7 +17,7 @@ from torch import Tensor
 
 from tguide.metrics._validate import check_features, check_labels
 
-__all__ = ["transrate", "transrate_layers", "coding_rate"]
+__all__ = ["transrate", "transrate_comparable", "comparable_features", "transrate_layers", "coding_rate"]
 
 
 def _half_logdet_eye_plus(gram: Tensor, scale: float) -> Tensor:
@@ -129,6 +129,75 @@ def transrate(features: Any, labels: Any, eps: float = 1e-4) -> Tensor:
     """
     x, codes, c = _prepare(features, labels, eps)
     return _transrate(x, codes, c, float(eps))
+
+
+def _check_rank(rank: Any) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
+        raise ValueError(f"`rank` must be a positive integer (principal components kept), got {rank!r}.")
+    return int(rank)
+
+
+def comparable_features(x: Tensor, rank: int = 32) -> Tensor:
+    r"""Centred features projected on their top ``r`` principal axes, scaled to unit mean variance.
+
+    With ``Z`` the centred ``x (N, D)``, ``S = ZᵀZ/N = V Λ Vᵀ`` and ``r = min(rank, N − 1, D)``,
+    returns ``Z V_r / \sqrt{\bar\lambda_r}`` ``(N, r)`` where ``\bar\lambda_r`` is the mean of the
+    top ``r`` eigenvalues, so that ``tr(cov) = r``. Rotation-, translation- and scale-invariant:
+    only the shape of the top-``r`` spectrum and the class structure in it remain. Constant
+    features raise ``ValueError``. (Eigendecomposition of the smaller Gram matrix; no checks.)
+    """
+    n, d = x.shape
+    z = x - x.mean(dim=0, keepdim=True)
+    r = max(1, min(rank, n - 1, d))
+    if n >= d:
+        g = z.T @ z
+        lam, v = torch.linalg.eigh(0.5 * (g + g.T))  # ascending
+        lam, v = lam.flip(0)[:r].clamp_min(0), v.flip(1)[:, :r]
+        proj = z @ v  # (N, r)
+    else:
+        g = z @ z.T
+        lam, u = torch.linalg.eigh(0.5 * (g + g.T))
+        lam, u = lam.flip(0)[:r].clamp_min(0), u.flip(1)[:, :r]
+        proj = u * torch.sqrt(lam)[None, :]  # Z V_r = U_r Σ_r
+    mean_var = lam.sum() / (n * r)
+    if float(mean_var) <= float(torch.finfo(x.dtype).eps) * float((z * z).sum() / n + 1e-300):
+        raise ValueError("`features` have no variance (every row is the same); no class structure to score.")
+    return proj / torch.sqrt(mean_var)
+
+
+def transrate_comparable(features: Any, labels: Any, rank: int = 32, eps: float = 0.1) -> Tensor:
+    r"""Width- and scale-comparable TransRate: :func:`transrate` on :func:`comparable_features`.
+
+    .. math::
+        \mathrm{TrR}_r(Z, Y) = \mathrm{TrR}ig(Z V_r / \sqrt{ar\lambda_r},\, Y;\ \epsilonig)
+
+    with ``V_r`` the top ``r`` principal axes of the centred features and ``ar\lambda_r`` their
+    mean variance (:func:`comparable_features`), so that ``ε`` is relative to the feature scale.
+
+    Why: the paper's TransRate on raw features grows with the width D (every extra direction with
+    variance above ε adds to both coding rates, and with few samples per class the class terms
+    cannot keep up) and with ‖f‖²/ε, so a 256-d layer outscores an 84-d one whatever their
+    transfer accuracy. Fixing the number of directions (``rank``) and the scale makes layers
+    and models of different widths comparable: the same information embedded in 64, 256 or
+    1024 dimensions and scaled by any factor gets the same score (see the tests). Use it to
+    compare layers or models; use :func:`transrate` (the paper's formula) to reproduce
+    published numbers. ``rank`` should not exceed the smallest width compared; when
+    ``N − 1`` or D is smaller, ``r = min(rank, N − 1, D)``.
+
+    Args:
+        features: ``(N, D)`` float tensor or array.
+        labels: ``(N,)`` integer class ids, at least 2 classes.
+        rank: principal directions kept (default 32).
+        eps: distortion relative to the mean variance of those directions (default 0.1: directions
+            with less than a tenth of the mean variance count little, so weak noise directions
+            picked up at larger widths barely move the score).
+
+    Returns:
+        0-d float64 tensor; higher = more transferable.
+    """
+    r = _check_rank(rank)
+    x, codes, c = _prepare(features, labels, eps)
+    return _transrate(comparable_features(x, r), codes, c, float(eps))
 
 
 def transrate_layers(

@@ -1,0 +1,306 @@
+r"""Label-shuffle nulls: is a transferability score better than chance on *these* samples?
+
+A raw score mixes the signal (how much the features know about the target labels) with
+terms that depend only on the sample size, the number of classes and the width of the
+features. Shuffling the target labels keeps all of those and destroys the signal, so the
+distribution of the score over ``P`` label permutations is the score's no-information
+level on exactly this data. With the observed score ``s`` and the null scores
+``s_1 … s_P``:
+
+.. math::
+    \mu_0 = \tfrac1P \sum_p s_p, \qquad
+    \sigma_0 = \sqrt{\tfrac1{P-1}\textstyle\sum_p (s_p - \mu_0)^2}, \qquad
+    z = \frac{s - \mu_0}{\sigma_0}, \qquad
+    p = \frac{1 + \#\{p: s_p \ge s\}}{1 + P}
+
+(a one-sided permutation p-value, higher score = more transferable; Phipson & Smyth 2010).
+``score − μ₀`` is the bias-corrected score (``correction="null"`` of
+:func:`~tguide.metrics.otce.otce` and :func:`~tguide.metrics.leep.nce`); ``z`` puts scores of
+different metrics, widths and class counts on one scale.
+
+Cheap by construction: every metric here has a part that depends on the features only,
+computed once, and a part that depends on the labels, recomputed per permutation:
+
+- OTCE / OTCE_sim: the coupling (one OT solve); each permutation re-tabulates P̂(y_s, y_t)
+  (:func:`~tguide.metrics.otce.task_distance_null`).
+- H-score and shrinkage H-score: one eigendecomposition; the score is
+  ``Σ_k w_k Σ_c (Σ_{i∈c} u_ik)² / n_c`` over the unit eigenvectors ``u_k`` in sample space
+  (``w_k = 1``, resp. ``(1-α)λ_k / ((1-α)λ_k + α tr S/D)``), one ``index_add`` per permutation.
+- LogME: one eigendecomposition for the one-hot columns of all permutations at once.
+- TransRate: the global coding rate once; class coding rates per permutation.
+- LEEP / NCE: one joint table per permutation from the fixed source predictions.
+
+Any other callable works too (the target labels must be its last positional argument); it is
+then simply called ``P + 1`` times.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from tguide.metrics._validate import check_features, check_labels, check_probs, check_same_length
+
+# the submodules themselves (the package re-exports functions of the same names)
+_hs = importlib.import_module("tguide.metrics.hscore")
+_leep = importlib.import_module("tguide.metrics.leep")
+_logme = importlib.import_module("tguide.metrics.logme")
+_otce = importlib.import_module("tguide.metrics.otce")
+_tr = importlib.import_module("tguide.metrics.transrate")
+
+__all__ = ["NullCalibrated", "calibrate", "label_permutations", "label_shuffle_null"]
+
+
+@dataclass(frozen=True)
+class NullCalibrated:
+    """A score next to its label-shuffle null.
+
+    Attributes:
+        score: 0-d float64, the score on the real labels.
+        null_mean, null_std: 0-d float64, mean and standard deviation (``P − 1`` normalised) of
+            the score over the label permutations.
+        z: 0-d float64, ``(score − null_mean) / null_std`` (``0`` when both the difference and
+            the spread are 0, ``±inf`` when only the spread is).
+        p_value: 0-d float64, ``(1 + #{null ≥ score}) / (1 + P)``.
+        null: ``(P,)`` float64, the null scores.
+    """
+
+    score: Tensor
+    null_mean: Tensor
+    null_std: Tensor
+    z: Tensor
+    p_value: Tensor
+    null: Tensor
+
+    @property
+    def corrected(self) -> Tensor:
+        """``score − null_mean``: the score above its no-information level."""
+        return self.score - self.null_mean
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """``{"score", "corrected", "z", "p_value", "null_mean", "null_std"}`` (loggable scalars)."""
+        return {"score": self.score, "corrected": self.corrected, "z": self.z, "p_value": self.p_value,
+                "null_mean": self.null_mean, "null_std": self.null_std}
+
+
+def calibrate(score: Tensor, null: Tensor) -> NullCalibrated:
+    """Build a :class:`NullCalibrated` from a score and its null sample ``(P,)``."""
+    s = torch.as_tensor(score, dtype=torch.float64).detach()
+    null = torch.as_tensor(null, dtype=torch.float64).detach().flatten().to(s.device)
+    if null.numel() < 2:
+        raise ValueError(f"the null needs at least 2 permutations, got {null.numel()}.")
+    mean = null.mean()
+    std = null.std(unbiased=True)
+    diff = s - mean
+    # spreads at rounding level count as 0: the null is then a point mass
+    tiny = 64 * torch.finfo(torch.float64).eps * max(1.0, float(mean.abs()))
+    if float(std) <= tiny:
+        z = torch.zeros_like(s) if abs(float(diff)) <= tiny else torch.sign(diff) * math.inf
+    else:
+        z = diff / std
+    p = (1.0 + (null >= s - tiny).sum().to(torch.float64)) / (1.0 + null.numel())
+    return NullCalibrated(score=s, null_mean=mean, null_std=std, z=z, p_value=p, null=null)
+
+
+def label_permutations(n: int, n_perm: int, seed: int = 0, device: torch.device | str | None = None) -> Tensor:
+    """``(n_perm, n)`` int64 permutations of ``0..n-1`` from a private generator seeded by ``seed``.
+
+    Row ``p`` relabels sample ``j`` with the label of sample ``perm[p, j]``. The same
+    ``(n, n_perm, seed)`` always gives the same rows, whatever the global RNG state.
+    """
+    if isinstance(n_perm, bool) or not isinstance(n_perm, numbers.Integral) or n_perm < 2:
+        raise ValueError(f"`n_perm` must be an integer ≥ 2, got {n_perm!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"`seed` must be an integer, got {seed!r}.")
+    gen = torch.Generator().manual_seed(int(seed))
+    perms = torch.stack([torch.randperm(int(n), generator=gen) for _ in range(int(n_perm))])
+    return perms.to(device) if device is not None else perms
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+def _weighted_class_energy(u: Tensor, w: Tensor, codes: Tensor, counts: Tensor, c: int, perms: Tensor) -> Tensor:
+    """``Σ_k w_k Σ_c (Σ_{i: y_i = c} u_ik)² / n_c`` for the labels of every permutation: ``(P,)``."""
+    out = torch.empty(perms.shape[0], dtype=u.dtype, device=u.device)
+    for p in range(perms.shape[0]):
+        sums = torch.zeros(c, u.shape[1], dtype=u.dtype, device=u.device).index_add_(0, codes[perms[p]], u)
+        out[p] = ((sums**2 / counts[:, None]).sum(dim=0) * w).sum()
+    return out
+
+
+def _hscore_null(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], shrink: bool) -> tuple[Tensor, Tensor]:
+    z, codes, counts, c = _hs._prepare(features, labels)
+    n, d = z.shape
+    score = _hs.hscore_shrinkage(z, codes) if shrink else _hs.hscore(z, codes)
+    gram = _hs._gram(z)
+    lam, vecs = torch.linalg.eigh(gram / n)
+    lam = lam.clamp_min(0)
+    keep = lam > _hs._rank_cut(lam, n, d)
+    if n >= d:  # u_k = Z v_k / sqrt(N λ_k), unit vectors in sample space
+        u = (z @ vecs[:, keep]) / torch.sqrt(n * lam[keep])[None, :]
+    else:
+        u = vecs[:, keep]
+    if shrink:
+        alpha = _hs.ledoit_wolf_shrinkage(z, gram)
+        shrunk = (1 - alpha) * lam + alpha * lam.sum() / d
+        w = ((1 - alpha) * lam / shrunk)[keep]
+    else:
+        w = torch.ones(int(keep.sum()), dtype=z.dtype, device=z.device)
+    return score, _weighted_class_energy(u, w, codes, counts, c, perms_fn(n).to(z.device))
+
+
+def _transrate_null(x: Tensor, codes: Tensor, c: int, eps: float, perms: Tensor) -> tuple[Tensor, Tensor]:
+    n = x.shape[0]
+    score = _tr._transrate(x, codes, c, eps)
+    z = x - x.mean(dim=0, keepdim=True)
+    whole = _tr.coding_rate(z, eps)
+    d = x.shape[1]
+    counts = torch.bincount(codes, minlength=c).tolist()
+    # classes smaller than D take the n_c × n_c route: cut their Gram out of one N × N Gram
+    sample_gram = z @ z.T if n <= 4096 and min(counts) < d else None
+    out = torch.empty(perms.shape[0], dtype=x.dtype, device=x.device)
+    for p in range(perms.shape[0]):
+        shuffled = codes[perms[p]]
+        cond = torch.zeros((), dtype=x.dtype, device=x.device)
+        for k, nc in enumerate(counts):
+            idx = torch.nonzero(shuffled == k).flatten()
+            if sample_gram is not None and nc < d:
+                rate = _tr._half_logdet_eye_plus(sample_gram[idx][:, idx], 1.0 / (nc * eps))
+            else:
+                rate = _tr.coding_rate(z[idx], eps)
+            cond = cond + (nc / n) * rate
+        out[p] = whole - cond
+    return score, out
+
+
+def _logme_null(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], tol: float = 1e-7,
+                max_iter: int = 10_000) -> tuple[Tensor, Tensor]:
+    _logme._check_options(tol, max_iter)
+    f = check_features(features, "features")
+    codes, c = check_labels(labels, f.shape[0], "labels", min_classes=2)
+    codes = codes.to(f.device)
+    perms = perms_fn(f.shape[0]).to(f.device)
+    all_codes = torch.cat([codes[None, :], codes[perms]])  # (P + 1, N)
+    y = torch.nn.functional.one_hot(all_codes.T, c).to(f.dtype).reshape(f.shape[0], -1)  # (N, (P+1)·C)
+    per_column = _logme.logme_columns(f, y, tol, max_iter).view(-1, c).mean(dim=1)  # (P + 1,)
+    return per_column[0], per_column[1:]
+
+
+def _leep_null(source_probs: Any, labels: Any, perms_fn: Callable[[int], Tensor]) -> tuple[Tensor, Tensor]:
+    theta = check_probs(source_probs, "source_probs")
+    codes, c = check_labels(labels, theta.shape[0], "labels", min_classes=2)
+    codes = codes.to(theta.device)
+    n = theta.shape[0]
+
+    def value(y: Tensor) -> Tensor:
+        joint = torch.zeros(c, theta.shape[1], dtype=theta.dtype, device=theta.device).index_add_(0, y, theta) / n
+        marginal = joint.sum(dim=0, keepdim=True)
+        cond = torch.where(marginal > 0, joint / torch.where(marginal > 0, marginal, 1.0), 0.0)
+        return torch.log((theta @ cond.T).gather(1, y[:, None])[:, 0]).mean()
+
+    perms = perms_fn(n).to(theta.device)
+    return value(codes), torch.stack([value(codes[p]) for p in perms])
+
+
+def _nce_null(source_labels: Any, labels: Any, perms_fn: Callable[[int], Tensor]) -> tuple[Tensor, Tensor]:
+    y, c = check_labels(labels, None, "labels", min_classes=2)
+    z, cz = check_labels(source_labels, None, "source_labels", min_classes=1)
+    check_same_length(z, y, "source_labels", "labels")
+    z = z.to(y.device)
+    perms = perms_fn(y.shape[0]).to(y.device)
+    return _leep.nce_table(z, cz, y[None, :], c)[0], _leep.nce_table(z, cz, y[perms], c)
+
+
+def _otce_null(src_features: Any, src_labels: Any, tgt_features: Any, tgt_labels: Any,
+               perms_fn: Callable[[int], Tensor], *, n_perm: int, seed: int = 0, sim: bool = False,
+               **kwargs: Any) -> tuple[Tensor, Tensor]:
+    # otce(correction="null") solves OT once and re-tabulates W_T per permutation
+    # (task_distance_null), drawing the permutations as label_permutations(Nt, n_perm, seed).
+    if sim and "weights" in kwargs:
+        raise ValueError("otce_sim takes no `weights`; use otce(..., weights=...) for the full score.")
+    res = _otce.otce(src_features, src_labels, tgt_features, tgt_labels, correction="null", n_perm=n_perm,
+                     seed=seed, **kwargs)
+    return res.null.score, res.null.null
+
+
+def _fast_path(fn: Callable[..., Any], n_perm: int, seed: int) -> Callable[..., tuple[Tensor, Tensor]] | None:
+    """The permutation-reusing implementation of a known metric function, else ``None``."""
+    def transrate(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+        x, codes, c = _tr._prepare(features, labels, eps)
+        return _transrate_null(x, codes, c, float(eps), perms_fn(x.shape[0]).to(x.device))
+
+    def transrate_comparable(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], rank: int = 32,
+                             eps: float = 0.1) -> tuple[Tensor, Tensor]:
+        r = _tr._check_rank(rank)
+        x, codes, c = _tr._prepare(features, labels, eps)
+        xc = _tr.comparable_features(x, r)
+        return _transrate_null(xc, codes, c, float(eps), perms_fn(x.shape[0]).to(x.device))
+
+    table: dict[Callable[..., Any], Callable[..., tuple[Tensor, Tensor]]] = {
+        _hs.hscore: lambda f, y, pf: _hscore_null(f, y, pf, shrink=False),
+        _hs.hscore_shrinkage: lambda f, y, pf: _hscore_null(f, y, pf, shrink=True),
+        _tr.transrate: transrate,
+        _tr.transrate_comparable: transrate_comparable,
+        _logme.logme: _logme_null,
+        _leep.leep: _leep_null,
+        _leep.nce: _nce_null,
+        _otce.otce: lambda *a, **k: _otce_null(*a, n_perm=n_perm, seed=seed, **k),
+        _otce.otce_sim: lambda *a, **k: _otce_null(*a, n_perm=n_perm, seed=seed, sim=True, **k),
+    }
+    return table.get(fn)
+
+
+def label_shuffle_null(fn: Callable[..., Any], *args: Any, n_perm: int = 100, seed: int = 0,
+                       **kwargs: Any) -> NullCalibrated:
+    """Score ``fn(*args, **kwargs)`` and its null over ``n_perm`` shuffles of the target labels.
+
+    ``fn`` is a metric function of :mod:`tguide.metrics` (``hscore``, ``hscore_shrinkage``,
+    ``transrate``, ``transrate_comparable``, ``logme``, ``leep``, ``nce``, ``otce``,
+    ``otce_sim``: these reuse their label-independent work across permutations, see the module
+    doc) or any callable whose **last positional argument is the target labels** and whose
+    result is a number, a 0-d tensor or has a ``.score``. Permutations come from
+    :func:`label_permutations` with ``seed`` (same seed → same null).
+
+    Returns:
+        :class:`NullCalibrated` with the score, the null's mean and std, ``z`` and the p-value.
+
+    Example:
+        >>> import torch
+        >>> from tguide.metrics import hscore
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(200) % 4
+        >>> f = torch.randn(200, 8, generator=g) + 3 * torch.nn.functional.one_hot(y, 8)
+        >>> bool(label_shuffle_null(hscore, f, y, n_perm=50).z > 10)
+        True
+    """
+    if not args:
+        raise ValueError("label_shuffle_null needs the metric's arguments, the target labels last.")
+    label_permutations(2, n_perm, seed)  # validates n_perm and seed before any work
+
+    def perms_fn(n: int) -> Tensor:
+        return label_permutations(n, n_perm, seed)
+
+    fast = _fast_path(fn, n_perm, seed)
+    if fast is not None:
+        score, null = fast(*args, perms_fn, **kwargs)
+        return calibrate(score, null)
+
+    def value(out: Any) -> Tensor:
+        out = getattr(out, "score", out)
+        return torch.as_tensor(out, dtype=torch.float64).detach().reshape(())
+
+    *rest, labels = args
+    y = torch.as_tensor(labels)
+    if y.ndim == 0:
+        raise ValueError("the last positional argument must be the target labels (N,).")
+    perms = perms_fn(y.shape[0]).to(y.device)
+    score = value(fn(*args, **kwargs))
+    null = torch.stack([value(fn(*rest, y[p], **kwargs)) for p in perms])
+    return calibrate(score, null)
