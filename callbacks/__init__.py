@@ -1,5 +1,6 @@
 """Lightning callbacks of tguide (installed as ``tguide.callbacks``)."""
 
+from tguide.callbacks.invariance import InvarianceMonitor, per_class_ekld
 from tguide.callbacks.transferability import (
     DEFAULT_METRIC_KWARGS,
     METRICS,
@@ -10,6 +11,8 @@ from tguide.callbacks.transferability import (
 )
 
 __all__ = [
+    "InvarianceMonitor",
+    "per_class_ekld",
     "DEFAULT_METRIC_KWARGS",
     "METRICS",
     "MetricSpec",

@@ -12,9 +12,12 @@ bias-corrected score against label shuffles), and ``correction="null"|"miller_ma
 Stateful (DDP-aware, ``update``/``compute``, ``null=P`` for calibrated output):
 :class:`HScore`, :class:`HScoreShrinkage`, :class:`TransRate`, :class:`TransRateComparable`,
 :class:`LEEP`, :class:`NCE`, :class:`LogME`, :class:`OTCE`, all subclasses of :class:`FeatureMetric`.
+Invariance (seed 001; the one family where lower is better): :func:`ekld`, :func:`ekld_per_class`,
+:class:`EKLD`.
 """
 
 from tguide.metrics.hscore import hscore, hscore_shrinkage, ledoit_wolf_shrinkage
+from tguide.metrics.invariance import EKLD, ekld, ekld_per_class, kl_rows
 from tguide.metrics.leep import leep, nce
 from tguide.metrics.logme import LogMEConvergenceWarning, LogMEUnboundedWarning, logme
 from tguide.metrics.otce import (
@@ -59,6 +62,11 @@ __all__ = [
     "task_distance",
     "fit_otce_weights",
     "OTCEResult",
+    # invariance (lower = more invariant)
+    "ekld",
+    "ekld_per_class",
+    "kl_rows",
+    "EKLD",
     # calibration
     "label_shuffle_null",
     "NullCalibrated",
