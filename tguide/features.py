@@ -18,7 +18,12 @@ Pixel-level mode (:func:`extract_pixel_features`), for segmentation: every sampl
 ``(i, j)`` of an image with a label mask ``(H, W)`` gives one row per layer, the layer's map
 bilinearly resampled at that pixel's centre (the value ``F.interpolate(x, (H, W),
 mode="bilinear", align_corners=False)[:, :, i, j]`` would give, without building the
-upsampled map), and its label is ``mask[i, j]``.
+upsampled map), and its label is ``mask[i, j]``. Pixels are drawn uniformly over the labelled
+pixels (``sampling="uniform"``) or, as seed 002 recommends for segmentation ("sample pixels near
+segmentation boundaries"), within a band around the label boundaries (``sampling="boundary"``,
+:func:`boundary_band`): the pixels whose ``(2·band+1)²`` square neighbourhood holds a labelled
+pixel of another class, i.e. a morphological dilation of every class by a square of width
+``band`` on each side, intersected where at least two classes meet.
 """
 
 from __future__ import annotations
@@ -44,10 +49,13 @@ __all__ = [
     "reduce_output",
     "resolve_layers",
     "sample_pixels",
+    "SAMPLINGS",
+    "boundary_band",
 ]
 
 Pool = Literal["avg", "flatten", "none"]
 POOLS: tuple[str, ...] = ("avg", "flatten", "none")
+SAMPLINGS: tuple[str, ...] = ("uniform", "boundary")
 Unpack = Callable[[Any], tuple[Tensor, Tensor]]
 
 _INPUT_KEYS = ("x", "image", "images", "input", "inputs")
@@ -343,6 +351,33 @@ def sample_pixels(valid: Tensor, k: int | None, generator: torch.Generator | Non
     return flat
 
 
+def boundary_band(mask: Tensor, band: int = 3, ignore_index: int | None = None) -> Tensor:
+    """Pixels within Chebyshev distance ``band`` of a pixel of another class: ``(H, W)`` bool.
+
+    .. math::
+
+        B = V \\cap \\{p : |\\{c : \\exists q \\in V,\\ \\|p-q\\|_\\infty \\le b,\\ y_q = c\\}| \\ge 2\\}
+
+    with ``V`` the labelled pixels (label not ``ignore_index``): every class is dilated by a
+    ``(2b+1)²`` square (a max-pool) and a pixel is in the band when two or more dilated classes
+    cover it. So the band holds pixels of both sides of every boundary (vessel and background
+    along a vessel's edge) and never an ignored pixel; edges between a class and ignored pixels
+    (the field-of-view border) are not boundaries. ``mask`` is ``(H, W)`` integer labels.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"`mask` must be (H, W) integer labels, got shape {tuple(mask.shape)}.")
+    if not isinstance(band, int) or isinstance(band, bool) or band < 1:
+        raise ValueError(f"`band` must be an integer ≥ 1 (pixels on each side of a boundary), got {band!r}.")
+    valid = mask != ignore_index if ignore_index is not None else torch.ones_like(mask, dtype=torch.bool)
+    classes = torch.unique(mask[valid])
+    covered = torch.zeros(mask.shape, dtype=torch.int64, device=mask.device)
+    for c in classes:
+        member = ((mask == c) & valid).to(torch.float32)[None, None]  # (1, 1, H, W)
+        dilated = F.max_pool2d(member, kernel_size=2 * band + 1, stride=1, padding=band)[0, 0]
+        covered += (dilated > 0).to(torch.int64)
+    return (covered >= 2) & valid
+
+
 def _sample_map(fmap: Tensor, rows: Tensor, cols: Tensor, height: int, width: int, mode: str) -> Tensor:
     """Values of ``fmap (C, h, w)`` at pixel centres ``(rows, cols)`` of an ``(height, width)`` grid,
     as ``interpolate(fmap, (height, width), mode, align_corners=False)`` would give: ``(P, C)``."""
@@ -371,6 +406,8 @@ def extract_pixel_features(
     device: torch.device | str | None = None,
     unpack: Unpack | None = None,
     forward: Callable[[nn.Module, Tensor], Any] | None = None,
+    sampling: str = "uniform",
+    band: int = 3,
 ) -> FeatureSet:
     """Per-pixel features of named conv layers and the pixel labels, for segmentation.
 
@@ -382,11 +419,20 @@ def extract_pixel_features(
     indexing when ``h, w`` equal ``H, W``. The draw for an image depends only on ``seed`` and the
     image's id, so it does not change with the batch size or the process that reads it.
 
+    ``sampling="boundary"`` draws the pixels only within the boundary band of width ``band``
+    (:func:`boundary_band`; both classes of a boundary are in it); an image whose labelled
+    pixels hold one class only has no band and gives no rows. ``"uniform"`` (default) draws
+    among all labelled pixels.
+
     Returns a :class:`FeatureSet` with ``features[layer] (M, C_layer)``, ``labels (M,)`` and
     ``ids (M,)`` (the image each pixel came from). ``max_samples`` caps the number of images.
     """
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"`mode` must be 'bilinear' or 'nearest', got {mode!r}.")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"`sampling` must be one of {list(SAMPLINGS)}, got {sampling!r}.")
+    if sampling == "boundary" and (not isinstance(band, int) or isinstance(band, bool) or band < 1):
+        raise ValueError(f"`band` must be an integer ≥ 1 (pixels on each side of a boundary), got {band!r}.")
     if pixels_per_image is not None and pixels_per_image < 1:
         raise ValueError(f"`pixels_per_image` must be ≥ 1 or None, got {pixels_per_image}.")
     if max_samples is not None and max_samples < 1:
@@ -419,7 +465,10 @@ def extract_pixel_features(
                 if max_samples is not None and seen >= max_samples:
                     break
                 gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(batch_ids[i]))
-                valid = masks[i] != ignore_index if ignore_index is not None else torch.ones_like(masks[i], dtype=torch.bool)
+                if sampling == "boundary":
+                    valid = boundary_band(masks[i], band, ignore_index)
+                else:
+                    valid = masks[i] != ignore_index if ignore_index is not None else torch.ones_like(masks[i], dtype=torch.bool)
                 flat = sample_pixels(valid, pixels_per_image, gen)
                 rows, cols = (flat // width), (flat % width)
                 for name, out in cap.outputs.items():
@@ -432,7 +481,8 @@ def extract_pixel_features(
             if max_samples is not None and seen >= max_samples:
                 break
     if not labels or sum(t.numel() for t in labels) == 0:
-        raise ValueError("no labelled pixels were found; check `loader` and `ignore_index`.")
+        raise ValueError("no labelled pixels were found; check `loader` and `ignore_index`"
+                         + (" (sampling='boundary' needs images whose masks hold two classes)." if sampling == "boundary" else "."))
     first = next(iter(chunks.values()))[0]
     return FeatureSet(
         features={name: torch.cat(chunks[name]) for name in cap.modules},
