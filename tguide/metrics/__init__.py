@@ -12,10 +12,19 @@ bias-corrected score against label shuffles), and ``correction="null"|"miller_ma
 Stateful (DDP-aware, ``update``/``compute``, ``null=P`` for calibrated output):
 :class:`HScore`, :class:`HScoreShrinkage`, :class:`TransRate`, :class:`TransRateComparable`,
 :class:`LEEP`, :class:`NCE`, :class:`LogME`, :class:`OTCE`, all subclasses of :class:`FeatureMetric`.
+Denoising (seed 000): :func:`denoising_transferability` = exp(−SW₂(residual patches of A, of B)/s_A).
 Invariance (seed 001; the one family where lower is better): :func:`ekld`, :func:`ekld_per_class`,
 :class:`EKLD`.
 """
 
+from tguide.metrics.denoising import (
+    DenoisingTransferResult,
+    denoiser_residuals,
+    denoising_transferability,
+    residual_distance,
+    residual_patches,
+    score_denoiser,
+)
 from tguide.metrics.hscore import hscore, hscore_shrinkage, ledoit_wolf_shrinkage
 from tguide.metrics.invariance import EKLD, ekld, ekld_per_class, kl_rows
 from tguide.metrics.leep import leep, nce
@@ -62,6 +71,13 @@ __all__ = [
     "task_distance",
     "fit_otce_weights",
     "OTCEResult",
+    # denoising transferability (seed 000)
+    "denoising_transferability",
+    "DenoisingTransferResult",
+    "denoiser_residuals",
+    "residual_distance",
+    "residual_patches",
+    "score_denoiser",
     # invariance (lower = more invariant)
     "ekld",
     "ekld_per_class",

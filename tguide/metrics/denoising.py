@@ -1,0 +1,217 @@
+r"""Denoising transferability: how well does a denoiser trained on noise domain A suit domain B?
+
+Seed 000 ("Towards transferability metrics, explored in the context of image denoising"):
+train a denoiser :math:`f_A` on A; model A's noise *as the model sees it* by the residuals
+on A's held-out noisy images; pass B's noisy images through the same model; compare the two
+residual distributions. No clean image of B and no training on B is needed.
+
+.. math::
+    r_A = y_A - f_A(y_A), \qquad r_B = y_B - f_A(y_B)
+
+    d(A \to B) = SW_2(P_A, P_B)
+        = \Big(\mathbb E_{\theta \sim U(S^{D-1})} W_2^2(\theta_\# P_A, \theta_\# P_B)\Big)^{1/2}
+
+    s_A = \big(\mathbb E\, r_A^2\big)^{1/2}, \qquad
+    T(A \to B) = \exp\!\big(-d(A \to B) / s_A\big) \in (0, 1]
+
+where :math:`P_A, P_B` are the empirical distributions of the non-overlapping
+``patch × patch`` residual patches (vectors of :math:`D = C\,p^2` values) and
+:math:`SW_2` the sliced 2-Wasserstein distance, estimated with ``n_projections`` random
+directions through POT (``ot.sliced_wasserstein_distance``; Rabin et al. 2011, Bonneel et
+al. 2015). ``method="pixel"`` uses single pixels instead (D = 1: the exact 1-D
+:math:`W_2` between the residual values, ``ot.wasserstein_1d``).
+
+Why this distance and this map:
+
+- a Wasserstein distance compares distributions with different or disjoint supports
+  (Gaussian vs impulse residuals) without fitting densities, and is in the units of the
+  residual; it needs only samples, which is what a black-box model gives us (seed, step 2);
+- patches rather than pixels: a model that does not fit B leaves *structured* residuals
+  (unremoved correlated noise, or image detail it smoothed away); patch projections see
+  spatial correlation that a per-pixel histogram cannot;
+- for white Gaussian residuals of standard deviations :math:`\sigma_A, \sigma_B`, every
+  projection of a patch is :math:`\mathcal N(0, \sigma^2)`, so :math:`d = |\sigma_B -
+  \sigma_A|` and :math:`T = \exp(-|\sigma_B - \sigma_A| / \sigma_A)`: 1 for identical
+  domains, decreasing in :math:`\sigma_B - \sigma_A`, and asymmetric (it is normalised by
+  A's own residual scale :math:`s_A`, and :math:`r_B` depends on :math:`f_A`, not :math:`f_B`);
+- dividing by :math:`s_A` makes the score invariant to the intensity scale of the images
+  (scale both residuals by c: d and s_A both scale by c); :math:`\exp(-\cdot)` maps
+  :math:`[0, \infty)` onto :math:`(0, 1]`.
+
+For two subsets of the same domain the estimate is below 1 only by the sampling error of
+:math:`SW_2` (≈ 0.01–0.03 with a few thousand patches).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["DenoisingTransferResult", "residual_patches", "residual_distance", "denoising_transferability",
+           "denoiser_residuals", "score_denoiser"]
+
+METHODS = ("sliced", "pixel")
+
+
+@dataclass(frozen=True)
+class DenoisingTransferResult:
+    """Score ``T(A→B)`` (0-d float64), the distance ``d``, A's residual scale ``s_A``, and timing."""
+
+    score: Tensor
+    distance: Tensor
+    scale: Tensor
+    seconds: float = 0.0
+
+
+def _as_tensor(x: "Tensor | np.ndarray", name: str) -> Tensor:
+    t = torch.as_tensor(x)
+    if not t.is_floating_point():
+        raise ValueError(f"`{name}` must be a float tensor of residuals, got dtype {t.dtype}")
+    if t.dim() not in (2, 4):
+        raise ValueError(f"`{name}` must be residual images (N, C, H, W) or patch vectors (N, D), "
+                         f"got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"`{name}` is empty; pass at least one residual image")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"`{name}` contains NaN or Inf; check the denoiser's output")
+    return t.to(torch.float64)
+
+
+def residual_patches(residuals: Tensor, patch: int = 8) -> Tensor:
+    """Non-overlapping ``patch × patch`` patches of ``residuals (N, C, H, W)`` → ``(M, C·patch²)``.
+
+    A ``(N, D)`` input is returned as it is (already vectors). Borders that do not fill a
+    whole patch are dropped.
+    """
+    r = _as_tensor(residuals, "residuals")
+    if r.dim() == 2:
+        return r
+    n, c, h, w = r.shape
+    if patch < 1 or patch > min(h, w):
+        raise ValueError(f"patch must be in [1, min(H, W)] = [1, {min(h, w)}], got {patch}")
+    r = r[..., : h - h % patch, : w - w % patch]
+    p = r.unfold(2, patch, patch).unfold(3, patch, patch)        # (N, C, H/p, W/p, p, p)
+    return p.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * patch * patch)
+
+
+def _subsample(x: Tensor, k: int | None, gen: torch.Generator) -> Tensor:
+    if k is None or x.shape[0] <= k:
+        return x
+    return x[torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)]
+
+
+def residual_distance(res_a: Tensor, res_b: Tensor, *, method: str = "sliced", patch: int = 8,
+                      n_projections: int = 128, max_samples: int | None = 8192, seed: int = 0) -> Tensor:
+    r"""Distance :math:`d(A, B)` between two residual distributions (0-d float64).
+
+    ``method="sliced"``: :math:`SW_2` between the patch vectors (``patch``; POT, ``n_projections``
+    directions drawn with ``seed``). ``method="pixel"``: exact 1-D :math:`W_2` between the residual
+    values. ``max_samples`` rows (patches or pixels) per side are drawn at random (seeded).
+    """
+    import ot
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    gen = torch.Generator().manual_seed(int(seed))
+    if method == "pixel":
+        a = _subsample(_as_tensor(res_a, "res_a").reshape(-1, 1), max_samples and max_samples * 16, gen)
+        b = _subsample(_as_tensor(res_b, "res_b").reshape(-1, 1), max_samples and max_samples * 16, gen)
+        w2 = ot.wasserstein_1d(a, b, p=2)
+        return torch.as_tensor(w2, dtype=torch.float64).reshape(()).clamp(min=0).sqrt()
+    pa, pb = residual_patches(res_a, patch), residual_patches(res_b, patch)
+    if pa.shape[1] != pb.shape[1]:
+        raise ValueError(f"`res_a` and `res_b` give patch vectors of different sizes {pa.shape[1]} and "
+                         f"{pb.shape[1]}: use the same channels and patch size on both sides")
+    pa, pb = _subsample(pa, max_samples, gen), _subsample(pb, max_samples, gen)
+    d = ot.sliced_wasserstein_distance(pa, pb, n_projections=int(n_projections), p=2, seed=int(seed))
+    return torch.as_tensor(d, dtype=torch.float64)
+
+
+def denoising_transferability(res_a: Tensor, res_b: Tensor, *, method: str = "sliced", patch: int = 8,
+                              n_projections: int = 128, max_samples: int | None = 8192, seed: int = 0,
+                              return_result: bool = False) -> "Tensor | DenoisingTransferResult":
+    r"""Transferability :math:`T(A \to B) = \exp(-d(A, B) / s_A)` in (0, 1]; higher = more transferable.
+
+    Args:
+        res_a: residuals of A's model on A's held-out noisy images, ``noisy − denoised``,
+            ``(N_A, C, H, W)`` (or patch vectors ``(N_A, D)``).
+        res_b: residuals of the *same* model on B's noisy images, ``(N_B, C, H', W')``.
+        method, patch, n_projections, max_samples, seed: see :func:`residual_distance`.
+        return_result: return a :class:`DenoisingTransferResult` (score, distance, scale).
+
+    Returns:
+        0-d float64 tensor (or the result dataclass).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> ra = 0.1 * torch.randn(16, 1, 32, 32, generator=g)
+        >>> rb = 0.2 * torch.randn(16, 1, 32, 32, generator=g)   # twice A's noise: exp(-1)
+        >>> round(float(denoising_transferability(ra, rb)), 1)
+        0.4
+    """
+    a = _as_tensor(res_a, "res_a")
+    _as_tensor(res_b, "res_b")
+    scale = a.pow(2).mean().sqrt()
+    if scale <= 0:
+        raise ValueError("`res_a` is all zeros: A's model returned its input unchanged (or the images are "
+                         "noise-free), so A's residual scale is 0; check the model and A's noise")
+    d = residual_distance(res_a, res_b, method=method, patch=patch, n_projections=n_projections,
+                          max_samples=max_samples, seed=seed)
+    score = torch.exp(-d / scale)
+    if return_result:
+        return DenoisingTransferResult(score=score, distance=d, scale=scale)
+    return score
+
+
+@torch.no_grad()
+def denoiser_residuals(model: Callable[[Tensor], Tensor], noisy: "Tensor | list[Tensor]",
+                       batch_size: int = 16) -> "Tensor | list[Tensor]":
+    """Residuals ``noisy − model(noisy)``, the model in eval mode, without gradients.
+
+    ``noisy`` is ``(N, C, H, W)`` (run in batches of ``batch_size``; returns ``(N, C, H, W)``) or a
+    list of ``(C, H, W)`` images of any sizes (run one by one; returns a list of ``(C, H, W)``).
+    """
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        device = next(iter(model.parameters())).device if hasattr(model, "parameters") else torch.device("cpu")
+    except StopIteration:
+        device = torch.device("cpu")
+    try:
+        if isinstance(noisy, (list, tuple)):
+            return [x - model(x[None].to(device))[0].to(x.device) for x in noisy]
+        out = [x - model(x.to(device)).to(x.device) for x in noisy.split(batch_size)]
+        return torch.cat(out)
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()
+
+
+def score_denoiser(model: Callable[[Tensor], Tensor], held_out_a: "Tensor | list[Tensor]",
+                   noisy_b: "Tensor | list[Tensor]", *, res_a: Tensor | None = None, patch: int = 8,
+                   **kwargs) -> DenoisingTransferResult:
+    """Run A's ``model`` on A's held-out noisy images and on B's noisy images, and score A → B.
+
+    ``held_out_a``/``noisy_b``: ``(N, C, H, W)`` tensors or lists of ``(C, H, W)`` images. Pass
+    ``res_a`` (A's residual patches, cached) to skip the A side. ``kwargs`` go to
+    :func:`denoising_transferability`. ``seconds`` is the wall time of the whole call.
+    """
+    t0 = time.perf_counter()
+
+    def patches(images: "Tensor | list[Tensor]") -> Tensor:
+        res = denoiser_residuals(model, images)
+        if isinstance(res, list):
+            return torch.cat([residual_patches(r[None], patch) for r in res])
+        return residual_patches(res, patch)
+
+    pa = res_a if res_a is not None else patches(held_out_a)
+    pb = patches(noisy_b)
+    result = denoising_transferability(pa, pb, patch=patch, return_result=True, **kwargs)
+    assert isinstance(result, DenoisingTransferResult)
+    return DenoisingTransferResult(result.score, result.distance, result.scale, time.perf_counter() - t0)
