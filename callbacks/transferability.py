@@ -38,7 +38,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-from tguide.features import FeatureSet, Unpack, extract_features, extract_pixel_features, resolve_layers
+from tguide.features import FeatureSet, Unpack, extract_features, resolve_layers
+from tguide.pixel_features import extract_pixel_features
 
 __all__ = ["METRICS", "DEFAULT_METRIC_KWARGS", "MetricSpec", "resolve_metric", "transferability_scores",
            "TransferabilityMonitor"]

@@ -14,11 +14,11 @@ from tguide.features import (
     default_unpack,
     eval_mode,
     extract_features,
-    extract_pixel_features,
     reduce_output,
     resolve_layers,
 )
 from tguide.nets.lenet import LeNet5
+from tguide.pixel_features import extract_pixel_features
 
 
 def _hooks(model: nn.Module) -> int:

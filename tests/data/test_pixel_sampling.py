@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tguide.data.retina import IGNORE, load_retina
-from tguide.features import boundary_band, extract_pixel_features
+from tguide.pixel_features import boundary_band, extract_pixel_features
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tguide.features import LayerCapture, extract_pixel_features
+from tguide.features import LayerCapture
+from tguide.pixel_features import extract_pixel_features
 from tguide.models.segmenter import Segmenter, build_unet, dice_bce_loss, prediction_panel
 
 

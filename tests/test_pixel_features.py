@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tguide.features import boundary_band, extract_pixel_features
+from tguide.pixel_features import boundary_band, extract_pixel_features
 
 
 @pytest.fixture(autouse=True)
