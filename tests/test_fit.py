@@ -154,3 +154,10 @@ def test_wheel_install_runs_from_root(tmp_path):
                    f"hydra.run.dir={run}", cwd=Path("/"), python=str(py))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "csv" / "metrics.csv").is_file() and (run / "metrics.json").is_file()
+
+
+def test_multirun_sweeps_are_checked_with_their_first_value():
+    assert check_overrides(["-m", "seed=0,1,2", "trainer.max_epochs=range(1,3)"]) is None
+    assert "unknown key 'trainer.nope'" in check_overrides(["-m", "seed=0,1", "trainer.nope=1,2"])
+    assert "expects int" in check_overrides(["-m", "trainer.max_epochs=a,b"])
+    assert "Ambiguous value" in check_overrides(["seed=0,1"])  # without -m a comma list is not a sweep

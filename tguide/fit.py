@@ -69,6 +69,11 @@ def check_overrides(overrides: Sequence[str]) -> str | None:
     except SystemExit:
         return "cannot parse the command line; see `python -m tguide.fit --help`"
     plain = [o for o in parsed.overrides if not o.lstrip("+~").startswith("hydra.")]
+    if parsed.multirun:  # a sweep (seed=0,1,2 or range(...)) is checked with its first value
+        try:
+            plain = _first_of_sweeps(plain)
+        except OverrideParseException as err:
+            return f"cannot parse the overrides: {str(err).splitlines()[0]} (use key=value or key=a,b,c with -m)"
     try:
         composed = compose(plain)
     except MissingConfigException as err:
@@ -94,6 +99,20 @@ def check_overrides(overrides: Sequence[str]) -> str | None:
             return first
         return " ".join(lines[:2])
     return _check_value_types(plain, composed)
+
+
+def _first_of_sweeps(overrides: Sequence[str]) -> list[str]:
+    """Replace every sweep override (``key=a,b``, ``key=range(1,4)``, ``key=choice(x,y)``) by its first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for text, parsed in zip(overrides, OverridesParser.create().parse_overrides(list(overrides))):
+        if parsed.is_sweep_override():
+            first = next(iter(parsed.sweep_string_iterator()), None)
+            out.append(text if first is None else f"{parsed.get_key_element()}={first}")
+        else:
+            out.append(text)
+    return out
 
 
 def _check_value_types(overrides: Sequence[str], composed: Any) -> str | None:
