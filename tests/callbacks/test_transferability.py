@@ -282,7 +282,7 @@ DDP_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, os.environ["TEST_DIR"])
     from test_transferability import TinyModule, make_data, METRICS_UNDER_TEST
     from tguide.callbacks import TransferabilityMonitor
-    from tguide.callbacks.transferability import _probe_share
+    from tguide.probe import _probe_share
     from torch.utils.data import DataLoader
 
     out = os.environ["OUT_DIR"]
