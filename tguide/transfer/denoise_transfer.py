@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tguide.data.denoise import RandomPatches, center_crop, load_images, train_val_split
 from tguide.data.noise import NoiseModel, parse_noise
 from tguide.errors import TGuideError
+from tguide.runs import prepare_run
 from tguide.metrics.denoising import (DenoisingTransferResult, denoiser_residuals, denoising_transferability,
                                      residual_patches)
 from tguide.models.denoiser import DEFAULT_LOSS, denoise_loss, l0_gamma
@@ -205,14 +206,8 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
 def run(cfg: Any) -> dict[str, Any]:
     """Runner for ``python -m tguide.fit recipe=denoise_transfer``: score one source model against
     ``transfer.targets``; writes ``results.json`` and ``results.md`` into the run folder."""
-    from omegaconf import OmegaConf
 
-    if cfg.get("transfer") is None:
-        raise TGuideError("the config has no `transfer:` block; use recipe=denoise_transfer")
-    tr = OmegaConf.to_container(cfg.transfer, resolve=True)
-    run_dir = Path(cfg.paths.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tr, run_dir = prepare_run(cfg, "transfer", "recipe=denoise_transfer")
     root = (cfg.get("data") or {}).get("root")
     threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg.get("threads") or tr.get("threads") or 1))

@@ -35,6 +35,7 @@ from torch import Tensor
 from tguide.data.episodes import Episode, EpisodeSampler
 from tguide.data.mnist import _normalise, load_mnist_test, random_affine, split_indices
 from tguide.errors import TGuideError
+from tguide.runs import prepare_run
 from tguide.nets.lenet import LeNet5
 from tguide.transfer.otce_pretune import accuracy, finetune, otce_head, otce_pretune
 
@@ -283,14 +284,8 @@ def _run_protocol(fs: dict[str, Any], run_dir: Path, root: str | None, logger: A
 def run(cfg: Any) -> dict[str, Any]:
     """Runner for ``python -m tguide.fit recipe=fewshot_mnist_usps|fewshot_mnist_omniglot``."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    if cfg.get("fewshot") is None:
-        raise TGuideError("the config has no `fewshot:` block; use recipe=fewshot_mnist_usps or fewshot_mnist_omniglot")
-    fs = OmegaConf.to_container(cfg.fewshot, resolve=True)
-    run_dir = Path(cfg.paths.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    fs, run_dir = prepare_run(cfg, "fewshot", "recipe=fewshot_mnist_usps or fewshot_mnist_omniglot")
     torch.manual_seed(int(cfg.get("seed", 0)))
     logger_cfg = cfg.get("logger")
     logger = instantiate(logger_cfg) if logger_cfg and "_target_" in logger_cfg else None

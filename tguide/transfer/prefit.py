@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from tguide.data.image_fit import coordinate_grid, image_to_pixels
-from tguide.errors import TGuideError
+from tguide.runs import prepare_run
 from tguide.models.siren import psnr
 from tguide.nets.siren import BatchedSiren
 
@@ -222,16 +222,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
 def run(cfg: Any) -> dict[str, Any]:
     """Runner for ``python -m tguide.fit recipe=siren_prefit``: writes results.json/.md, curves.pt, curves.png."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from tguide.data.cifar10 import load_cifar10
 
-    if cfg.get("prefit") is None:
-        raise TGuideError("the config has no `prefit:` block; use recipe=siren_prefit")
-    pc = OmegaConf.to_container(cfg.prefit, resolve=True)
-    run_dir = Path(cfg.paths.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pc, run_dir = prepare_run(cfg, "prefit", "recipe=siren_prefit")
     images, labels, _ = load_cifar10(pc.get("root"))
     triples = sample_triples(labels, int(pc["triples"]), int(pc["triple_seed"]))
     pc["prefit_epochs"] = int(pc["epochs"] if pc.get("prefit_epochs") is None else pc["prefit_epochs"])
