@@ -1,4 +1,4 @@
-"""Noise2Noise study and the denoising transferability score (issue 8, seed 000).
+"""Noise2Noise study and the denoising transferability score (Patil 2022, denoising transferability).
 
     TGUIDE_DATA=../shared/data .venv/bin/python bench/denoise_transfer.py [--steps 400 --width 16] [--quick]
 
@@ -30,9 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tguide.data.denoise import load_images  # noqa: E402
-from tguide.data.noise import parse_noise  # noqa: E402
-from tguide.transfer.denoise_transfer import (CACHE, load_or_train, noisy_copies, score_pool,  # noqa: E402
+from tguide.studies.denoising.data import load_images  # noqa: E402
+from tguide.studies.denoising.noise import parse_noise  # noqa: E402
+from tguide.studies.denoising.transfer import (CACHE, load_or_train, noisy_copies, score_pool,  # noqa: E402
                                               transfer_rows)
 
 SOURCES = ["gaussian:15", "gaussian:25", "gaussian:50", "poisson:30", "impulse:0.2"]

@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tguide.fit import compose
-from tguide.transfer.fewshot import run_protocol
+from tguide.studies.fewshot.protocol import run_protocol
 
 GRID = [
     {},

@@ -1,4 +1,4 @@
-"""Invariance transfer across classes (seed 001): per-class eKLD vs class size, with and without GIT.
+"""Invariance transfer across classes (Zhou, Tajwar & Finn, ICLR 2022): per-class eKLD vs class size, with and without GIT.
 
 For every transform family and seed, on long-tailed nuisance-transformed MNIST (MNIST here is the
 10k test set; Zipf class sizes 500 → 5, class order drawn per seed; val/test near-balanced, fixed):
@@ -43,7 +43,7 @@ def run_one(transform: str, seed: int, git: bool, epochs: int, out: Path) -> dic
     from hydra.utils import instantiate
 
     from tguide.fit import compose
-    from tguide.transfer.git import diagnose, fit_git, small_class_mask
+    from tguide.studies.invariance.git import diagnose, fit_git, small_class_mask
 
     run_dir = out / f"{transform}_s{seed}_{'git' if git else 'none'}"
     cfg = compose(["recipe=invariance_lt", f"seed={seed}", f"transform={transform}", f"git={str(git).lower()}",
@@ -80,7 +80,7 @@ def run_one(transform: str, seed: int, git: bool, epochs: int, out: Path) -> dic
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from tguide.transfer.fewshot import mean_ci
+    from tguide.stats import mean_ci
 
     keys = [f"test/ekld_{b}" for b in BUCKETS] + ["test/ekld", "test/acc_balanced", "test/acc_tail",
                                                   "test/acc_mid", "test/acc_head"]
@@ -118,7 +118,7 @@ def size_table(rows: list[dict[str, Any]], transform: str) -> list[str]:
 
 
 def markdown(summary: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> str:
-    lines = ["### Invariance transfer on long-tailed MNIST (seed 001)", "",
+    lines = ["### Invariance transfer on long-tailed MNIST (Zhou, Tajwar & Finn, ICLR 2022)", "",
              "MNIST here is the 10k test set. Train: Zipf 500 → 5 per class; test: near-balanced "
              "(~100 per digit). LeNet-5, 30 epochs, class-balanced sampling, measured on 2 shared CPU cores, "
              f"short training. Mean ± 95% t-interval over seeds. eKLD in nats (lower = more invariant); "

@@ -1,4 +1,4 @@
-"""Does pixel-level transferability rank segmentation transfers? (issue 7, seed 002)
+"""Does pixel-level transferability rank segmentation transfers? (Tan et al., CVPR 2021)
 
 Two source U-Nets (resnet18 encoder, depth 3, decoder 64-32-16, random init, half resolution),
 trained on the DRIVE / CHASE_DB1 training splits for ``--source-steps`` batches of 8 random 96-px
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from tguide.data.retina import SPLITS, load_retina
-from tguide.transfer.seg_transfer import evaluate, load_source, pixel_scores, shifted_pairs, train_patches
+from tguide.studies.segmentation.retina import SPLITS, load_retina
+from tguide.studies.segmentation.transfer import evaluate, load_source, pixel_scores, shifted_pairs, train_patches
 
 SCORES = ["otce_sim_boundary", "otce_sim_uniform", "hscore_boundary", "hscore_uniform", "transrate_boundary",
           "transrate_uniform", "dice_before"]
@@ -57,7 +57,7 @@ def pairs_list() -> list[tuple[str, str, str, int]]:
 def make_model(seed: int) -> torch.nn.Module:
     from functools import partial
 
-    from tguide.models.segmenter import Segmenter, build_unet
+    from tguide.studies.segmentation.segmenter import Segmenter, build_unet
 
     torch.manual_seed(seed)
     return Segmenter(build_unet("resnet18", 3, (64, 32, 16)), optimizer=partial(torch.optim.Adam, lr=1e-3))

@@ -1,4 +1,4 @@
-"""SIREN pre-fitting study over a grid of model sizes (seed 004), and the batched-fit speed-up.
+"""SIREN pre-fitting study over a grid of model sizes (a SIREN pre-fitting study after Sitzmann et al., NeurIPS 2020), and the batched-fit speed-up.
 
     # speed-up of fitting M SIRENs at once (bmm and torch.func.vmap) over one at a time
     python bench/siren_prefit.py speed --members 12 --layers 3 --features 64 --epochs 20
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tguide.transfer.prefit import SCHEMES, SCORES  # noqa: E402
+from tguide.studies.siren.prefit import SCHEMES, SCORES  # noqa: E402
 
 OUT = Path("outputs/bench/siren_prefit")
 
@@ -35,8 +35,8 @@ def speed(members: int, layers: int, features: int, epochs: int) -> str:
     """ms per epoch for M SIRENs: a Python loop of M Sirens (M Adams), BatchedSiren (bmm), vmap."""
     from torch.func import functional_call, stack_module_state
 
-    from tguide.data.image_fit import coordinate_grid
-    from tguide.nets.siren import BatchedSiren, Siren
+    from tguide.studies.siren.data import coordinate_grid
+    from tguide.studies.siren.net import BatchedSiren, Siren
 
     coords = coordinate_grid(32, 32)
     targets = torch.rand(members, 1024, 3) * 2 - 1
@@ -103,7 +103,7 @@ def run_cell(layers: int, features: int, triples: int, epochs: int, lr: float, s
 
 def aggregate(results: list[dict], wandb: bool = False) -> str:
     """Grid table (AUC per scheme, paired differences with 95% t-intervals, wins), score agreement, box plot."""
-    from tguide.transfer.fewshot import mean_ci
+    from tguide.stats import mean_ci
 
     results = sorted(results, key=lambda r: (r["config"]["hidden_layers"] * r["config"]["hidden_features"],
                                              r["config"]["hidden_layers"]))

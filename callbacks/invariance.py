@@ -2,7 +2,7 @@
 
 :class:`InvarianceMonitor` runs the model (eval mode, no grad) over pairs ``(x, x', y)`` of two
 independent nuisance draws of the same input (``datamodule.invariance_dataloader(split)``,
-:class:`tguide.data.longtail.LongTailMNISTDataModule`), feeds the logits to
+:class:`tguide.studies.invariance.longtail.LongTailMNISTDataModule`), feeds the logits to
 :class:`tguide.metrics.invariance.EKLD` (no formula lives here) and logs
 
 - ``invariance/ekld`` (mean over samples), ``invariance/ekld_{head,mid,tail}`` (mean of the per-class
@@ -28,9 +28,10 @@ from typing import Any, Callable, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from tguide.data.longtail import size_buckets
+from tguide.errors import TGuideError
 from tguide.metrics.invariance import EKLD
 
 __all__ = ["InvarianceMonitor", "per_class_ekld"]
@@ -66,7 +67,7 @@ class InvarianceMonitor(Callback):
         num_classes: ``None`` = the LightningModule's ``hparams.num_classes`` or ``len(class_counts)``.
         every_n_epochs: measure after epochs ``n-1, 2n-1, ...``.
         test: also measure on the test pairs in the test stage.
-        head_above, tail_at_most: bucket bounds (:func:`tguide.data.longtail.size_buckets`).
+        head_above, tail_at_most: bucket bounds (:func:`size_buckets`).
         filename: CSV name in the run folder.
     """
 
@@ -199,3 +200,15 @@ class InvarianceMonitor(Callback):
             payload[f"invariance/{split}_ekld_vs_size"] = wandb.plot.scatter(
                 table, "log10_class_size", "ekld", title=f"per-class eKLD vs class size ({split}, epoch {last})")
         run.log(payload)
+
+
+def size_buckets(class_counts: Sequence[int] | Tensor, head_above: int = 50, tail_at_most: int = 10) -> dict[str, list[int]]:
+    """``{"head": [...], "mid": [...], "tail": [...]}``: class ids grouped by their training size."""
+    counts = [int(n) for n in (class_counts.tolist() if isinstance(class_counts, Tensor) else class_counts)]
+    if tail_at_most >= head_above:
+        raise TGuideError(f"bucket bounds need tail_at_most < head_above, got {tail_at_most} and {head_above}")
+    out: dict[str, list[int]] = {"head": [], "mid": [], "tail": []}
+    for c, n in enumerate(counts):
+        key = "head" if n > head_above else "tail" if n <= tail_at_most else "mid"
+        out[key].append(c)
+    return out

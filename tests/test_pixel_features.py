@@ -1,4 +1,4 @@
-"""Boundary-band pixel sampling in tguide.features (seed 002: sample pixels near boundaries)."""
+"""Boundary-band pixel sampling in tguide.features (Tan et al., CVPR 2021: sample pixels near boundaries)."""
 
 import numpy as np
 import pytest

@@ -1,10 +1,10 @@
-"""Per-pixel features of named layers, for segmentation (seed 002's pixel-level OTCE).
+"""Per-pixel features of named layers, for segmentation (Tan et al., CVPR 2021's pixel-level OTCE).
 
 Every sampled pixel ``(i, j)`` of an image with a label mask ``(H, W)`` gives one row per layer:
 the layer's map bilinearly resampled at that pixel's centre (the value
 ``F.interpolate(x, (H, W), mode="bilinear", align_corners=False)[:, :, i, j]`` would give,
 without building the upsampled map), and its label is ``mask[i, j]``. Pixels are drawn
-uniformly over the labelled pixels (``sampling="uniform"``) or, as seed 002 recommends for
+uniformly over the labelled pixels (``sampling="uniform"``) or, as Tan et al., CVPR 2021 recommends for
 segmentation ("sample pixels near segmentation boundaries"), within a band around the label
 boundaries (``sampling="boundary"``, :func:`boundary_band`): the pixels whose
 ``(2·band+1)²`` square neighbourhood holds a labelled pixel of another class, i.e. a

@@ -1,4 +1,4 @@
-"""Metric-quality benchmark: do transferability scores rank real transfers? (issue 11)
+"""Metric-quality benchmark: do transferability scores rank real transfers?
 
 One resumable command::
 
@@ -6,7 +6,7 @@ One resumable command::
 
 Pipeline (each step cached on disk, finished items are never recomputed):
 
-1. zoo: train/load the source models (:mod:`tguide.transfer.zoo`, cache ``~/.cache/tguide/zoo``);
+1. zoo: train/load the source models (:mod:`tguide.studies.metric_quality.zoo`, cache ``~/.cache/tguide/zoo``);
 2. features: every stage of every source on every target task (train part) + the source's
    logits + held-out source features → ``<out>/cache/features/<source>-<key>__<task>-<key>.pt``;
 3. scores: every :data:`scores.SCORES` entry per (source, task, layer) with its time →
@@ -34,15 +34,11 @@ from typing import Any, Sequence
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from tguide.studies.metric_quality.report import write_report
+from tguide.studies.metric_quality.scores import LAYER_FREE, SCORES, PairInputs
+from tguide.studies.metric_quality.tasks import DEFAULT_SOURCES, QUICK_SOURCES, TARGETS, Task, target_tasks
 
-from report import write_report  # noqa: E402
-from scores import LAYER_FREE, SCORES, PairInputs  # noqa: E402
-from tasks import DEFAULT_SOURCES, QUICK_SOURCES, TARGETS, Task, target_tasks  # noqa: E402
-
-from tguide.transfer.zoo import SourceSpec, Trunk, Zoo, extract, stages, train_classifier  # noqa: E402
+from tguide.studies.metric_quality.zoo import SourceSpec, Trunk, Zoo, extract, stages, train_classifier
 
 
 @dataclasses.dataclass
@@ -101,7 +97,7 @@ def features_for(net: torch.nn.Module, spec: SourceSpec, task: Task, zoo: Zoo, o
         return torch.load(path, weights_only=False)
     if cached_only:
         return None
-    from tguide.transfer.zoo import source_data
+    from tguide.studies.metric_quality.zoo import source_data
 
     _, _, xh, yh = source_data(spec, zoo.root)
     tf, logits = extract(net, task.x_train)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from tguide.data.retina import IGNORE, load_retina
+from tguide.studies.segmentation.retina import IGNORE, load_retina
 from tguide.pixel_features import boundary_band, extract_pixel_features
 
 

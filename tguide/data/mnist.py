@@ -77,7 +77,7 @@ def split_indices(labels: Tensor, parts: Sequence[int] = (8, 1, 1)) -> list[Tens
     return [torch.sort(torch.cat(chunks)).values for chunks in out]
 
 
-def _normalise(images: Tensor) -> Tensor:
+def normalise(images: Tensor) -> Tensor:
     """uint8 ``(N, 28, 28)`` → float ``(N, 1, 28, 28)``, standardised with MNIST's mean/std."""
     return ((images.float() / 255.0 - MEAN) / STD).unsqueeze(1)
 
@@ -160,7 +160,7 @@ class MNISTDataModule(L.LightningDataModule):
             return
         images, labels = load_mnist_test(self.root)
         images, labels = self._keep(images, labels)
-        x = _normalise(images)
+        x = normalise(images)
         train, val, test = split_indices(labels, self.parts)
         self.train_set = TensorDataset(x[train], labels[train])
         self.val_set = TensorDataset(x[val], labels[val])
@@ -182,10 +182,10 @@ class MNISTDataModule(L.LightningDataModule):
         x, y = self._keep(full.data, full.targets)
         xt, yt = self._keep(test.data, test.targets)
         train, val = split_indices(y, (9, 1))
-        x = _normalise(x)
+        x = normalise(x)
         self.train_set = TensorDataset(x[train], y[train])
         self.val_set = TensorDataset(x[val], y[val])
-        self.test_set = TensorDataset(_normalise(xt), yt)
+        self.test_set = TensorDataset(normalise(xt), yt)
 
     def _loader(self, dataset: TensorDataset | None, shuffle: bool, batch_size: int) -> DataLoader:
         assert dataset is not None, "setup() builds every split"

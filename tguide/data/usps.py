@@ -15,7 +15,7 @@ Resizing (16×16 → 28×28), ``mode``:
   they come out larger than MNIST digits).
 
 Pixel values: ``uint8 = round(255 · (v + 1) / 2)`` (ink is +1 in the files, so white on black),
-ready for :func:`tguide.data.mnist._normalise`.
+ready for :func:`tguide.data.mnist.normalise`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Model selection: candidates, ranking, guided fine-tuning and reports."""

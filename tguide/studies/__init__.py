@@ -1,0 +1,1 @@
+"""Reproductions of the seed papers. Each sub-package uses the library; none imports another."""

@@ -1,0 +1,288 @@
+r"""Few-shot transfer protocol: scratch vs vanilla fine-tune vs OTCE fine-tune on shared episodes.
+
+For every episode (N-way K-shot support + query, :class:`tguide.studies.fewshot.episodes.EpisodeSampler`):
+
+- ``scratch``: a randomly initialised LeNet-5 trained on the support set;
+- ``vanilla``: the source LeNet-5 with a new head, fine-tuned on the support set;
+- ``otce``: step 1 (:func:`~tguide.select.pretune.otce_pretune`, minimise W_T between
+  source batches and the support set), then the same step 2 as ``vanilla``.
+
+All three get the same step-2 budget (steps, lr) and, for ``vanilla``/``otce``, the same new-head
+initialisation, so that the per-episode difference is paired. Accuracy on the query set is
+reported as the mean over E episodes with a 95% t-interval
+
+.. math::
+    \bar a \pm t_{0.975,\,E-1}\, s / \sqrt{E},
+
+and the paired difference :math:`d_e = a^{otce}_e - a^{vanilla}_e` with the same interval.
+
+Data here: MNIST is the offline 10k *test* set (source training images are its deterministic
+train part, :func:`tguide.data.mnist.split_indices`); Omniglot is the background "small" subset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tguide.studies.fewshot.episodes import Episode, EpisodeSampler
+from tguide.data.mnist import load_mnist_test, normalise, random_affine, split_indices
+from tguide.errors import TGuideError
+from tguide.stats import mean_ci
+from tguide.runs import prepare_run
+from tguide.nets.lenet import LeNet5
+from tguide.select.pretune import accuracy, finetune, otce_head, otce_pretune
+
+METHODS = ("scratch", "vanilla", "otce")
+TARGETS = ("usps", "omniglot")
+
+__all__ = ["METHODS", "train_source", "load_or_train_source", "target_pool",
+           "run_episode", "run_protocol", "summarise", "markdown_table", "run"]
+
+
+# ----------------------------------------------------------------------------- source model
+
+
+def _source_data(digits: Sequence[int], root: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Normalised MNIST (10k test set) source digits: train part and held-out part (8/2 split)."""
+    images, labels = load_mnist_test(root)
+    keep = torch.isin(labels, torch.tensor(list(digits)))
+    images, labels = images[keep], labels[keep]
+    train, held = split_indices(labels, (8, 2))
+    x = normalise(images)
+    return x[train], labels[train], x[held], labels[held]
+
+
+def train_source(x: Tensor, y: Tensor, *, epochs: int = 12, lr: float = 1e-3, batch: int = 128,
+                 augment: bool = True, seed: int = 0) -> LeNet5:
+    """LeNet-5 (10 outputs, digit labels) trained with Adam and cross-entropy on ``x (N,1,28,28)``."""
+    torch.manual_seed(int(seed))
+    net = LeNet5(num_classes=10)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(int(seed))
+    for _ in range(int(epochs)):
+        net.train()
+        for idx in torch.randperm(x.shape[0], generator=gen).split(batch):
+            xb = random_affine(x[idx], 10.0, 0.08, 0.08) if augment else x[idx]
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(xb), y[idx]).backward()
+            opt.step()
+    net.eval()
+    return net
+
+
+def load_or_train_source(path: str | Path, digits: Sequence[int], *, epochs: int = 12, lr: float = 1e-3,
+                         batch: int = 128, seed: int = 0, root: str | None = None) -> tuple[LeNet5, dict]:
+    """The cached source LeNet at ``path`` if its settings match, else train it and save it there.
+
+    Returns the network and its info (settings, held-out MNIST accuracy, training seconds).
+    """
+    meta = {"digits": sorted(int(d) for d in digits), "epochs": int(epochs), "lr": float(lr),
+            "batch": int(batch), "seed": int(seed), "data": "MNIST 10k test set, train part (8 of 10)"}
+    path = Path(path)
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("meta") == meta:
+            net = LeNet5(num_classes=10)
+            net.load_state_dict(saved["state_dict"])
+            net.eval()
+            return net, {**meta, **saved["info"], "reused": str(path)}
+    xs, ys, xh, yh = _source_data(meta["digits"], root)
+    t0 = time.perf_counter()
+    net = train_source(xs, ys, epochs=epochs, lr=lr, batch=batch, seed=seed)
+    info = {"train_seconds": time.perf_counter() - t0, "heldout_accuracy": accuracy(net, xh, yh),
+            "n_train": int(xs.shape[0])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"meta": meta, "info": info, "state_dict": net.state_dict()}, path)
+    return net, {**meta, **info, "reused": None}
+
+
+# ----------------------------------------------------------------------------- target data
+
+
+def target_pool(target: str, split: str, *, root: str | None = None, classes: Sequence[int] | None = None,
+                val_alphabets: Sequence[str] = (), usps_mode: str = "pad") -> tuple[Tensor, Tensor, list[int]]:
+    """Normalised target images ``(N,1,28,28)``, labels, and the class ids episodes may draw.
+
+    ``usps``: split ``"val"`` = USPS train file, ``"test"`` = USPS test file; classes (default
+    7, 8, 9). ``omniglot``: split ``"val"`` = characters of ``val_alphabets``, ``"test"`` = the
+    other alphabets (no character in both).
+    """
+    if split not in ("val", "test"):
+        raise TGuideError(f"fewshot.split must be 'val' or 'test', got {split!r}")
+    if target == "usps":
+        from tguide.data.usps import load_usps
+
+        images, labels = load_usps(root, train=(split == "val"), mode=usps_mode)
+        pool = list(classes) if classes is not None else [7, 8, 9]
+    elif target == "omniglot":
+        from tguide.data.omniglot import load_omniglot
+
+        data = load_omniglot(root)
+        images, labels = data.images, data.labels
+        val = set(data.classes_of(list(val_alphabets)))
+        if not val:
+            raise TGuideError("fewshot.val_alphabets is empty: hold out at least one Omniglot alphabet")
+        pool = sorted(val) if split == "val" else [c for c in range(len(data.characters)) if c not in val]
+    else:
+        raise TGuideError(f"fewshot.target must be one of {TARGETS}, got {target!r}")
+    return normalise(images), labels, pool
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+def run_episode(source: LeNet5, src_x: Tensor, src_y: Tensor, tgt_x: Tensor, episode: Episode,
+                hp: dict[str, Any], methods: Sequence[str] = METHODS) -> dict[str, Any]:
+    """Accuracy of each method on one episode's query set, plus W_T before/after step 1 and timings."""
+    xs, ys = tgt_x[episode.support], episode.support_labels
+    xq, yq = tgt_x[episode.query], episode.query_labels
+    n_way = int(episode.classes.numel())
+    ft, pt = dict(hp["finetune"]), dict(hp["pretune"])
+    head_seed = 1_000_003 * int(episode.seed) + int(episode.index)
+    out: dict[str, Any] = {"episode": episode.index, "classes": episode.classes.tolist()}
+    for method in methods:
+        t0 = time.perf_counter()
+        if method == "scratch":
+            torch.manual_seed(head_seed)
+            net = finetune(LeNet5(num_classes=n_way), xs, ys, n_way, new_head=False, seed=head_seed,
+                           **{k: v for k, v in ft.items() if k != "freeze"})
+        elif method == "vanilla":
+            net = finetune(source, xs, ys, n_way, seed=head_seed, **ft)
+        elif method == "otce":
+            import copy
+
+            pre = copy.deepcopy(source)
+            head_init = bool(pt.pop("head_init", False))
+            hist = otce_pretune(pre, src_x, src_y, xs, ys, seed=head_seed, **pt)
+            out["w_t_before"], out["w_t_after"] = hist[0], hist[-1]
+            if head_init:  # our addition: new head = source head rows mixed by P̂(y_s | y_t)
+                idx = torch.randperm(src_x.shape[0], generator=torch.Generator().manual_seed(head_seed))
+                idx = idx[: pt.get("src_batch", 128)]
+                pre.fc3 = otce_head(pre, src_x[idx], src_y[idx], xs, ys, n_way, reg=pt.get("reg", 0.1),
+                                    max_iter=pt.get("max_iter", 200), normalise=pt.get("normalise", "none"))
+            net = finetune(pre, xs, ys, n_way, seed=head_seed, new_head=not head_init, **ft)
+        else:
+            raise TGuideError(f"unknown few-shot method {method!r}; choose from {METHODS}")
+        out[method] = accuracy(net, xq, yq)
+        out[f"{method}_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def summarise(rows: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    """Per-method mean, 95% CI, per-episode accuracies; paired otce − vanilla difference."""
+    res: dict[str, Any] = {"episodes": len(rows), "methods": {}}
+    for m in methods:
+        acc = [r[m] for r in rows]
+        mean, ci = mean_ci(acc)
+        res["methods"][m] = {"mean": mean, "ci95": ci, "per_episode": acc,
+                             "seconds": float(sum(r[f"{m}_seconds"] for r in rows))}
+    if "otce" in methods and "vanilla" in methods:
+        d = [r["otce"] - r["vanilla"] for r in rows]
+        mean, ci = mean_ci(d)
+        res["paired_otce_minus_vanilla"] = {"mean": mean, "ci95": ci, "per_episode": d,
+                                            "wins": int(sum(x > 0 for x in d)), "losses": int(sum(x < 0 for x in d))}
+    if rows and "w_t_before" in rows[0]:
+        res["w_t"] = {"before": float(np.mean([r["w_t_before"] for r in rows])),
+                      "after": float(np.mean([r["w_t_after"] for r in rows]))}
+    return res
+
+
+def markdown_table(res: dict[str, Any], title: str) -> str:
+    """The summary as a markdown table (accuracy in %, ± 95% half-width)."""
+    lines = [f"### {title}", "", f"{res['episodes']} episodes.", "",
+             "| method | mean accuracy (%) | 95% CI (±) | time (s) |", "|---|---|---|---|"]
+    for m, r in res["methods"].items():
+        lines.append(f"| {m} | {100 * r['mean']:.2f} | {100 * r['ci95']:.2f} | {r['seconds']:.1f} |")
+    if "paired_otce_minus_vanilla" in res:
+        p = res["paired_otce_minus_vanilla"]
+        lines.append(f"| otce − vanilla (paired) | {100 * p['mean']:+.2f} | {100 * p['ci95']:.2f} | "
+                     f"wins {p['wins']} / losses {p['losses']} |")
+    if "w_t" in res:
+        lines += ["", f"Mean W_T = H(Y_t|Y_s) before / after step 1: {res['w_t']['before']:.3f} / "
+                      f"{res['w_t']['after']:.3f} nats."]
+    return "\n".join(lines) + "\n"
+
+
+def run_protocol(fs: dict[str, Any], run_dir: str | Path, *, root: str | None = None, logger: Any = None,
+                 log_every: int = 1, verbose: bool = True) -> dict[str, Any]:
+    """Build source model, target pool and episodes from the ``fewshot`` settings; run every episode.
+
+    Writes ``results.json`` and ``results.md`` into ``run_dir`` and returns the results dict.
+    Runs with ``fs["threads"]`` torch threads (default 1), restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(fs.get("threads") or 1))  # tiny nets: one thread beats oversubscribed cores
+    try:
+        return _run_protocol(fs, Path(run_dir), root, logger, log_every, verbose)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_protocol(fs: dict[str, Any], run_dir: Path, root: str | None, logger: Any, log_every: int,
+                  verbose: bool) -> dict[str, Any]:
+    methods = list(fs.get("methods", METHODS))
+    src = fs["source"]
+    ckpt = src.get("checkpoint") or (run_dir / "source_lenet.pt")
+    source, source_info = load_or_train_source(ckpt, src["digits"], epochs=src["epochs"], lr=src["lr"],
+                                               batch=src["batch"], seed=src["seed"], root=root)
+    src_x, src_y, _, _ = _source_data(src["digits"], root)
+    tgt_x, tgt_y, pool = target_pool(fs["target"], fs["split"], root=root, classes=fs.get("classes"),
+                                     val_alphabets=fs.get("val_alphabets") or (), usps_mode=fs.get("usps_mode", "pad"))
+    sampler = EpisodeSampler(tgt_y, fs["n_way"], fs["k_shot"], fs["n_query"], classes=pool, seed=fs["seed"])
+    hp = {"finetune": dict(fs["finetune"]), "pretune": dict(fs["pretune"])}
+    hp["finetune"]["freeze"] = list(hp["finetune"].get("freeze") or [])
+    rows = []
+    t0 = time.perf_counter()
+    for i in range(int(fs["episodes"])):
+        row = run_episode(source, src_x, src_y, tgt_x, sampler.episode(i), hp, methods)
+        rows.append(row)
+        if logger is not None:
+            logger.log_metrics({f"fewshot/{m}_acc": row[m] for m in methods}, step=i)
+        if verbose and (i + 1) % log_every == 0:
+            print(f"episode {i + 1}/{fs['episodes']}: " + " ".join(f"{m}={row[m]:.3f}" for m in methods), flush=True)
+    res = summarise(rows, methods)
+    res.update({"target": fs["target"], "split": fs["split"], "seed": fs["seed"], "n_way": fs["n_way"],
+                "k_shot": fs["k_shot"], "n_query": fs["n_query"], "pool_classes": len(pool),
+                "hyperparameters": hp, "source": source_info, "wall_seconds": time.perf_counter() - t0,
+                "rows": rows, "note": "MNIST here is the 10k test set (train part 8/10 for the source model)"
+                + ("; Omniglot is the background 'small' subset (242 characters)" if fs["target"] == "omniglot" else "")})
+    title = (f"MNIST{tuple(src['digits'])} → {fs['target']} ({fs['split']}), "
+             f"{fs['n_way']}-way {fs['k_shot']}-shot")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    (run_dir / "results.md").write_text(markdown_table(res, title))
+    if logger is not None:
+        final = {f"fewshot/{m}_mean": r["mean"] for m, r in res["methods"].items()}
+        final.update({f"fewshot/{m}_ci95": r["ci95"] for m, r in res["methods"].items()})
+        if "paired_otce_minus_vanilla" in res:
+            final["fewshot/otce_minus_vanilla"] = res["paired_otce_minus_vanilla"]["mean"]
+            final["fewshot/otce_minus_vanilla_ci95"] = res["paired_otce_minus_vanilla"]["ci95"]
+        logger.log_metrics(final, step=int(fs["episodes"]))
+    return res
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """Runner for ``python -m tguide.fit recipe=fewshot_mnist_usps|fewshot_mnist_omniglot``."""
+    from hydra.utils import instantiate
+
+    fs, run_dir = prepare_run(cfg, "fewshot", "recipe=fewshot_mnist_usps or fewshot_mnist_omniglot")
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    logger_cfg = cfg.get("logger")
+    logger = instantiate(logger_cfg) if logger_cfg and "_target_" in logger_cfg else None
+    if logger is not None:
+        logger.log_hyperparams({"fewshot": fs, "seed": cfg.get("seed")})
+    root = (cfg.get("data") or {}).get("root")
+    res = run_protocol(fs, run_dir, root=root, logger=logger)
+    if logger is not None:
+        logger.finalize("success")
+    print((run_dir / "results.md").read_text(), flush=True)
+    print(f"tguide.fit: run folder {run_dir.resolve()}", flush=True)
+    return res
