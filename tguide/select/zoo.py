@@ -1,0 +1,406 @@
+"""The pretrained source zoo: 11 published checkpoints, their architectures, inputs and checks.
+
+:data:`ZOO` maps a short name to a :class:`ZooEntry`: where the file lies under the models root,
+its sha256, the builder of the matching :mod:`tguide.nets` module, the input it expects
+(:class:`InputSpec`), the source task, accuracies (the publisher's and the one measured on the
+shared data, from ``shared/models/README.md``), the parameter count, the "auto" feature layers
+and whether it has a classifier head.
+
+=====================  ==============================  ==========  =======================
+name                   architecture                    source      input
+=====================  ==============================  ==========  =======================
+resnet20_cifar10       CIFAR ResNet-20 (option A)      CIFAR-10    32² RGB, ImageNet norm
+resnet32_cifar10       CIFAR ResNet-32                 CIFAR-10    32² RGB, ImageNet norm
+resnet44_cifar10       CIFAR ResNet-44                 CIFAR-10    32² RGB, ImageNet norm
+resnet56_cifar10       CIFAR ResNet-56                 CIFAR-10    32² RGB, ImageNet norm
+simplecnn_cifar10      PyTorch-tutorial CNN (Captum)   CIFAR-10    32² RGB, (x−.5)/.5
+lenet5_mnist           advertorch LeNet5, clean        MNIST       28² grey in [0, 1]
+lenet5_mnist_adv       advertorch LeNet5, PGD-trained  MNIST       28² grey in [0, 1]
+shufflenetv2_trunk     ShuffleNetV2 0.5× trunk, no     (ImageNet)  224² RGB in [0, 1]
+                       head: 192-d pooled features
+efficientnet_lite0     EfficientNet-Lite0              ImageNet    224² RGB, (x−127)/128
+efficientnet_lite1     EfficientNet-Lite1              ImageNet    240² RGB, (x−127)/128
+efficientnet_lite2     EfficientNet-Lite2              ImageNet    260² RGB, (x−127)/128
+=====================  ==============================  ==========  =======================
+
+Models root (:func:`models_root`): the ``root`` argument, else ``$TGUIDE_MODELS``, else
+``../shared/models`` **relative to the current working directory** (the layout of this project's
+checkout, next to ``../shared/data``; run from the repository root or set ``TGUIDE_MODELS``).
+
+:func:`load_zoo_model` checks that the file exists, verifies its sha256 (cached in memory per
+path, mtime and size, so a second load does not hash again), loads it with
+``torch.load(map_location="cpu", weights_only=True)`` and ``load_state_dict(strict=True)``, and
+returns the model in eval mode. Every failure is a one-line :class:`~tguide.errors.TGuideError`.
+:func:`zoo_transform` maps a PIL image of any mode to the model's normalised input tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from tguide.errors import TGuideError
+from tguide.nets.advertorch_lenet import AdvertorchLeNet5
+from tguide.nets.captum_cnn import CaptumCifarCNN
+from tguide.nets.cifar_resnet import CifarResNet
+from tguide.nets.efficientnet_lite import efficientnet_lite
+from tguide.nets.shufflenetv2 import ShuffleNetV2Trunk
+
+ENV_VAR = "TGUIDE_MODELS"
+DEFAULT_ROOT = Path("..") / "shared" / "models"
+RESIZE_POLICIES = ("stretch", "crop", "pad")
+
+__all__ = ["DEFAULT_ROOT", "ENV_VAR", "InputSpec", "RESIZE_POLICIES", "ZOO", "ZooEntry", "file_sha256",
+           "load_state_dict_checked", "load_zoo_model", "models_root", "zoo_names", "zoo_transform"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a zoo model reads: ``(channels, size, size)`` float, ``(x − mean) / std`` on [0, 1] pixels.
+
+    ``resize`` is the default policy of :func:`zoo_transform`: ``"stretch"`` (resize to
+    ``size × size``, ignoring the aspect ratio), ``"crop"`` (shorter side to
+    ``round(size / crop_pct)``, then a centre ``size × size`` crop: the ImageNet evaluation
+    protocol, e.g. 256 → 224 for ``crop_pct = 0.875``) or ``"pad"`` (longer side to ``inner``,
+    keeping the aspect ratio, then black padding to ``size × size``: MNIST digits sit in a
+    20×20 box inside 28×28).
+    """
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = "stretch"
+    inner: int | None = None
+    crop_pct: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise TGuideError(f"InputSpec.channels must be 1 or 3, got {self.channels}")
+        if self.resize not in RESIZE_POLICIES:
+            raise TGuideError(f"InputSpec.resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise TGuideError("InputSpec.mean and std need one value per channel")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise TGuideError(f"InputSpec.crop_pct must be in (0, 1], got {self.crop_pct}")
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One pretrained checkpoint of :data:`ZOO` (accuracies are fractions in [0, 1]).
+
+    Attributes:
+        name: short registry name.
+        path: file path relative to the models root.
+        sha256: hex digest of the published file.
+        builder: ``() -> nn.Module`` (untrained) whose state dict matches the file.
+        input: the input the model expects.
+        source: the training data (``"cifar10"``, ``"mnist"``, ``"imagenet"``).
+        num_classes: classes of the head; ``None`` for the headless trunk.
+        reported_acc: top-1 the publisher reports (on the original test set), if any.
+        measured_acc: top-1 measured on the shared data (``measured_on`` says which), if any.
+        measured_on: what ``measured_acc`` was measured on, or what was checked instead.
+        params: parameter count.
+        layers: the "auto" feature layers (stage outputs, then the penultimate features).
+        has_head: whether ``forward`` returns class logits (else pooled features).
+        state_dict_key: key of the state dict inside the file's dict, if any.
+        strip_prefix: prefix removed from every key (``"module."`` for DataParallel files).
+    """
+
+    name: str
+    path: str
+    sha256: str
+    builder: Callable[[], nn.Module] = field(repr=False, compare=False)
+    input: InputSpec
+    source: str
+    num_classes: int | None
+    reported_acc: float | None
+    measured_acc: float | None
+    measured_on: str
+    params: int
+    layers: tuple[str, ...]
+    has_head: bool
+    state_dict_key: str | None = None
+    strip_prefix: str = ""
+
+
+_CIFAR_IMAGENET_NORM = InputSpec(32, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "stretch")
+_CIFAR_HALF_NORM = InputSpec(32, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "stretch")
+_MNIST_RAW = InputSpec(28, 1, (0.0,), (1.0,), "pad", inner=20)
+_RGB01 = InputSpec(224, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "crop", crop_pct=0.875)
+
+
+def _lite_input(size: int) -> InputSpec:
+    """TF EfficientNet evaluation: centre crop of ``size / (size + 32)`` of the shorter side (256 → 224
+    for Lite0; this reproduces the README's Office-31 per-class counts, e.g. mouse 30/30)."""
+    return InputSpec(size, 3, (127 / 255,) * 3, (128 / 255,) * 3, "crop", crop_pct=size / (size + 32))
+
+
+_CIFAR_JPEG = "shared/data/cifar10/test (3,000 JPEG q≈75 images, 300 per class)"
+_RESNET_LAYERS = CifarResNet.STAGES
+
+
+def _resnet(depth: int, file: str, sha: str, reported: float, measured: float, params: int) -> ZooEntry:
+    return ZooEntry(
+        name=f"resnet{depth}_cifar10", path=f"resnet_cifar10/{file}", sha256=sha,
+        builder=lambda: CifarResNet(depth), input=_CIFAR_IMAGENET_NORM, source="cifar10", num_classes=10,
+        reported_acc=reported, measured_acc=measured, measured_on=_CIFAR_JPEG, params=params,
+        layers=_RESNET_LAYERS, has_head=True, state_dict_key="state_dict", strip_prefix="module.",
+    )
+
+
+def _lite(k: int, file: str, sha: str, size: int, reported: float, params: int, layers: tuple[str, ...],
+          measured_on: str) -> ZooEntry:
+    return ZooEntry(
+        name=f"efficientnet_lite{k}", path=f"efficientnet_lite_imagenet/{file}", sha256=sha,
+        builder=lambda: efficientnet_lite(f"efficientnet-lite{k}"), input=_lite_input(size), source="imagenet",
+        num_classes=1000, reported_acc=reported, measured_acc=None, measured_on=measured_on, params=params,
+        layers=layers, has_head=True,
+    )
+
+
+_ENTRIES: tuple[ZooEntry, ...] = (
+    _resnet(20, "resnet20-12fca82f.th", "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+            0.9173, 0.8103, 269_722),
+    _resnet(32, "resnet32-d509ac18.th", "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850",
+            0.9263, 0.8310, 464_154),
+    _resnet(44, "resnet44-014dd654.th", "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4",
+            0.9310, 0.8250, 658_586),
+    _resnet(56, "resnet56-4bfd9763.th", "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+            0.9339, 0.8293, 853_018),
+    ZooEntry(
+        name="simplecnn_cifar10", path="simplecnn_cifar10/cifar_torchvision.pt",
+        sha256="228d8332085282b6d2626d1b1b1b17944c760507d9b0cabe318dc6b108acf6e9", builder=CaptumCifarCNN,
+        input=_CIFAR_HALF_NORM, source="cifar10", num_classes=10, reported_acc=None, measured_acc=0.5903,
+        measured_on=_CIFAR_JPEG, params=62_006, layers=CaptumCifarCNN.STAGES, has_head=True,
+    ),
+    ZooEntry(
+        name="lenet5_mnist", path="lenet5_mnist/mnist_lenet5_clntrained.pt",
+        sha256="551a11267982991fb0c9f74e9094de19e54b51455eff9bd1c19c77a69d85156a", builder=AdvertorchLeNet5,
+        input=_MNIST_RAW, source="mnist", num_classes=10, reported_acc=None, measured_acc=0.9889,
+        measured_on="MNIST test (10,000); USPS test 93.32% padded (resize 20 + pad to 28), 71.10% stretched",
+        params=648_226, layers=AdvertorchLeNet5.STAGES, has_head=True,
+    ),
+    ZooEntry(
+        name="lenet5_mnist_adv", path="lenet5_mnist/mnist_lenet5_advtrained.pt",
+        sha256="b89abfcfe8b33235fe8f8e964188d82a97c56a12ffe25132eaba197e40ac7658", builder=AdvertorchLeNet5,
+        input=_MNIST_RAW, source="mnist", num_classes=10, reported_acc=None, measured_acc=0.9864,
+        measured_on="MNIST test (10,000); USPS test 87.10% padded, 71.70% stretched",
+        params=648_226, layers=AdvertorchLeNet5.STAGES, has_head=True,
+    ),
+    ZooEntry(
+        name="shufflenetv2_trunk", path="shufflenetv2_imagenet_backbone/shufflenetv2.pth",
+        sha256="c9e6e3ac1c4997e05529cfb4897a3b5d29165e3ed4105cfb6897fc11efa72e4b", builder=ShuffleNetV2Trunk,
+        input=_RGB01, source="imagenet", num_classes=None, reported_acc=None, measured_acc=None,
+        measured_on="no head; leave-one-out 1-NN on Office-31 webcam (224 px, pooled 192-d): 88.2% "
+                    "(random weights 16.2%); provenance of the weights undocumented",
+        params=143_136, layers=ShuffleNetV2Trunk.STAGES, has_head=False,
+    ),
+    _lite(0, "efficientnet-lite0-57934424.pth", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+          224, 0.751, 4_652_008, ("_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15", "_avg_pooling"),
+          "Office-31 webcam, 20 classes with an ImageNet counterpart: top-1 in the plausible set 64.4%, "
+          "top-5 88.5% (495 images)"),
+    _lite(1, "efficientnet-lite1-77cc7160.pth", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+          240, 0.767, 5_416_680, ("_blocks.3", "_blocks.6", "_blocks.14", "_blocks.20", "_avg_pooling"),
+          "Office-31 webcam plausible-set top-1 60.0%, top-5 89.0% (100 images)"),
+    _lite(2, "efficientnet-lite2-9656183e.pth", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+          260, 0.776, 6_092_072, ("_blocks.3", "_blocks.6", "_blocks.14", "_blocks.20", "_avg_pooling"),
+          "Office-31 webcam plausible-set top-1 71.0%, top-5 92.0% (100 images)"),
+)
+
+ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
+
+# (resolved path, mtime_ns, size) -> sha256 hex digest of a file already hashed in this process
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def zoo_names() -> tuple[str, ...]:
+    """The registry's names, in table order."""
+    return tuple(ZOO)
+
+
+def _entry(name: str | ZooEntry) -> ZooEntry:
+    if isinstance(name, ZooEntry):
+        return name
+    if name not in ZOO:
+        raise TGuideError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO)}")
+    return ZOO[name]
+
+
+def models_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The models root: ``root`` if given, else ``$TGUIDE_MODELS``, else ``../shared/models``
+    relative to the current working directory. Not checked for existence (see :func:`load_zoo_model`)."""
+    if root is not None and str(root) != "":
+        return Path(root).expanduser().resolve()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    return DEFAULT_ROOT.resolve()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of a file, remembered per (path, mtime, size) for this process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    cached = _HASH_CACHE.get(key)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    _HASH_CACHE[key] = digest
+    return digest
+
+
+def _shorten(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_state_dict_checked(model: nn.Module, state: Mapping[str, Any], what: str = "checkpoint") -> None:
+    """``model.load_state_dict(state, strict=True)``, with a mismatch reported as one-line
+    :class:`TGuideError` that summarises missing / unexpected keys and shape clashes."""
+    try:
+        model.load_state_dict(state, strict=True)
+        return
+    except RuntimeError:
+        pass
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) [{_shorten(missing)}]")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) [{_shorten(unexpected)}]")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) [{_shorten(shapes, 3)}]")
+    detail = "; ".join(parts) or "load_state_dict(strict=True) refused it"
+    raise TGuideError(f"{what} does not fit {type(model).__name__}: {detail}")
+
+
+def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None = None,
+                   verify: bool = True) -> tuple[nn.Module, ZooEntry]:
+    """Build the zoo model ``name``, load its pretrained weights strictly, return ``(model.eval(), entry)``.
+
+    Args:
+        name: a key of :data:`ZOO` (or a :class:`ZooEntry`).
+        root: models root (default: :func:`models_root`).
+        verify: check the file's sha256 against the registry (cached per path, mtime and size).
+
+    Raises:
+        TGuideError: unknown name, missing file, wrong sha256, unreadable file, or a state dict
+            that does not fit the architecture.
+    """
+    entry = _entry(name)
+    base = models_root(root)
+    path = base / entry.path
+    if not path.is_file():
+        if root is not None and str(root) != "":
+            origin = "the root argument"
+        elif os.environ.get(ENV_VAR):
+            origin = f"${ENV_VAR}"
+        else:
+            origin = f"the default ../shared/models; ${ENV_VAR} is not set"
+        raise TGuideError(
+            f"zoo model {entry.name!r}: file {str(path)!r} not found (models root from {origin}); "
+            f"point {ENV_VAR} at the folder that holds the checkpoints, e.g. {ENV_VAR}=../shared/models"
+        )
+    if verify:
+        actual = file_sha256(path)
+        if actual != entry.sha256:
+            raise TGuideError(
+                f"zoo model {entry.name!r}: sha256 of {str(path)!r} is {actual}, expected {entry.sha256}; "
+                "the file is corrupt or not the published checkpoint"
+            )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle, zip and weights-only errors all mean "not loadable"
+        raise TGuideError(f"zoo model {entry.name!r}: cannot load {str(path)!r}: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    if entry.state_dict_key is not None and isinstance(obj, Mapping) and entry.state_dict_key in obj:
+        obj = obj[entry.state_dict_key]
+    if not isinstance(obj, Mapping):
+        raise TGuideError(f"zoo model {entry.name!r}: {str(path)!r} holds a {type(obj).__name__}, not a state dict")
+    state = {(k[len(entry.strip_prefix):] if entry.strip_prefix and k.startswith(entry.strip_prefix) else k): v
+             for k, v in obj.items()}
+    model = entry.builder()
+    load_state_dict_checked(model, state, f"zoo model {entry.name!r} ({str(path)!r})")
+    return model.eval(), entry
+
+
+def zoo_transform(entry: str | ZooEntry, resize: str | None = None) -> Callable[[Any], torch.Tensor]:
+    """A torchvision transform: PIL image (any mode: ``1``, ``L``, ``RGB``, ``RGBA``, ``P``, ...) →
+    the model's normalised input ``(channels, size, size)`` float tensor.
+
+    The image is converted to the model's channel count (grey → RGB repeats the grey level;
+    RGB → grey uses PIL's ITU-R 601 luma; alpha is dropped), resized by ``resize`` (default: the
+    entry's :attr:`InputSpec.resize`; see :class:`InputSpec` for ``"stretch"``, ``"crop"`` and
+    ``"pad"``) with antialiased bilinear filtering, scaled to [0, 1] and normalised. For the MNIST
+    LeNets on 16×16 USPS-like digits, ``"pad"`` (20×20 digit in a 28×28 frame) is the policy that
+    transfers (USPS 93.3% vs 71.1% with ``"stretch"``, shared/models/README.md). No colour
+    inversion is done: MNIST models expect a light digit on a dark background.
+    """
+    from torchvision import transforms as T
+
+    spec = _entry(entry).input
+    policy = spec.resize if resize is None else resize
+    if policy not in RESIZE_POLICIES:
+        raise TGuideError(f"zoo_transform resize must be one of {RESIZE_POLICIES}, got {policy!r}")
+    mode = "L" if spec.channels == 1 else "RGB"
+    bilinear = T.InterpolationMode.BILINEAR
+    steps: list[Callable[[Any], Any]] = [_ConvertMode(mode)]
+    if policy == "stretch":
+        steps.append(T.Resize((spec.size, spec.size), interpolation=bilinear, antialias=True))
+    elif policy == "crop":
+        short = int(round(spec.size / spec.crop_pct))
+        steps += [T.Resize(short, interpolation=bilinear, antialias=True), T.CenterCrop(spec.size)]
+    else:
+        steps.append(_PadResize(spec.inner or spec.size, spec.size))
+    steps += [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    return T.Compose(steps)
+
+
+class _ConvertMode:
+    """PIL image → ``mode`` (``"L"`` or ``"RGB"``); a class, not a lambda, so DataLoader workers can pickle it."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, im: Any) -> Any:
+        return im if im.mode == self.mode else im.convert(self.mode)  # alpha is dropped, not composited
+
+    def __repr__(self) -> str:
+        return f"ConvertMode({self.mode!r})"
+
+
+class _PadResize:
+    """Resize so the longer side is ``inner`` (aspect kept, bilinear), then centre the image on a
+    black ``size × size`` canvas (MNIST's 20-in-28 layout for ``inner=20, size=28``)."""
+
+    def __init__(self, inner: int, size: int) -> None:
+        self.inner, self.size = inner, size
+
+    def __call__(self, im: Any) -> Any:
+        from PIL import Image
+
+        w, h = im.size
+        scale = self.inner / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        im = im.resize((nw, nh), Image.BILINEAR)
+        canvas = Image.new(im.mode, (self.size, self.size), 0)
+        canvas.paste(im, ((self.size - nw) // 2, (self.size - nh) // 2))
+        return canvas
+
+    def __repr__(self) -> str:
+        return f"PadResize(inner={self.inner}, size={self.size})"
