@@ -24,7 +24,7 @@ extrapolated: LogME's per-class loop is timed on 5 evenly spaced classes (1 when
 takes over ~2 s) and scaled to C (marked ``~``, no value check; rough, as the plain fixed
 point, started at α = β = 1, takes from a few to 10⁴ steps depending on the class);
 others are skipped (``skip``). LEEP and NCE do not depend on D: they run once per (N, C) with
-Cs = 1000 source classes. OTCE (if ``tguide.metrics.otce`` is present) runs at
+Cs = 1000 source classes. OTCE (if ``tguide.metrics.functional.otce`` is present) runs at
 N = 1000 only (the coupling is N×N).
 """
 
@@ -57,13 +57,13 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tguide.metrics.hscore import hscore, hscore_shrinkage  # noqa: E402
-from tguide.metrics.leep import leep, nce  # noqa: E402
-from tguide.metrics.logme import logme  # noqa: E402
-from tguide.metrics.transrate import transrate  # noqa: E402
+from tguide.metrics.functional.hscore import hscore, hscore_shrinkage  # noqa: E402
+from tguide.metrics.functional.leep import leep, nce  # noqa: E402
+from tguide.metrics.functional.logme import logme  # noqa: E402
+from tguide.metrics.functional.transrate import transrate  # noqa: E402
 
 try:
-    from tguide.metrics.otce import otce
+    from tguide.metrics.functional.otce import otce
 except ImportError:  # written by another part of the project; skipped when absent
     otce = None
 

@@ -7,7 +7,7 @@ Run by hand (one thread, a quiet machine)::
 
 For every metric: the time of the raw function, the time of ``label_shuffle_null`` with
 ``P`` permutations (which includes the raw score), and their ratio. For OTCE also the time
-of the permutation part alone (:func:`tguide.metrics.otce.task_distance_null`) as a share of
+of the permutation part alone (:func:`tguide.metrics.functional.otce.task_distance_null`) as a share of
 one ``otce`` call: the issue's target is < 10 % for 100 permutations. A brute-force null
 (calling the metric ``P`` times) would cost ``P + 1`` raw calls. Best of ``--repeat`` runs.
 """
@@ -26,7 +26,6 @@ import torch  # noqa: E402
 from tguide.metrics import (  # noqa: E402
     hscore,
     hscore_shrinkage,
-    label_permutations,
     label_shuffle_null,
     leep,
     logme,
@@ -36,7 +35,8 @@ from tguide.metrics import (  # noqa: E402
     transrate,
     transrate_comparable,
 )
-from tguide.metrics.otce import task_distance_null  # noqa: E402
+from tguide.metrics.functional.otce import task_distance_null  # noqa: E402
+from tguide.metrics.functional.permutation import label_permutations  # noqa: E402
 
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:

@@ -11,11 +11,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tguide.metrics.hscore import hscore
-from tguide.metrics.leep import leep
-from tguide.metrics.logme import logme
-from tguide.metrics.otce import otce
-from tguide.metrics.transrate import transrate
+from tguide.metrics.functional.hscore import hscore
+from tguide.metrics.functional.leep import leep
+from tguide.metrics.functional.logme import logme
+from tguide.metrics.functional.otce import otce
+from tguide.metrics.functional.transrate import transrate
 
 N = 100
 SHARDINGS = {"half": (50, 50), "uneven": (37, 63)}  # rows of rank 0, rank 1
@@ -69,7 +69,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             r = o.compute_result()
             results[f"{name}/otce_wd"] = float(r.domain_distance)
         # a reservoir per process: compute() sees at most world_size × cap rows per domain
-        capped = OTCE(max_samples=OTCE_CAP, seed=rank)
+        capped = OTCE(max_stored=OTCE_CAP, seed=rank)
         lo = sum(SRC_SHARDS[:rank])
         src = slice(lo, lo + SRC_SHARDS[rank])
         capped.update(torch.tensor(d["xs"][src]), torch.tensor(d["ys"][src]), domain="source")

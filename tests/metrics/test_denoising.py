@@ -16,7 +16,7 @@ def noise(sigma, n=24, size=64, seed=0):
 
 def test_identical_residuals_score_one_and_same_distribution_subsets_near_one():
     r = noise(0.1)
-    assert float(denoising_transferability(r, r.clone(), max_samples=None)) == pytest.approx(1.0, abs=1e-9)
+    assert float(denoising_transferability(r, r.clone(), max_patches=None)) == pytest.approx(1.0, abs=1e-9)
     a, b = noise(0.1, n=24, size=128, seed=1), noise(0.1, n=24, size=128, seed=2)
     assert float(denoising_transferability(a, b)) >= 0.95
 
@@ -54,7 +54,7 @@ def test_scale_invariance_and_spatial_structure_is_seen():
 
 def test_pixel_method_matches_sorted_quantile_formula():
     a, b = noise(0.1, n=4, size=32, seed=1), torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(2))
-    d = residual_distance(a, b, method="pixel", max_samples=None)
+    d = residual_distance(a, b, method="pixel", max_patches=None)
     ref = math.sqrt(float(np.mean((np.sort(a.numpy().ravel()) - np.sort(b.numpy().ravel())) ** 2)))
     assert float(d) == pytest.approx(ref, rel=1e-6)
 

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tguide.metrics.hscore import hscore, hscore_shrinkage
-from tguide.metrics.leep import leep, nce
-from tguide.metrics.logme import logme
-from tguide.metrics.transrate import transrate
+from tguide.metrics.functional.hscore import hscore, hscore_shrinkage
+from tguide.metrics.functional.leep import leep, nce
+from tguide.metrics.functional.logme import logme
+from tguide.metrics.functional.transrate import transrate
 
 FEATURE_METRICS = [hscore, hscore_shrinkage, transrate, logme]
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tguide.metrics.hscore import hscore, hscore_shrinkage, ledoit_wolf_shrinkage
+from tguide.metrics.functional.hscore import hscore, hscore_shrinkage, ledoit_wolf_shrinkage
 
 SHAPES = [  # (N, D, C)
     (200, 10, 4),

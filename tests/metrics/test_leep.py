@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tguide.metrics.leep import leep, nce
+from tguide.metrics.functional.leep import leep, nce
 
 
 def np_leep(theta: np.ndarray, y: np.ndarray) -> float:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from scipy.optimize import minimize, minimize_scalar
 
-from tguide.metrics.logme import LogMEConvergenceWarning, LogMEUnboundedWarning, logme
+from tguide.metrics.functional.logme import LogMEConvergenceWarning, LogMEUnboundedWarning, logme
 
 LOG2PI = math.log(2 * math.pi)
 

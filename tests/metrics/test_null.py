@@ -1,4 +1,4 @@
-"""Label-shuffle nulls, bias-corrected OTCE / NCE and the width-comparable TransRate (issue 13)."""
+"""Label-shuffle nulls, bias-corrected OTCE / NCE and the width-comparable TransRate."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ from tguide.metrics import (
     HScore,
     OTCE,
     TransRateComparable,
-    calibrate,
     hscore,
     hscore_shrinkage,
-    label_permutations,
     label_shuffle_null,
     leep,
     logme,
@@ -26,6 +24,7 @@ from tguide.metrics import (
     transrate,
     transrate_comparable,
 )
+from tguide.metrics.functional.permutation import calibrate, label_permutations
 
 F64 = torch.float64
 

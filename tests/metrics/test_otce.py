@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
-from tguide.metrics.otce import (
+from tguide.metrics.functional.otce import (
     OTCEConvergenceWarning,
     OTCEResult,
     fit_otce_weights,
@@ -235,7 +235,7 @@ def test_fit_otce_weights_errors():
         fit_otce_weights([1.0, 2.0], [0.1, 0.2], [0.5, 0.6])
     with pytest.raises(ValueError, match="one entry per auxiliary task"):
         fit_otce_weights([1.0, 2.0, 3.0], [0.1, 0.2], [0.5, 0.6, 0.7])
-    with pytest.raises(ValueError, match="`accuracy` contains NaN"):
+    with pytest.raises(ValueError, match="`accuracies` contains NaN"):
         fit_otce_weights([1.0, 2.0, 3.0], [0.1, 0.2, 0.4], [0.5, float("nan"), 0.7])
     with pytest.raises(ValueError, match="collinear or constant"):
         fit_otce_weights([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0], [0.5, 0.6, 0.7, 0.9])
@@ -248,17 +248,17 @@ def test_fit_otce_weights_errors():
 
 def test_input_errors(rng):
     xs, ys, xt, yt = two_domains(rng, 8, 6)
-    with pytest.raises(ValueError, match="3 dimensions but `tgt_features` have 2"):
+    with pytest.raises(ValueError, match="3 dimensions but `target_features` have 2"):
         otce(xs, ys, xt[:, :2], yt)
     bad = xs.copy()
     bad[2, 1] = np.nan
-    with pytest.raises(ValueError, match="`src_features` contains 1 NaN"):
+    with pytest.raises(ValueError, match="`source_features` contains 1 NaN"):
         otce(bad, ys, xt, yt)
-    with pytest.raises(ValueError, match="`tgt_labels` has 1 distinct class"):
+    with pytest.raises(ValueError, match="`target_labels` has 1 distinct class"):
         otce(xs, ys, xt, np.zeros(6, dtype=int))
-    with pytest.raises(ValueError, match="`src_labels` has 7 entries but the features have 8 rows"):
+    with pytest.raises(ValueError, match="`source_labels` has 7 entries but the features have 8 rows"):
         otce(xs, ys[:7], xt, yt)
-    with pytest.raises(ValueError, match="`tgt_features` must be 2-D"):
+    with pytest.raises(ValueError, match="`target_features` must be 2-D"):
         otce(xs, ys, xt[:, 0], yt)
     with pytest.raises(ValueError, match="`solver` must be one of"):
         otce(xs, ys, xt, yt, solver="greenkhorn")
@@ -268,7 +268,7 @@ def test_input_errors(rng):
         otce(xs, ys, xt, yt, weights=(1.0, 2.0))
     with pytest.raises(ValueError, match="`max_samples` must be an integer"):
         otce(xs, ys, xt, yt, max_samples=1)
-    with pytest.raises(ValueError, match="`src_features` is empty"):
+    with pytest.raises(ValueError, match="`source_features` is empty"):
         otce(np.zeros((0, 3)), [], xt, yt)
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from tguide.metrics.hscore import hscore, hscore_shrinkage
-from tguide.metrics.leep import leep, nce
-from tguide.metrics.logme import logme
-from tguide.metrics.otce import otce
+from tguide.metrics.functional.hscore import hscore, hscore_shrinkage
+from tguide.metrics.functional.leep import leep, nce
+from tguide.metrics.functional.logme import logme
+from tguide.metrics.functional.otce import otce
 from tguide.metrics.stateful import LEEP, NCE, OTCE, FeatureMetric, HScore, HScoreShrinkage, LogME, TransRate
-from tguide.metrics.transrate import transrate
+from tguide.metrics.functional.transrate import transrate
 
 SPLITS = [0, 7, 8, 31, 60]  # uneven batches (one of a single row) of 60 samples
 
@@ -138,8 +138,8 @@ def test_update_errors(data):
         o.compute()
     with pytest.raises(ValueError, match="`solver` must be one of"):
         OTCE(solver="exact")
-    with pytest.raises(ValueError, match="`max_samples` must be a positive integer"):
-        HScore(max_samples=0)
+    with pytest.raises(ValueError, match="`max_stored` must be a positive integer"):
+        HScore(max_stored=0)
 
 
 def test_states_do_not_alias_the_callers_tensors(data):
@@ -156,7 +156,7 @@ def test_states_do_not_alias_the_callers_tensors(data):
 
 def test_reservoir_keeps_everything_below_the_cap(data):
     x, y, _ = data
-    m = HScore(max_samples=60)
+    m = HScore(max_stored=60)
     for xb, yb in pieces(x, y):
         m.update(xb, yb)
     assert float(m.compute()) == pytest.approx(float(hscore(x, y)), rel=1e-10)
@@ -166,7 +166,7 @@ def test_reservoir_bounds_memory_and_keeps_rows_paired():
     n, cap = 500, 40
     x = np.stack([np.arange(n), np.arange(n) % 7], axis=1).astype(float)  # row id in column 0
     y = np.arange(n) % 7
-    m = HScore(max_samples=cap, seed=1)
+    m = HScore(max_stored=cap, seed=1)
     lo = 0
     for size in (3, 1, 90, 17, 250, 139):
         m.update(x[lo : lo + size], y[lo : lo + size])
@@ -187,7 +187,7 @@ def test_reservoir_is_uniform_over_all_samples():
     y = np.arange(n) % 2
     counts = np.zeros(n)
     for seed in range(runs):
-        m = HScore(max_samples=cap, seed=seed)
+        m = HScore(max_stored=cap, seed=seed)
         lo = 0
         for size in batch_sizes:
             m.update(x[lo : lo + size], y[lo : lo + size])
@@ -205,7 +205,7 @@ def test_reservoir_is_uniform_over_all_samples():
 def test_reservoir_reset_restarts_the_generator():
     x = np.arange(300, dtype=float)[:, None]
     y = np.arange(300) % 3
-    m = HScore(max_samples=20, seed=5)
+    m = HScore(max_stored=20, seed=5)
     m.update(x, y)
     first = torch.cat(m.features).clone()
     m.reset()
@@ -216,7 +216,7 @@ def test_reservoir_reset_restarts_the_generator():
 def test_otce_reservoir_is_per_domain(rng):
     xs, ys = rng.normal(size=(80, 3)), np.arange(80) % 3
     xt, yt = rng.normal(size=(15, 3)), np.arange(15) % 2
-    m = OTCE(max_samples=25)
+    m = OTCE(max_stored=25)
     for lo in range(0, 80, 20):
         m.update(xs[lo : lo + 20], ys[lo : lo + 20], domain="source")
     m.update(xt, yt, domain="target")

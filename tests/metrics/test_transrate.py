@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tguide.metrics.transrate import coding_rate, transrate, transrate_layers
+from tguide.metrics.functional.transrate import coding_rate, transrate, transrate_layers
 
 SHAPES = [  # (N, D, C)
     (200, 10, 4),

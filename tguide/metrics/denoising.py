@@ -1,9 +1,14 @@
 r"""Denoising transferability: how well does a denoiser trained on noise domain A suit domain B?
 
-Seed 000 ("Towards transferability metrics, explored in the context of image denoising"):
-train a denoiser :math:`f_A` on A; model A's noise *as the model sees it* by the residuals
-on A's held-out noisy images; pass B's noisy images through the same model; compare the two
-residual distributions. No clean image of B and no training on B is needed.
+A family of its own, not a classification transferability score: it is not exported from
+:mod:`tguide.metrics` and is never ranked together with H-score, LogME or OTCE. A is the
+source domain (the one the denoiser was trained on), B the target.
+
+Following R. Patil, "Towards transferability metrics, explored in the context of image
+denoising" (IIT Hyderabad project report, 2022): train a denoiser :math:`f_A` on A; model A's
+noise *as the model sees it* by the residuals on A's held-out noisy images; pass B's noisy
+images through the same model; compare the two residual distributions. No clean image of B and
+no training on B is needed.
 
 .. math::
     r_A = y_A - f_A(y_A), \qquad r_B = y_B - f_A(y_B)
@@ -17,15 +22,15 @@ residual distributions. No clean image of B and no training on B is needed.
 where :math:`P_A, P_B` are the empirical distributions of the non-overlapping
 ``patch × patch`` residual patches (vectors of :math:`D = C\,p^2` values) and
 :math:`SW_2` the sliced 2-Wasserstein distance, estimated with ``n_projections`` random
-directions through POT (``ot.sliced_wasserstein_distance``; Rabin et al. 2011, Bonneel et
-al. 2015). ``method="pixel"`` uses single pixels instead (D = 1: the exact 1-D
+directions through POT (``ot.sliced_wasserstein_distance``; Rabin et al., SSVM 2011; Bonneel
+et al., J. Math. Imaging Vis. 2015). ``method="pixel"`` uses single pixels instead (D = 1: the exact 1-D
 :math:`W_2` between the residual values, ``ot.wasserstein_1d``).
 
 Why this distance and this map:
 
 - a Wasserstein distance compares distributions with different or disjoint supports
   (Gaussian vs impulse residuals) without fitting densities, and is in the units of the
-  residual; it needs only samples, which is what a black-box model gives us (seed, step 2);
+  residual; it needs only samples, which is what a black-box model gives us (Patil 2022);
 - patches rather than pixels: a model that does not fit B leaves *structured* residuals
   (unremoved correlated noise, or image detail it smoothed away); patch projections see
   spatial correlation that a per-pixel histogram cannot;
@@ -51,6 +56,9 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor
+
+from tguide._deprecation import renamed_arguments
+from tguide.metrics._subset import check_max_samples, stratified_subset
 
 __all__ = ["DenoisingTransferResult", "residual_patches", "residual_distance", "denoising_transferability",
            "denoiser_residuals", "score_denoiser"]
@@ -99,49 +107,60 @@ def residual_patches(residuals: Tensor, patch: int = 8) -> Tensor:
     return p.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * patch * patch)
 
 
-def _subsample(x: Tensor, k: int | None, gen: torch.Generator) -> Tensor:
+def _subsample(x: Tensor, k: int | None, seed: int) -> Tensor:
+    """A seeded random subset of ``k`` rows (one class: the same draw as every ``max_samples``)."""
     if k is None or x.shape[0] <= k:
         return x
-    return x[torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)]
+    return x[stratified_subset(torch.zeros(x.shape[0], dtype=torch.int64), k, seed).to(x.device)]
 
 
-def residual_distance(res_a: Tensor, res_b: Tensor, *, method: str = "sliced", patch: int = 8,
-                      n_projections: int = 128, max_samples: int | None = 8192, seed: int = 0) -> Tensor:
+_RENAMED = {"res_a": "source_residuals", "res_b": "target_residuals", "max_samples": "max_patches"}
+
+
+@renamed_arguments(**_RENAMED)
+def residual_distance(source_residuals: Tensor, target_residuals: Tensor, *, method: str = "sliced",
+                      patch: int = 8, n_projections: int = 128, max_patches: int | None = 8192,
+                      seed: int = 0) -> Tensor:
     r"""Distance :math:`d(A, B)` between two residual distributions (0-d float64).
 
     ``method="sliced"``: :math:`SW_2` between the patch vectors (``patch``; POT, ``n_projections``
     directions drawn with ``seed``). ``method="pixel"``: exact 1-D :math:`W_2` between the residual
-    values. ``max_samples`` rows (patches or pixels) per side are drawn at random (seeded).
+    values. At most ``max_patches`` patches per side (``16 · max_patches`` pixel values for
+    ``"pixel"``) enter the distance, a seeded random subset (``None``: all of them). The old
+    name ``max_samples`` of this cap is deprecated: it counts patches, not samples.
     """
     import ot
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    gen = torch.Generator().manual_seed(int(seed))
+    cap = check_max_samples(max_patches, "max_patches")
     if method == "pixel":
-        a = _subsample(_as_tensor(res_a, "res_a").reshape(-1, 1), max_samples and max_samples * 16, gen)
-        b = _subsample(_as_tensor(res_b, "res_b").reshape(-1, 1), max_samples and max_samples * 16, gen)
+        pixels = cap and cap * 16
+        a = _subsample(_as_tensor(source_residuals, "source_residuals").reshape(-1, 1), pixels, seed)
+        b = _subsample(_as_tensor(target_residuals, "target_residuals").reshape(-1, 1), pixels, seed + 1)
         w2 = ot.wasserstein_1d(a, b, p=2)
         return torch.as_tensor(w2, dtype=torch.float64).reshape(()).clamp(min=0).sqrt()
-    pa, pb = residual_patches(res_a, patch), residual_patches(res_b, patch)
+    pa = residual_patches(_as_tensor(source_residuals, "source_residuals"), patch)
+    pb = residual_patches(_as_tensor(target_residuals, "target_residuals"), patch)
     if pa.shape[1] != pb.shape[1]:
-        raise ValueError(f"`res_a` and `res_b` give patch vectors of different sizes {pa.shape[1]} and "
-                         f"{pb.shape[1]}: use the same channels and patch size on both sides")
-    pa, pb = _subsample(pa, max_samples, gen), _subsample(pb, max_samples, gen)
+        raise ValueError(f"`source_residuals` and `target_residuals` give patch vectors of different sizes "
+                         f"{pa.shape[1]} and {pb.shape[1]}: use the same channels and patch size on both sides")
+    pa, pb = _subsample(pa, cap, seed), _subsample(pb, cap, seed + 1)
     d = ot.sliced_wasserstein_distance(pa, pb, n_projections=int(n_projections), p=2, seed=int(seed))
     return torch.as_tensor(d, dtype=torch.float64)
 
 
-def denoising_transferability(res_a: Tensor, res_b: Tensor, *, method: str = "sliced", patch: int = 8,
-                              n_projections: int = 128, max_samples: int | None = 8192, seed: int = 0,
-                              return_result: bool = False) -> "Tensor | DenoisingTransferResult":
+@renamed_arguments(**_RENAMED)
+def denoising_transferability(source_residuals: Tensor, target_residuals: Tensor, *, method: str = "sliced",
+                              patch: int = 8, n_projections: int = 128, max_patches: int | None = 8192,
+                              seed: int = 0, return_result: bool = False) -> "Tensor | DenoisingTransferResult":
     r"""Transferability :math:`T(A \to B) = \exp(-d(A, B) / s_A)` in (0, 1]; higher = more transferable.
 
     Args:
-        res_a: residuals of A's model on A's held-out noisy images, ``noisy − denoised``,
-            ``(N_A, C, H, W)`` (or patch vectors ``(N_A, D)``).
-        res_b: residuals of the *same* model on B's noisy images, ``(N_B, C, H', W')``.
-        method, patch, n_projections, max_samples, seed: see :func:`residual_distance`.
+        source_residuals: residuals of A's model on A's held-out noisy images,
+            ``noisy − denoised``, ``(N_A, C, H, W)`` (or patch vectors ``(N_A, D)``).
+        target_residuals: residuals of the *same* model on B's noisy images, ``(N_B, C, H', W')``.
+        method, patch, n_projections, max_patches, seed: see :func:`residual_distance`.
         return_result: return a :class:`DenoisingTransferResult` (score, distance, scale).
 
     Returns:
@@ -154,14 +173,14 @@ def denoising_transferability(res_a: Tensor, res_b: Tensor, *, method: str = "sl
         >>> round(float(denoising_transferability(ra, rb)), 1)
         0.4
     """
-    a = _as_tensor(res_a, "res_a")
-    _as_tensor(res_b, "res_b")
+    a = _as_tensor(source_residuals, "source_residuals")
+    _as_tensor(target_residuals, "target_residuals")
     scale = a.pow(2).mean().sqrt()
     if scale <= 0:
-        raise ValueError("`res_a` is all zeros: A's model returned its input unchanged (or the images are "
+        raise ValueError("`source_residuals` is all zeros: A's model returned its input unchanged (or the images are "
                          "noise-free), so A's residual scale is 0; check the model and A's noise")
-    d = residual_distance(res_a, res_b, method=method, patch=patch, n_projections=n_projections,
-                          max_samples=max_samples, seed=seed)
+    d = residual_distance(source_residuals, target_residuals, method=method, patch=patch,
+                          n_projections=n_projections, max_patches=max_patches, seed=seed)
     score = torch.exp(-d / scale)
     if return_result:
         return DenoisingTransferResult(score=score, distance=d, scale=scale)
@@ -193,13 +212,15 @@ def denoiser_residuals(model: Callable[[Tensor], Tensor], noisy: "Tensor | list[
             model.train()
 
 
-def score_denoiser(model: Callable[[Tensor], Tensor], held_out_a: "Tensor | list[Tensor]",
-                   noisy_b: "Tensor | list[Tensor]", *, res_a: Tensor | None = None, patch: int = 8,
-                   **kwargs) -> DenoisingTransferResult:
+@renamed_arguments(held_out_a="source_images", noisy_b="target_images", res_a="source_residuals")
+def score_denoiser(model: Callable[[Tensor], Tensor], source_images: "Tensor | list[Tensor]",
+                   target_images: "Tensor | list[Tensor]", *, source_residuals: Tensor | None = None,
+                   patch: int = 8, **kwargs) -> DenoisingTransferResult:
     """Run A's ``model`` on A's held-out noisy images and on B's noisy images, and score A → B.
 
-    ``held_out_a``/``noisy_b``: ``(N, C, H, W)`` tensors or lists of ``(C, H, W)`` images. Pass
-    ``res_a`` (A's residual patches, cached) to skip the A side. ``kwargs`` go to
+    ``source_images`` (A's held-out noisy images) / ``target_images`` (B's noisy images):
+    ``(N, C, H, W)`` tensors or lists of ``(C, H, W)`` images. Pass ``source_residuals`` (A's
+    residual patches, cached) to skip the A side. ``kwargs`` go to
     :func:`denoising_transferability`. ``seconds`` is the wall time of the whole call.
     """
     t0 = time.perf_counter()
@@ -210,8 +231,8 @@ def score_denoiser(model: Callable[[Tensor], Tensor], held_out_a: "Tensor | list
             return torch.cat([residual_patches(r[None], patch) for r in res])
         return residual_patches(res, patch)
 
-    pa = res_a if res_a is not None else patches(held_out_a)
-    pb = patches(noisy_b)
+    pa = source_residuals if source_residuals is not None else patches(source_images)
+    pb = patches(target_images)
     result = denoising_transferability(pa, pb, patch=patch, return_result=True, **kwargs)
     assert isinstance(result, DenoisingTransferResult)
     return DenoisingTransferResult(result.score, result.distance, result.scale, time.perf_counter() - t0)

@@ -8,11 +8,13 @@ For a classifier :math:`\hat P_w(y\mid x)` and a nuisance transformation distrib
         \Big[\sum_j \hat P_w(j\mid x)\,\log\frac{\hat P_w(j\mid x)}{\hat P_w(j\mid x')}\Big]
 
 is 0 for a model whose predictions do not change under the nuisance and grows as they do.
+It is **not** a transferability score: lower is more invariant, and it is deliberately not
+exported from :mod:`tguide.metrics`, so that nobody ranks models with it by mistake.
 The per-class eKLD averages over the examples of one class :math:`y`; the paper plots it
 against the class's training-set size.
 
-Here a sample is a pair of logits rows ``(logits_x[i], logits_tx[i])`` of the same input before
-and after a random transformation. Probabilities are never formed first: the KL is computed from
+Here a sample is a pair of logits rows ``(logits[i], transformed_logits[i])`` of the same input
+before and after a random transformation. Probabilities are never formed first: the KL is computed from
 ``log_softmax`` in float64, :math:`\sum_j e^{a_j}(a_j - b_j)` with :math:`a, b` the two
 log-probability rows, which stays finite for logits of any size (``p = 0`` gives a zero term).
 
@@ -32,15 +34,19 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from tguide.metrics._validate import as_tensor, _check_finite
+from tguide._deprecation import renamed_arguments
+from tguide.metrics._validate import _check_finite, as_tensor
 
 __all__ = ["kl_rows", "ekld", "ekld_per_class", "EKLD"]
 
 
-def _check_logits(logits_x: Any, logits_tx: Any) -> tuple[Tensor, Tensor]:
-    a = as_tensor(logits_x, "logits_x")
-    b = as_tensor(logits_tx, "logits_tx")
-    for name, t in (("logits_x", a), ("logits_tx", b)):
+_RENAMED = {"logits_x": "logits", "logits_tx": "transformed_logits"}
+
+
+def _check_logits(logits: Any, transformed_logits: Any) -> tuple[Tensor, Tensor]:
+    a = as_tensor(logits, "logits")
+    b = as_tensor(transformed_logits, "transformed_logits")
+    for name, t in (("logits", a), ("transformed_logits", b)):
         if t.ndim != 2:
             raise ValueError(f"`{name}` must be 2-D (N, C) logits, got shape {tuple(t.shape)}; "
                              "for one sample use t[None].")
@@ -52,30 +58,32 @@ def _check_logits(logits_x: Any, logits_tx: Any) -> tuple[Tensor, Tensor]:
             raise ValueError(f"`{name}` must be floating point logits, got {t.dtype}.")
         _check_finite(t, name)
     if a.shape != b.shape:
-        raise ValueError(f"`logits_x` {tuple(a.shape)} and `logits_tx` {tuple(b.shape)} must have the same shape: "
-                         "row i of each is the same input before and after the transformation.")
+        raise ValueError(f"`logits` {tuple(a.shape)} and `transformed_logits` {tuple(b.shape)} must have the "
+                         "same shape: row i of each is the same input before and after the transformation.")
     return a.to(torch.float64), b.to(torch.float64)
 
 
-def kl_rows(logits_x: Any, logits_tx: Any) -> Tensor:
+@renamed_arguments(**_RENAMED)
+def kl_rows(logits: Any, transformed_logits: Any) -> Tensor:
     r"""Per-sample :math:`\mathrm{KL}(\mathrm{softmax}(a_i)\,\|\,\mathrm{softmax}(b_i))`, ``(N,)`` float64.
 
-    ``logits_x (N, C)``: logits of the inputs; ``logits_tx (N, C)``: logits of their transformed
-    versions. Computed from log-softmax (stable for any finite logits); tiny negative rounding
+    ``logits (N, C)``: logits of the inputs; ``transformed_logits (N, C)``: logits of their
+    transformed versions. Computed from log-softmax (stable for any finite logits); tiny negative rounding
     is clipped at 0.
     """
-    a, b = _check_logits(logits_x, logits_tx)
+    a, b = _check_logits(logits, transformed_logits)
     log_p = torch.log_softmax(a, dim=1)
     log_q = torch.log_softmax(b, dim=1)
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).clamp_min(0.0)
 
 
-def ekld(logits_x: Any, logits_tx: Any) -> Tensor:
+@renamed_arguments(**_RENAMED)
+def ekld(logits: Any, transformed_logits: Any) -> Tensor:
     r"""eKLD: the mean over samples of :math:`\mathrm{KL}(\hat P(\cdot\mid x)\,\|\,\hat P(\cdot\mid T(x)))`.
 
     Args:
-        logits_x: ``(N, C)`` logits of inputs ``x``.
-        logits_tx: ``(N, C)`` logits of ``T(x)`` (row ``i`` transforms input ``i``).
+        logits: ``(N, C)`` logits of inputs ``x``.
+        transformed_logits: ``(N, C)`` logits of ``T(x)`` (row ``i`` transforms input ``i``).
 
     Returns:
         0-d float64 tensor, in nats; 0 iff every row's predicted distribution is unchanged.
@@ -85,13 +93,14 @@ def ekld(logits_x: Any, logits_tx: Any) -> Tensor:
         >>> float(ekld(a, a))
         0.0
     """
-    return kl_rows(logits_x, logits_tx).mean()
+    return kl_rows(logits, transformed_logits).mean()
 
 
-def ekld_per_class(logits_x: Any, logits_tx: Any, labels: Any, num_classes: int) -> Tensor:
+@renamed_arguments(**_RENAMED)
+def ekld_per_class(logits: Any, transformed_logits: Any, labels: Any, num_classes: int) -> Tensor:
     """Per-class eKLD ``(num_classes,)`` float64: the mean KL over the samples of each class
     (``labels (N,)`` in ``0..num_classes-1``); ``nan`` for a class with no sample."""
-    kl = kl_rows(logits_x, logits_tx)
+    kl = kl_rows(logits, transformed_logits)
     y = _check_class_labels(labels, kl.shape[0], num_classes).to(kl.device)
     sums = torch.zeros(num_classes, dtype=torch.float64, device=kl.device).index_add_(0, y, kl)
     counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
@@ -116,7 +125,7 @@ def _check_class_labels(labels: Any, n: int, num_classes: int) -> Tensor:
 class EKLD(Metric):
     r"""Streaming eKLD: per-class KL sums and counts, summed across batches and DDP ranks.
 
-    ``update(logits_x, logits_tx, labels=None)``; ``compute()`` returns
+    ``update(logits, transformed_logits, labels=None)``; ``compute()`` returns
 
     - ``average="micro"``: the mean KL over all samples (:func:`ekld` of everything seen);
     - ``average="macro"``: the mean of the per-class eKLDs over the classes seen;
@@ -142,8 +151,10 @@ class EKLD(Metric):
         self.add_state("kl_sum", default=torch.zeros(self.num_classes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(self.num_classes, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, logits_x: Tensor, logits_tx: Tensor, labels: Tensor | None = None) -> None:
-        kl = kl_rows(logits_x, logits_tx).to(self.kl_sum.device)
+    @renamed_arguments(**_RENAMED)
+    def update(self, logits: Tensor, transformed_logits: Tensor, labels: Tensor | None = None) -> None:
+        """Add a batch: ``logits (B, C)``, ``transformed_logits (B, C)`` and optional ``labels (B,)``."""
+        kl = kl_rows(logits, transformed_logits).to(self.kl_sum.device)
         if labels is None:
             if self.average != "micro":
                 raise ValueError(f"`labels` are needed for average={self.average!r}.")

@@ -1,28 +1,18 @@
 r"""Label-shuffle nulls: is a transferability score better than chance on *these* samples?
 
-A raw score mixes the signal (how much the features know about the target labels) with
-terms that depend only on the sample size, the number of classes and the width of the
-features. Shuffling the target labels keeps all of those and destroys the signal, so the
-distribution of the score over ``P`` label permutations is the score's no-information
-level on exactly this data. With the observed score ``s`` and the null scores
-``s_1 … s_P``:
-
-.. math::
-    \mu_0 = \tfrac1P \sum_p s_p, \qquad
-    \sigma_0 = \sqrt{\tfrac1{P-1}\textstyle\sum_p (s_p - \mu_0)^2}, \qquad
-    z = \frac{s - \mu_0}{\sigma_0}, \qquad
-    p = \frac{1 + \#\{p: s_p \ge s\}}{1 + P}
-
-(a one-sided permutation p-value, higher score = more transferable; Phipson & Smyth 2010).
-``score − μ₀`` is the bias-corrected score (``correction="null"`` of
-:func:`~tguide.metrics.otce.otce` and :func:`~tguide.metrics.leep.nce`); ``z`` puts scores of
-different metrics, widths and class counts on one scale.
+:func:`label_shuffle_null` scores a metric on the real target labels and on ``n_perm``
+shuffles of them, and returns a :class:`~tguide.metrics.functional.permutation.NullCalibrated`:
+the null's mean and spread, ``z = (score − μ₀)/σ₀`` (puts scores of different metrics, widths
+and class counts on one scale), the one-sided permutation p-value and the bias-corrected
+``score − μ₀`` (the same arithmetic as ``correction="null"`` of
+:func:`~tguide.metrics.functional.otce.otce` and :func:`~tguide.metrics.functional.leep.nce`;
+see :mod:`tguide.metrics.functional.permutation` for the formulas).
 
 Cheap by construction: every metric here has a part that depends on the features only,
 computed once, and a part that depends on the labels, recomputed per permutation:
 
 - OTCE / OTCE_sim: the coupling (one OT solve); each permutation re-tabulates P̂(y_s, y_t)
-  (:func:`~tguide.metrics.otce.task_distance_null`).
+  (:func:`~tguide.metrics.functional.task_distance.task_distance_null`).
 - H-score and shrinkage H-score: one eigendecomposition; the score is
   ``Σ_k w_k Σ_c (Σ_{i∈c} u_ik)² / n_c`` over the unit eigenvectors ``u_k`` in sample space
   (``w_k = 1``, resp. ``(1-α)λ_k / ((1-α)λ_k + α tr S/D)``), one ``index_add`` per permutation.
@@ -36,91 +26,20 @@ then simply called ``P + 1`` times.
 
 from __future__ import annotations
 
-import importlib
-import math
-import numbers
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from tguide.metrics._validate import check_features, check_labels, check_probs, check_same_length
+from tguide.metrics.functional import hscore as _hs
+from tguide.metrics.functional import leep as _leep
+from tguide.metrics.functional import logme as _logme
+from tguide.metrics.functional import otce as _otce
+from tguide.metrics.functional import transrate as _tr
+from tguide.metrics.functional.permutation import NullCalibrated, calibrate, label_permutations
 
-# the submodules themselves (the package re-exports functions of the same names)
-_hs = importlib.import_module("tguide.metrics.hscore")
-_leep = importlib.import_module("tguide.metrics.leep")
-_logme = importlib.import_module("tguide.metrics.logme")
-_otce = importlib.import_module("tguide.metrics.otce")
-_tr = importlib.import_module("tguide.metrics.transrate")
-
-__all__ = ["NullCalibrated", "calibrate", "label_permutations", "label_shuffle_null"]
-
-
-@dataclass(frozen=True)
-class NullCalibrated:
-    """A score next to its label-shuffle null.
-
-    Attributes:
-        score: 0-d float64, the score on the real labels.
-        null_mean, null_std: 0-d float64, mean and standard deviation (``P − 1`` normalised) of
-            the score over the label permutations.
-        z: 0-d float64, ``(score − null_mean) / null_std`` (``0`` when both the difference and
-            the spread are 0, ``±inf`` when only the spread is).
-        p_value: 0-d float64, ``(1 + #{null ≥ score}) / (1 + P)``.
-        null: ``(P,)`` float64, the null scores.
-    """
-
-    score: Tensor
-    null_mean: Tensor
-    null_std: Tensor
-    z: Tensor
-    p_value: Tensor
-    null: Tensor
-
-    @property
-    def corrected(self) -> Tensor:
-        """``score − null_mean``: the score above its no-information level."""
-        return self.score - self.null_mean
-
-    def as_dict(self) -> dict[str, Tensor]:
-        """``{"score", "corrected", "z", "p_value", "null_mean", "null_std"}`` (loggable scalars)."""
-        return {"score": self.score, "corrected": self.corrected, "z": self.z, "p_value": self.p_value,
-                "null_mean": self.null_mean, "null_std": self.null_std}
-
-
-def calibrate(score: Tensor, null: Tensor) -> NullCalibrated:
-    """Build a :class:`NullCalibrated` from a score and its null sample ``(P,)``."""
-    s = torch.as_tensor(score, dtype=torch.float64).detach()
-    null = torch.as_tensor(null, dtype=torch.float64).detach().flatten().to(s.device)
-    if null.numel() < 2:
-        raise ValueError(f"the null needs at least 2 permutations, got {null.numel()}.")
-    mean = null.mean()
-    std = null.std(unbiased=True)
-    diff = s - mean
-    # spreads at rounding level count as 0: the null is then a point mass
-    tiny = 64 * torch.finfo(torch.float64).eps * max(1.0, float(mean.abs()))
-    if float(std) <= tiny:
-        z = torch.zeros_like(s) if abs(float(diff)) <= tiny else torch.sign(diff) * math.inf
-    else:
-        z = diff / std
-    p = (1.0 + (null >= s - tiny).sum().to(torch.float64)) / (1.0 + null.numel())
-    return NullCalibrated(score=s, null_mean=mean, null_std=std, z=z, p_value=p, null=null)
-
-
-def label_permutations(n: int, n_perm: int, seed: int = 0, device: torch.device | str | None = None) -> Tensor:
-    """``(n_perm, n)`` int64 permutations of ``0..n-1`` from a private generator seeded by ``seed``.
-
-    Row ``p`` relabels sample ``j`` with the label of sample ``perm[p, j]``. The same
-    ``(n, n_perm, seed)`` always gives the same rows, whatever the global RNG state.
-    """
-    if isinstance(n_perm, bool) or not isinstance(n_perm, numbers.Integral) or n_perm < 2:
-        raise ValueError(f"`n_perm` must be an integer ≥ 2, got {n_perm!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"`seed` must be an integer, got {seed!r}.")
-    gen = torch.Generator().manual_seed(int(seed))
-    perms = torch.stack([torch.randperm(int(n), generator=gen) for _ in range(int(n_perm))])
-    return perms.to(device) if device is not None else perms
+__all__ = ["NullCalibrated", "label_shuffle_null"]
 
 
 # ----------------------------------------------------------------------------- fast paths
@@ -197,16 +116,8 @@ def _leep_null(source_probs: Any, labels: Any, perms_fn: Callable[[int], Tensor]
     theta = check_probs(source_probs, "source_probs")
     codes, c = check_labels(labels, theta.shape[0], "labels", min_classes=2)
     codes = codes.to(theta.device)
-    n = theta.shape[0]
-
-    def value(y: Tensor) -> Tensor:
-        joint = torch.zeros(c, theta.shape[1], dtype=theta.dtype, device=theta.device).index_add_(0, y, theta) / n
-        marginal = joint.sum(dim=0, keepdim=True)
-        cond = torch.where(marginal > 0, joint / torch.where(marginal > 0, marginal, 1.0), 0.0)
-        return torch.log((theta @ cond.T).gather(1, y[:, None])[:, 0]).mean()
-
-    perms = perms_fn(n).to(theta.device)
-    return value(codes), torch.stack([value(codes[p]) for p in perms])
+    perms = perms_fn(theta.shape[0]).to(theta.device)
+    return _leep.leep_table(theta, codes[None, :], c)[0], _leep.leep_table(theta, codes[perms], c)
 
 
 def _nce_null(source_labels: Any, labels: Any, perms_fn: Callable[[int], Tensor]) -> tuple[Tensor, Tensor]:
@@ -218,15 +129,15 @@ def _nce_null(source_labels: Any, labels: Any, perms_fn: Callable[[int], Tensor]
     return _leep.nce_table(z, cz, y[None, :], c)[0], _leep.nce_table(z, cz, y[perms], c)
 
 
-def _otce_null(src_features: Any, src_labels: Any, tgt_features: Any, tgt_labels: Any,
+def _otce_null(source_features: Any, source_labels: Any, target_features: Any, target_labels: Any,
                perms_fn: Callable[[int], Tensor], *, n_perm: int, seed: int = 0, sim: bool = False,
                **kwargs: Any) -> tuple[Tensor, Tensor]:
     # otce(correction="null") solves OT once and re-tabulates W_T per permutation
     # (task_distance_null), drawing the permutations as label_permutations(Nt, n_perm, seed).
     if sim and "weights" in kwargs:
         raise ValueError("otce_sim takes no `weights`; use otce(..., weights=...) for the full score.")
-    res = _otce.otce(src_features, src_labels, tgt_features, tgt_labels, correction="null", n_perm=n_perm,
-                     seed=seed, **kwargs)
+    res = _otce.otce(source_features, source_labels, target_features, target_labels, correction="null",
+                     n_perm=n_perm, seed=seed, **kwargs)
     return res.null.score, res.null.null
 
 
@@ -266,7 +177,8 @@ def label_shuffle_null(fn: Callable[..., Any], *args: Any, n_perm: int = 100, se
     ``otce_sim``: these reuse their label-independent work across permutations, see the module
     doc) or any callable whose **last positional argument is the target labels** and whose
     result is a number, a 0-d tensor or has a ``.score``. Permutations come from
-    :func:`label_permutations` with ``seed`` (same seed → same null).
+    :func:`~tguide.metrics.functional.permutation.label_permutations` with ``seed`` (same
+    seed → same null).
 
     Returns:
         :class:`NullCalibrated` with the score, the null's mean and std, ``z`` and the p-value.

@@ -4,11 +4,13 @@ Every class keeps the samples it is given in ``cat`` list states, so ``compute()
 under DDP sees every rank's samples (torchmetrics gathers them, unequal shard sizes
 included), and then calls the functional on all of them: no formula lives here.
 
-Memory can be bounded with ``max_samples``: each process then keeps a uniform random
-sample of at most ``max_samples`` rows (per domain for :class:`OTCE`) of everything it
+Memory can be bounded with ``max_stored``: each process then keeps a uniform random
+sample of at most ``max_stored`` rows (per domain for :class:`OTCE`) of everything it
 was given, by reservoir sampling (Vitter's Algorithm R [1], vectorised per batch, with
 its own generator seeded by ``seed``). Under DDP, ``compute()`` sees up to
-``world_size × max_samples`` rows.
+``world_size × max_stored`` rows. (This is a memory cap on a stream, not the
+class-stratified ``max_samples`` subset of the functional metrics; ``max_samples`` is
+accepted here as a deprecated alias of ``max_stored``.)
 
 Calling a metric object (``metric(x, y)``, torchmetrics' ``forward``) only updates it and
 returns ``None``: a transferability score of one batch is neither meaningful nor cheap.
@@ -27,13 +29,14 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from tguide._deprecation import renamed_arguments
 from tguide.metrics._validate import as_tensor, check_features, check_labels, check_probs
-from tguide.metrics.hscore import hscore, hscore_shrinkage
-from tguide.metrics.leep import leep, nce
-from tguide.metrics.logme import logme
+from tguide.metrics.functional.hscore import hscore, hscore_shrinkage
+from tguide.metrics.functional.leep import leep, nce
+from tguide.metrics.functional.logme import logme
+from tguide.metrics.functional.otce import OTCEResult, _check_solver_options, _check_weights, otce
+from tguide.metrics.functional.transrate import transrate, transrate_comparable
 from tguide.metrics.null import label_shuffle_null
-from tguide.metrics.otce import OTCEResult, _check_solver_options, _check_weights, otce
-from tguide.metrics.transrate import transrate, transrate_comparable
 
 __all__ = ["FeatureMetric", "HScore", "HScoreShrinkage", "TransRate", "TransRateComparable", "LogME", "LEEP", "NCE",
            "OTCE"]
@@ -62,13 +65,14 @@ class FeatureMetric(Metric):
     :meth:`_store`, and call their functional on :meth:`_samples` in ``compute``.
 
     Args:
-        max_samples: keep at most this many samples per process (per domain for OTCE),
-            a uniform random subset of all samples seen (reservoir sampling). ``None``
-            keeps everything.
+        max_stored: keep at most this many samples per process (per domain for OTCE),
+            a uniform random subset of all samples seen (reservoir sampling), so that memory
+            stays bounded on a long stream. ``None`` keeps everything. (Deprecated alias:
+            ``max_samples``.)
         seed: seed of the reservoir's random generator (reset by :meth:`reset`).
         null: ``None`` (default): ``compute()`` returns the score, a 0-d tensor. An integer
             ``P``: ``compute()`` returns the score with its label-shuffle null over ``P``
-            permutations (:func:`tguide.metrics.null.label_shuffle_null`) as a dict of 0-d
+            permutations (:func:`~tguide.metrics.null.label_shuffle_null`) as a dict of 0-d
             tensors ``{"score", "corrected", "z", "p_value", "null_mean", "null_std"}``,
             ready for ``log_dict``.
         null_seed: seed of those permutations.
@@ -84,7 +88,8 @@ class FeatureMetric(Metric):
     full_state_update: bool = False
     _fields: ClassVar[tuple[str, ...]] = ("features", "labels")
 
-    def __init__(self, max_samples: int | None = None, seed: int = 0, null: int | None = None, null_seed: int = 0,
+    @renamed_arguments(max_samples="max_stored")
+    def __init__(self, max_stored: int | None = None, seed: int = 0, null: int | None = None, null_seed: int = 0,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if null is not None and (isinstance(null, bool) or not isinstance(null, numbers.Integral) or null < 2):
@@ -93,13 +98,13 @@ class FeatureMetric(Metric):
             raise ValueError(f"`null_seed` must be an integer, got {null_seed!r}.")
         self.null = None if null is None else int(null)
         self.null_seed = int(null_seed)
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral) or max_samples < 1
+        if max_stored is not None and (
+            isinstance(max_stored, bool) or not isinstance(max_stored, numbers.Integral) or max_stored < 1
         ):
-            raise ValueError(f"`max_samples` must be a positive integer or None (keep all), got {max_samples!r}.")
+            raise ValueError(f"`max_stored` must be a positive integer or None (keep all), got {max_stored!r}.")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise ValueError(f"`seed` must be an integer, got {seed!r}.")
-        self.max_samples = None if max_samples is None else int(max_samples)
+        self.max_stored = None if max_stored is None else int(max_stored)
         self.seed = int(seed)
         for name in self._fields:
             self.add_state(name, default=[], dist_reduce_fx="cat")
@@ -117,7 +122,7 @@ class FeatureMetric(Metric):
                 f"`{self._fields[0]}` of this batch have shape {tuple(rows[0].shape)} but earlier batches had "
                 f"(*, {', '.join(map(str, first[0].shape[1:]))}); feed one layer's features per metric object."
             )
-        if self.max_samples is None:
+        if self.max_stored is None:
             for name, r in zip(self._fields, rows):
                 getattr(self, name).append(r)
             return
@@ -126,7 +131,7 @@ class FeatureMetric(Metric):
     def _reservoir_add(self, rows: tuple[Tensor, ...], group: int) -> None:
         r"""Algorithm R on a batch: sample number ``t`` (0-based, ``t ≥ cap``) replaces a
         uniform slot with probability ``cap/(t+1)``; later samples win a contested slot."""
-        cap = int(self.max_samples)  # type: ignore[arg-type]
+        cap = int(self.max_stored)  # type: ignore[arg-type]
         if group not in self._slot:
             self._slot[group] = len(getattr(self, self._fields[0]))
             for name, r in zip(self._fields, rows):
@@ -186,7 +191,7 @@ class FeatureMetric(Metric):
 
     def compute(self) -> Any:
         """The score of every stored sample (all ranks): a 0-d tensor, or with ``null`` the dict of
-        :meth:`tguide.metrics.null.NullCalibrated.as_dict`."""
+        :meth:`~tguide.metrics.functional.permutation.NullCalibrated.as_dict`."""
         fn, args, kwargs = self._call()
         if self.null is None:
             out = fn(*args, **kwargs)
@@ -205,7 +210,9 @@ class _FeaturesLabels(FeatureMetric):
 
 
 class HScore(_FeaturesLabels):
-    """Stateful :func:`tguide.metrics.hscore.hscore` (Bao et al. 2019): ``update(features, labels)``.
+    """Stateful :func:`~tguide.metrics.functional.hscore.hscore` (Bao et al., ICIP 2019).
+
+    ``update(features, labels)``; ``compute()`` = the functional on every sample.
 
     Example:
         >>> import torch
@@ -221,19 +228,20 @@ class HScore(_FeaturesLabels):
 
 
 class HScoreShrinkage(_FeaturesLabels):
-    """Stateful :func:`tguide.metrics.hscore.hscore_shrinkage` (Ibrahim et al. 2022)."""
+    """Stateful :func:`~tguide.metrics.functional.hscore.hscore_shrinkage` (Ibrahim et al., WACV 2023)."""
 
     def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         return hscore_shrinkage, self._samples(), {}
 
 
 class TransRate(_FeaturesLabels):
-    """Stateful :func:`tguide.metrics.transrate.transrate` (Huang et al. 2022).
+    """Stateful :func:`~tguide.metrics.functional.transrate.transrate` (Huang et al., ICML 2022).
 
     Args:
         eps: distortion ε of the coding rate. Other arguments: :class:`FeatureMetric`.
     """
 
+    @renamed_arguments(max_samples="max_stored")
     def __init__(self, eps: float = 1e-4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.eps = eps
@@ -243,12 +251,13 @@ class TransRate(_FeaturesLabels):
 
 
 class TransRateComparable(_FeaturesLabels):
-    """Stateful :func:`tguide.metrics.transrate.transrate_comparable` (width- and scale-comparable).
+    """Stateful :func:`~tguide.metrics.functional.transrate.transrate_comparable` (width- and scale-comparable).
 
     Args:
         rank, eps: see the functional. Other arguments: :class:`FeatureMetric`.
     """
 
+    @renamed_arguments(max_samples="max_stored")
     def __init__(self, rank: int = 32, eps: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rank = rank
@@ -259,12 +268,13 @@ class TransRateComparable(_FeaturesLabels):
 
 
 class LogME(_FeaturesLabels):
-    """Stateful :func:`tguide.metrics.logme.logme` (You et al. 2021).
+    """Stateful :func:`~tguide.metrics.functional.logme.logme` (You et al., ICML 2021).
 
     Args:
         tol, max_iter: the evidence fixed point's limits. Other arguments: :class:`FeatureMetric`.
     """
 
+    @renamed_arguments(max_samples="max_stored")
     def __init__(self, tol: float = 1e-7, max_iter: int = 10_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.tol = tol
@@ -275,7 +285,10 @@ class LogME(_FeaturesLabels):
 
 
 class LEEP(FeatureMetric):
-    """Stateful :func:`tguide.metrics.leep.leep` (Nguyen et al. 2020): ``update(source_probs, labels)``."""
+    """Stateful :func:`~tguide.metrics.functional.leep.leep` (Nguyen et al., ICML 2020).
+
+    ``update(source_probs, labels)``.
+    """
 
     _fields: ClassVar[tuple[str, ...]] = ("source_probs", "labels")
 
@@ -290,7 +303,10 @@ class LEEP(FeatureMetric):
 
 
 class NCE(FeatureMetric):
-    """Stateful :func:`tguide.metrics.leep.nce` (Tran et al. 2019): ``update(source_labels, labels)``."""
+    """Stateful :func:`~tguide.metrics.functional.leep.nce` (Tran et al., ICCV 2019).
+
+    ``update(source_labels, labels)``.
+    """
 
     _fields: ClassVar[tuple[str, ...]] = ("source_labels", "labels")
 
@@ -310,19 +326,19 @@ _DOMAINS = {"source": 0, "target": 1}
 
 
 class OTCE(FeatureMetric):
-    """Stateful :func:`tguide.metrics.otce.otce` (Tan et al. 2021).
+    """Stateful :func:`~tguide.metrics.functional.otce.otce` (Tan et al., CVPR 2021).
 
     ``update(features, labels, domain="source"|"target")``: both domains' features of
     one layer go into one metric object; each row carries its domain tag (a ``domain``
     state), so a rank that saw any batch has every state. ``compute()`` returns the
     score (``-W_T``, or ``λ1 W_D + λ2 W_T + λ3`` with ``weights``) as a 0-d tensor, so
     the object can be logged like any metric; with ``full_result=True`` it returns the
-    :class:`~tguide.metrics.otce.OTCEResult` (score, W_D, W_T, coupling) instead.
-    ``max_samples`` bounds each domain separately (one reservoir per domain).
+    :class:`~tguide.metrics.functional.otce.OTCEResult` (score, W_D, W_T, coupling) instead.
+    ``max_stored`` bounds each domain separately (one reservoir per domain).
 
     Args:
-        solver, reg, weights, max_iter, tol: as in :func:`~tguide.metrics.otce.otce`.
-        max_samples, seed, kwargs: see :class:`FeatureMetric`.
+        solver, reg, weights, max_iter, tol: as in :func:`~tguide.metrics.functional.otce.otce`.
+        max_stored, seed, kwargs: see :class:`FeatureMetric`.
 
     Example:
         >>> import torch
@@ -335,6 +351,7 @@ class OTCE(FeatureMetric):
 
     _fields: ClassVar[tuple[str, ...]] = ("features", "labels", "domain")
 
+    @renamed_arguments(max_samples="max_stored")
     def __init__(
         self,
         solver: str = "emd",
@@ -381,8 +398,9 @@ class OTCE(FeatureMetric):
         return fn(*args, **kwargs)
 
     def compute_result(self) -> OTCEResult:
-        """The whole :class:`~tguide.metrics.otce.OTCEResult` (score, W_D, W_T, coupling), all ranks' samples;
-        with ``null`` it is the ``correction="null"`` result (``.null`` holds the calibration).
+        """The whole :class:`~tguide.metrics.functional.otce.OTCEResult` (score, W_D, W_T, coupling)
+        of all ranks' samples; with ``null`` it is the ``correction="null"`` result (``.null``
+        holds the calibration).
 
         Gathers across processes like ``compute()`` (call it on every rank under DDP); not cached.
         """

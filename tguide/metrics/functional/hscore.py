@@ -74,7 +74,7 @@ def _rank_cut(lam: Tensor, n: int, d: int) -> Tensor:
 
 
 def hscore(features: Any, labels: Any) -> Tensor:
-    r"""H-score of features for a classification target (Bao et al. 2019 [1]).
+    r"""H-score of features for a classification target (Bao et al., ICIP 2019 [1]).
 
     .. math::
         \mathcal{H}(f) = \operatorname{tr}\!\big(\operatorname{cov}(f)^{+}\,
@@ -118,7 +118,7 @@ def hscore(features: Any, labels: Any) -> Tensor:
 
 
 def ledoit_wolf_shrinkage(z: Tensor, gram: Tensor | None = None) -> Tensor:
-    r"""Ledoit-Wolf (2004) optimal shrinkage intensity of centred data ``z (N, D)``.
+    r"""Ledoit-Wolf (J. Multivariate Anal. 2004) optimal shrinkage intensity of centred data ``z (N, D)``.
 
     ``gram`` may pass the smaller Gram matrix (``ZᵀZ`` if N ≥ D else ``ZZᵀ``) when the
     caller has it already.

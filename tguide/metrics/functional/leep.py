@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from tguide.metrics._validate import check_labels, check_probs, check_same_length
+from tguide.metrics.functional.permutation import check_correction, label_permutations
 
-__all__ = ["leep", "nce", "nce_table"]
+__all__ = ["leep", "leep_table", "nce", "nce_table"]
 
 
 def leep(source_probs: Any, labels: Any) -> Tensor:
@@ -51,17 +52,25 @@ def leep(source_probs: Any, labels: Any) -> Tensor:
     """
     theta = check_probs(source_probs, "source_probs")  # (N, Cs) float64
     y, c = check_labels(labels, theta.shape[0], "labels", min_classes=2)
-    y = y.to(theta.device)
+    return leep_table(theta, y.to(theta.device)[None, :], c)[0]
+
+
+def leep_table(theta: Tensor, ys: Tensor, c: int) -> Tensor:
+    """LEEP of source probabilities ``theta (N, Cs)`` against each row of target codes ``ys (P, N)``: ``(P,)``.
+
+    The formula of :func:`leep` (no checks; codes in ``0..c-1``). The label-shuffle null of
+    :mod:`tguide.metrics.null` calls it with the permuted labels.
+    """
     n = theta.shape[0]
-    joint = torch.zeros(c, theta.shape[1], dtype=theta.dtype, device=theta.device)
-    joint.index_add_(0, y, theta).div_(n)  # (C, Cs): P̂(y, z)
-    marginal = joint.sum(dim=0, keepdim=True)  # (1, Cs): P̂(z)
-    cond = torch.where(marginal > 0, joint / torch.where(marginal > 0, marginal, 1.0), 0.0)
-    eep = (theta @ cond.T).gather(1, y[:, None])[:, 0]  # (N,): Σ_z P̂(y_i|z) θ_iz
-    return torch.log(eep).mean()
-
-
-CORRECTIONS = ("none", "null", "miller_madow")
+    out = torch.empty(ys.shape[0], dtype=theta.dtype, device=theta.device)
+    for p, y in enumerate(ys):
+        joint = torch.zeros(c, theta.shape[1], dtype=theta.dtype, device=theta.device)
+        joint.index_add_(0, y, theta).div_(n)  # (C, Cs): P̂(y, z)
+        marginal = joint.sum(dim=0, keepdim=True)  # (1, Cs): P̂(z)
+        cond = torch.where(marginal > 0, joint / torch.where(marginal > 0, marginal, 1.0), 0.0)
+        eep = (theta @ cond.T).gather(1, y[:, None])[:, 0]  # (N,): Σ_z P̂(y_i|z) θ_iz
+        out[p] = torch.log(eep).mean()
+    return out
 
 
 def nce(source_labels: Any, labels: Any, *, correction: str = "none", n_perm: int = 100, seed: int = 0) -> Tensor:
@@ -99,10 +108,7 @@ def nce(source_labels: Any, labels: Any, *, correction: str = "none", n_perm: in
         >>> float(nce(torch.tensor([0, 0, 1, 1]), torch.tensor([5, 5, 6, 6])))
         0.0
     """
-    if correction not in CORRECTIONS:
-        raise ValueError(f"`correction` must be one of {CORRECTIONS}, got {correction!r}.")
-    if correction == "null" and (isinstance(n_perm, bool) or not isinstance(n_perm, int) or n_perm < 2):
-        raise ValueError(f"`n_perm` must be an integer ≥ 2 for correction='null', got {n_perm!r}.")
+    check_correction(correction, n_perm)
     y, c = check_labels(labels, None, "labels", min_classes=2)
     z, cz = check_labels(source_labels, None, "source_labels", min_classes=1)
     check_same_length(z, y, "source_labels", "labels")
@@ -112,8 +118,6 @@ def nce(source_labels: Any, labels: Any, *, correction: str = "none", n_perm: in
         cells = int(torch.unique(z * c + y).numel())
         return value - (cells - cz) / (2.0 * y.shape[0])
     if correction == "null":
-        from tguide.metrics.null import label_permutations
-
         perms = label_permutations(y.shape[0], n_perm, seed, y.device)
         return value - nce_table(z, cz, y[perms], c).mean()
     return value

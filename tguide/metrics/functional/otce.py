@@ -28,8 +28,11 @@ import ot
 import torch
 from torch import Tensor
 
+from tguide._deprecation import renamed_arguments, stacklevel_outside
+from tguide.metrics._subset import check_max_samples, stratified_subset
 from tguide.metrics._validate import as_tensor, check_features, check_labels
-from tguide.metrics.task_distance import (
+from tguide.metrics.functional.permutation import NullCalibrated, calibrate, check_correction, label_permutations
+from tguide.metrics.functional.task_distance import (
     _plogp,
     joint_labels,
     miller_madow_correction,
@@ -49,11 +52,9 @@ __all__ = [
     "joint_labels",
     "miller_madow_correction",
     "task_distance_null",
-    "CORRECTIONS",
 ]
 
 SOLVERS = ("emd", "sinkhorn")
-CORRECTIONS = ("none", "null", "miller_madow")
 _INT32_MAX = 2**31 - 1
 
 
@@ -76,8 +77,8 @@ class OTCEResult:
             ``"null"``, ``"miller_madow"``).
         task_correction: 0-d float64 added to the plug-in ``task_distance`` before it enters
             the score (``None`` without a correction).
-        null: the :class:`~tguide.metrics.null.NullCalibrated` of the uncorrected score
-            under label shuffling (``correction="null"`` only).
+        null: the :class:`~tguide.metrics.functional.permutation.NullCalibrated` of the
+            uncorrected score under label shuffling (``correction="null"`` only).
     """
 
     score: Tensor
@@ -86,7 +87,7 @@ class OTCEResult:
     coupling: Tensor
     correction: str = "none"
     task_correction: Tensor | None = None
-    null: Any = None
+    null: NullCalibrated | None = None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -124,35 +125,20 @@ def _check_weights(weights: Any) -> tuple[float, float, float] | None:
     return w
 
 
-def _check_max_samples(max_samples: Any) -> int | None:
-    if max_samples is None:
-        return None
-    if isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral) or max_samples < 2:
-        raise ValueError(f"`max_samples` must be an integer ≥ 2 or None (use every sample), got {max_samples!r}.")
-    return int(max_samples)
-
-
-def _prepare_features(src_features: Any, tgt_features: Any) -> tuple[Tensor, Tensor]:
+def _prepare_features(source_features: Any, target_features: Any) -> tuple[Tensor, Tensor]:
     """Both feature matrices validated, float64, one feature space, one device."""
-    xs = check_features(src_features, "src_features")  # (Ns, D)
-    xt = check_features(tgt_features, "tgt_features")  # (Nt, D)
+    xs = check_features(source_features, "source_features")  # (Ns, D)
+    xt = check_features(target_features, "target_features")  # (Nt, D)
     if xs.shape[1] != xt.shape[1]:
         raise ValueError(
-            f"`src_features` have {xs.shape[1]} dimensions but `tgt_features` have {xt.shape[1]}; "
+            f"`source_features` have {xs.shape[1]} dimensions but `target_features` have {xt.shape[1]}; "
             "both sides must be features of the same layer (one feature space)."
         )
     if xs.device != xt.device:
         raise ValueError(
-            f"`src_features` are on {xs.device} but `tgt_features` on {xt.device}; move both to one device."
+            f"`source_features` are on {xs.device} but `target_features` on {xt.device}; move both to one device."
         )
     return xs, xt
-
-
-def _subsample(x: Tensor, y: Tensor, cap: int | None, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    if cap is None or x.shape[0] <= cap:
-        return x, y
-    idx = torch.randperm(x.shape[0], generator=gen)[:cap].sort().values
-    return x[idx.to(x.device)], y[idx.to(y.device)]
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -248,18 +234,21 @@ def _coupling(cost: Tensor, solver: str, reg: float, max_iter: int | None, tol: 
             continue
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if problem is not None:
-        warnings.warn(problem, OTCEConvergenceWarning, stacklevel=3)  # the user's otce/otce_coupling call
+        # the user's line: past otce/otce_sim/otce_coupling and any library caller (null, stateful)
+        warnings.warn(problem, OTCEConvergenceWarning, stacklevel=stacklevel_outside("tguide.metrics"))
     return plan
 
 
 # ----------------------------------------------------------------------------- public
 
 
+@renamed_arguments(src_features="source_features", src_labels="source_labels", tgt_features="target_features",
+                   tgt_labels="target_labels")
 def otce(
-    src_features: Any,
-    src_labels: Any,
-    tgt_features: Any,
-    tgt_labels: Any,
+    source_features: Any,
+    source_labels: Any,
+    target_features: Any,
+    target_labels: Any,
     *,
     solver: str = "emd",
     reg: float = 0.05,
@@ -298,16 +287,21 @@ def otce(
     with ``"emd"`` only W_D has one, by the envelope theorem).
 
     Args:
-        src_features: ``(Ns, D)`` source features. src_labels: ``(Ns,)`` source classes
-            (any integers, one class allowed: then ``W_T = H(Y_t)``).
-        tgt_features: ``(Nt, D)`` target features, same D. tgt_labels: ``(Nt,)``,
-            at least 2 classes.
+        source_features: ``(Ns, D)`` source features.
+        source_labels: ``(Ns,)`` source classes (any integers, one class allowed: then
+            ``W_T = H(Y_t)``).
+        target_features: ``(Nt, D)`` target features, same D.
+        target_labels: ``(Nt,)`` target classes, at least 2.
         solver: ``"emd"`` (exact, network simplex; default) or ``"sinkhorn"`` (entropic,
             log domain; for large N and for gradients).
         reg: entropic strength relative to the mean cost (Sinkhorn only), default 0.05.
         weights: ``(λ1, λ2, λ3)`` for the full OTCE score, or ``None`` for OTCE_sim.
-        max_samples: cap on each side; a larger side is replaced by a uniform random
-            subset of that size drawn with ``seed`` (the coupling then refers to the subsets).
+        max_samples: cap on each side; a larger side is replaced by a seeded,
+            class-stratified random subset of that size
+            (:func:`~tguide.metrics._subset.stratified_subset`: every class keeps at least
+            one sample, the rest in proportion to the class sizes; source drawn with
+            ``seed``, target with ``seed + 1``). The coupling then refers to the subsets.
+            It must be at least the number of classes of each side.
         seed: seed of that subsampling and of the label permutations.
         max_iter, tol: solver limits, see :func:`otce_coupling`.
         correction: bias correction of the plug-in ``W_T`` used in the score.
@@ -342,17 +336,16 @@ def otce(
     """
     _check_solver_options(solver, reg, max_iter, tol)
     lam = _check_weights(weights)
-    cap = _check_max_samples(max_samples)
-    _check_correction(correction, n_perm)
-    xs, xt = _prepare_features(src_features, tgt_features)
-    ys, cs = check_labels(src_labels, xs.shape[0], "src_labels", min_classes=1)
-    yt, ct = check_labels(tgt_labels, xt.shape[0], "tgt_labels", min_classes=2)
-    if cap is not None and (xs.shape[0] > cap or xt.shape[0] > cap):
-        gen = torch.Generator().manual_seed(int(seed))
-        xs, ys = _subsample(xs, ys, cap, gen)
-        xt, yt = _subsample(xt, yt, cap, gen)
-        ys, cs = check_labels(ys, None, "src_labels (subsampled by max_samples)", min_classes=1)
-        yt, ct = check_labels(yt, None, "tgt_labels (subsampled by max_samples)", min_classes=2)
+    cap = check_max_samples(max_samples, minimum=2)
+    check_correction(correction, n_perm)
+    xs, xt = _prepare_features(source_features, target_features)
+    ys, cs = check_labels(source_labels, xs.shape[0], "source_labels", min_classes=1)
+    yt, ct = check_labels(target_labels, xt.shape[0], "target_labels", min_classes=2)
+    if cap is not None:  # stratified: every class survives, so the codes keep their meaning
+        keep_s = stratified_subset(ys, cap, seed)
+        keep_t = stratified_subset(yt, cap, int(seed) + 1)
+        xs, ys = xs[keep_s.to(xs.device)], ys[keep_s]
+        xt, yt = xt[keep_t.to(xt.device)], yt[keep_t]
     ys, yt = ys.to(xs.device), yt.to(xs.device)
 
     cost = squared_euclidean(xs, xt)  # (Ns, Nt)
@@ -370,8 +363,6 @@ def otce(
     if correction == "miller_madow":
         fix = miller_madow_correction(joint, min(xs.shape[0], xt.shape[0]))
     else:
-        from tguide.metrics.null import calibrate, label_permutations
-
         null_wt = task_distance_null(plan, ys, cs, yt, ct, label_permutations(xt.shape[0], n_perm, seed, yt.device))
         fix = -null_wt.mean()
         null = calibrate(combine(w_t).detach(), combine(null_wt))
@@ -379,18 +370,13 @@ def otce(
                       correction=correction, task_correction=fix, null=null)
 
 
-def _check_correction(correction: str, n_perm: int) -> None:
-    if correction not in CORRECTIONS:
-        raise ValueError(f"`correction` must be one of {CORRECTIONS}, got {correction!r}.")
-    if correction == "null" and (isinstance(n_perm, bool) or not isinstance(n_perm, numbers.Integral) or n_perm < 2):
-        raise ValueError(f"`n_perm` must be an integer ≥ 2 for correction='null', got {n_perm!r}.")
-
-
+@renamed_arguments(src_features="source_features", src_labels="source_labels", tgt_features="target_features",
+                   tgt_labels="target_labels")
 def otce_sim(
-    src_features: Any,
-    src_labels: Any,
-    tgt_features: Any,
-    tgt_labels: Any,
+    source_features: Any,
+    source_labels: Any,
+    target_features: Any,
+    target_labels: Any,
     *,
     solver: str = "emd",
     reg: float = 0.05,
@@ -413,10 +399,10 @@ def otce_sim(
         -0.6931471805599453
     """
     return otce(
-        src_features,
-        src_labels,
-        tgt_features,
-        tgt_labels,
+        source_features,
+        source_labels,
+        target_features,
+        target_labels,
         solver=solver,
         reg=reg,
         max_samples=max_samples,
@@ -428,8 +414,11 @@ def otce_sim(
     ).score
 
 
-def fit_otce_weights(w_d: Any, w_t: Any, accuracy: Any) -> tuple[float, float, float]:
-    r"""Least-squares weights of OTCE on auxiliary tasks (Tan et al. [1], Sec. 3.3).
+@renamed_arguments(w_d="domain_distances", w_t="task_distances", accuracy="accuracies")
+def fit_otce_weights(
+    domain_distances: Any, task_distances: Any, accuracies: Any
+) -> tuple[float, float, float]:
+    r"""Least-squares weights of OTCE on auxiliary tasks (Tan et al., CVPR 2021 [1], Sec. 3.3).
 
     .. math::
         (\lambda_1, \lambda_2, \lambda_3) = \arg\min_\lambda \sum_k
@@ -439,8 +428,9 @@ def fit_otce_weights(w_d: Any, w_t: Any, accuracy: Any) -> tuple[float, float, f
     ``numpy.linalg.lstsq``).
 
     Args:
-        w_d, w_t, accuracy: ``(K,)`` domain distances, task distances and measured
-            accuracies of the auxiliary tasks.
+        domain_distances: ``(K,)`` W_D of the auxiliary tasks (``OTCEResult.domain_distance``).
+        task_distances: ``(K,)`` W_T of the auxiliary tasks (``OTCEResult.task_distance``).
+        accuracies: ``(K,)`` measured transfer accuracies of the auxiliary tasks.
 
     Returns:
         ``(λ1, λ2, λ3)`` as Python floats, to pass as ``otce(..., weights=...)``.
@@ -454,7 +444,8 @@ def fit_otce_weights(w_d: Any, w_t: Any, accuracy: Any) -> tuple[float, float, f
         (-0.1, -0.5, 1.25)
     """
     cols = []
-    for name, v in (("w_d", w_d), ("w_t", w_t), ("accuracy", accuracy)):
+    for name, v in (("domain_distances", domain_distances), ("task_distances", task_distances),
+                    ("accuracies", accuracies)):
         arr = as_tensor(v, name).detach().cpu().to(torch.float64).numpy()
         if arr.ndim != 1:
             raise ValueError(f"`{name}` must be 1-D (one value per auxiliary task), got shape {arr.shape}.")
@@ -464,8 +455,8 @@ def fit_otce_weights(w_d: Any, w_t: Any, accuracy: Any) -> tuple[float, float, f
     k = cols[0].shape[0]
     if any(c.shape[0] != k for c in cols):
         raise ValueError(
-            f"`w_d`, `w_t` and `accuracy` must have one entry per auxiliary task; got lengths "
-            f"{[c.shape[0] for c in cols]}."
+            "`domain_distances`, `task_distances` and `accuracies` must have one entry per auxiliary task; "
+            f"got lengths {[c.shape[0] for c in cols]}."
         )
     if k < 3:
         raise ValueError(f"need at least 3 auxiliary tasks to fit 3 weights, got {k}; add auxiliary tasks.")
@@ -473,7 +464,7 @@ def fit_otce_weights(w_d: Any, w_t: Any, accuracy: Any) -> tuple[float, float, f
     lam, _, rank, _ = np.linalg.lstsq(design, cols[2], rcond=None)
     if rank < 3:
         raise ValueError(
-            "`w_d` and `w_t` are collinear or constant over the auxiliary tasks, so the weights are not "
-            "identifiable; use more varied auxiliary tasks, or OTCE_sim (`weights=None`)."
+            "`domain_distances` and `task_distances` are collinear or constant over the auxiliary tasks, so the "
+            "weights are not identifiable; use more varied auxiliary tasks, or OTCE_sim (`weights=None`)."
         )
     return float(lam[0]), float(lam[1]), float(lam[2])

@@ -1,14 +1,16 @@
 r"""OTCE's task distance: the conditional entropy of the labels under a coupling, and its null.
 
-Given a coupling π between source and target samples (from :mod:`tguide.metrics.otce`), the
+Given a coupling π between source and target samples (from :mod:`tguide.metrics.functional.otce`), the
 joint label law is :math:`\hat P(y_s, y_t) = \sum_{i: y_s^i = y_s, j: y_t^j = y_t} \pi_{ij}` and
 the task distance is :math:`W_T = H(Y_t \mid Y_s)`. This module holds that table, its plug-in
 entropy, the Miller–Madow bias term, and W_T for many permutations of the target labels from
 one coupling (the label-shuffle null of :mod:`tguide.metrics.null`).
 
 References:
-    [1] Y. Tan, Y. Li, S.-L. Huang, "OTCE", CVPR 2021.
-    [2] G. A. Miller, "Note on the bias of information estimates", 1955.
+    [1] Y. Tan, Y. Li, S.-L. Huang, "OTCE: A Transferability Metric for Cross-Domain
+        Cross-Task Representations", CVPR 2021.
+    [2] G. A. Miller, "Note on the bias of information estimates", in Information Theory in
+        Psychology, Free Press, 1955.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tguide._deprecation import renamed_arguments
+
 __all__ = ["task_distance", "joint_labels", "miller_madow_correction", "task_distance_null"]
 
 
-def task_distance(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: Tensor, ct: int) -> Tensor:
+@renamed_arguments(src_codes="source_codes", tgt_codes="target_codes")
+def task_distance(coupling: Tensor, source_codes: Tensor, cs: int, target_codes: Tensor, ct: int) -> Tensor:
     r"""Conditional entropy :math:`W_T = H(Y_t \mid Y_s)` of the coupling's joint label law.
 
     .. math::
@@ -32,9 +37,9 @@ def task_distance(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: Tenso
 
     Args:
         coupling: ``(Ns, Nt)`` joint distribution of the samples.
-        src_codes: ``(Ns,)`` source classes ``0..cs-1``; tgt_codes: ``(Nt,)`` in ``0..ct-1``.
+        source_codes: ``(Ns,)`` source classes ``0..cs-1``; target_codes: ``(Nt,)`` in ``0..ct-1``.
     """
-    joint = joint_labels(coupling, src_codes, cs, tgt_codes, ct)
+    joint = joint_labels(coupling, source_codes, cs, target_codes, ct)
     marg = joint.sum(dim=1)  # (Cs,): P̂(y_s)
     return _plogp(marg).sum() - _plogp(joint).sum()
 
@@ -45,12 +50,13 @@ def _plogp(p: Tensor) -> Tensor:
     return torch.where(pos, p * torch.log(torch.where(pos, p, torch.ones_like(p))), torch.zeros_like(p))
 
 
-def joint_labels(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: Tensor, ct: int) -> Tensor:
+@renamed_arguments(src_codes="source_codes", tgt_codes="target_codes")
+def joint_labels(coupling: Tensor, source_codes: Tensor, cs: int, target_codes: Tensor, ct: int) -> Tensor:
     """The coupling's joint label law ``P̂(y_s, y_t)``, ``(Cs, Ct)``: two ``index_add`` reductions."""
     rows = torch.zeros(cs, coupling.shape[1], dtype=coupling.dtype, device=coupling.device)
-    rows = rows.index_add(0, src_codes, coupling)  # (Cs, Nt)
+    rows = rows.index_add(0, source_codes, coupling)  # (Cs, Nt)
     joint = torch.zeros(cs, ct, dtype=coupling.dtype, device=coupling.device)
-    return joint.index_add(1, tgt_codes, rows)  # (Cs, Ct)
+    return joint.index_add(1, target_codes, rows)  # (Cs, Ct)
 
 
 def miller_madow_correction(joint: Tensor, n: int) -> Tensor:
@@ -70,11 +76,12 @@ def miller_madow_correction(joint: Tensor, n: int) -> Tensor:
     return torch.tensor((m_joint - m_src) / (2.0 * n), dtype=joint.dtype, device=joint.device)
 
 
-def task_distance_null(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: Tensor, ct: int,
+@renamed_arguments(src_codes="source_codes", tgt_codes="target_codes")
+def task_distance_null(coupling: Tensor, source_codes: Tensor, cs: int, target_codes: Tensor, ct: int,
                        perms: Tensor) -> Tensor:
     r"""``W_T`` for every permutation of the target labels, reusing one coupling: ``(P,)``.
 
-    Row ``p`` of ``perms (P, Nt)`` relabels target sample ``j`` with ``tgt_codes[perms[p, j]]``.
+    Row ``p`` of ``perms (P, Nt)`` relabels target sample ``j`` with ``target_codes[perms[p, j]]``.
     The coupling depends on the features only, so shuffling the labels only re-tabulates
     ``P̂(y_s, y_t)``: the coupling is first summed over source classes into ``(Cs, Nt)``, and
     every permutation's joint table is one weighted ``bincount`` over that matrix's non-zero
@@ -83,7 +90,7 @@ def task_distance_null(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: 
     ``(Cs, Nt) @ (Nt, b·Ct)`` product per block of permutations instead.
     """
     plan = coupling.detach()
-    rows = torch.zeros(cs, plan.shape[1], dtype=plan.dtype, device=plan.device).index_add_(0, src_codes, plan)
+    rows = torch.zeros(cs, plan.shape[1], dtype=plan.dtype, device=plan.device).index_add_(0, source_codes, plan)
     src_term = _plogp(rows.sum(dim=1)).sum()
     s_idx, t_idx = torch.nonzero(rows > 0, as_tuple=True)  # K entries
     weights = rows[s_idx, t_idx]  # (K,)
@@ -93,7 +100,7 @@ def task_distance_null(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: 
     if k > 8 * (cs + plan.shape[1]):  # a dense coupling (Sinkhorn): one matmul per block instead
         chunk = max(1, 2_000_000 // (plan.shape[1] * ct))
         for start in range(0, perms.shape[0], chunk):
-            block = tgt_codes[perms[start:start + chunk].to(plan.device)]  # (b, Nt)
+            block = target_codes[perms[start:start + chunk].to(plan.device)]  # (b, Nt)
             b = block.shape[0]
             onehot = torch.nn.functional.one_hot(block.T, ct).to(plan.dtype).reshape(plan.shape[1], b * ct)
             joint = (rows @ onehot).view(cs, b, ct).transpose(0, 1)  # (b, Cs, Ct)
@@ -103,7 +110,7 @@ def task_distance_null(coupling: Tensor, src_codes: Tensor, cs: int, tgt_codes: 
     for start in range(0, perms.shape[0], chunk):
         block = perms[start:start + chunk].to(plan.device)  # (b, Nt)
         b = block.shape[0]
-        labels = tgt_codes[block][:, t_idx]  # (b, K): permuted label of each entry's target sample
+        labels = target_codes[block][:, t_idx]  # (b, K): permuted label of each entry's target sample
         flat = (s_idx[None, :] * ct + labels) + (torch.arange(b, device=plan.device) * cells)[:, None]
         joint = torch.bincount(flat.flatten(), weights=weights.repeat(b), minlength=b * cells).view(b, cells)
         out[start:start + b] = src_term - _plogp(joint).sum(dim=1)

@@ -220,7 +220,7 @@ def run(cfg: Any) -> dict[str, Any]:
         clean_a, clean_b = score_pool(root, tr["crop"], tr.get("n_images", 68))
         rows = transfer_rows(model, tr["source"], tr["targets"], clean_a, clean_b, seed=int(cfg.get("seed", 0)),
                              psnr=bool(tr.get("psnr", True)), patch=tr["patch"], n_projections=tr["n_projections"],
-                             max_samples=tr["max_samples"], method=tr["method"])
+                             max_patches=tr["max_patches"], method=tr["method"])
     finally:
         torch.set_num_threads(threads)
     res = {"source": parse_noise(tr["source"]).name, "model": info, "rows": rows,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +42,7 @@ from tguide.nets.lenet import LeNet5
 from tguide.select.pretune import accuracy, finetune, otce_head, otce_pretune
 
 METHODS = ("scratch", "vanilla", "otce")
+EPISODES_FILE = "episodes.jsonl"
 TARGETS = ("usps", "omniglot")
 
 __all__ = ["METHODS", "train_source", "load_or_train_source", "target_pool",
@@ -165,7 +167,7 @@ def run_episode(source: LeNet5, src_x: Tensor, src_y: Tensor, tgt_x: Tensor, epi
             out["w_t_before"], out["w_t_after"] = hist[0], hist[-1]
             if head_init:  # our addition: new head = source head rows mixed by P̂(y_s | y_t)
                 idx = torch.randperm(src_x.shape[0], generator=torch.Generator().manual_seed(head_seed))
-                idx = idx[: pt.get("src_batch", 128)]
+                idx = idx[: pt.get("batch", 128)]
                 pre.fc3 = otce_head(pre, src_x[idx], src_y[idx], xs, ys, n_way, reg=pt.get("reg", 0.1),
                                     max_iter=pt.get("max_iter", 200), normalise=pt.get("normalise", "none"))
             net = finetune(pre, xs, ys, n_way, seed=head_seed, new_head=not head_init, **ft)
@@ -212,22 +214,24 @@ def markdown_table(res: dict[str, Any], title: str) -> str:
 
 
 def run_protocol(fs: dict[str, Any], run_dir: str | Path, *, root: str | None = None, logger: Any = None,
-                 log_every: int = 1, verbose: bool = True) -> dict[str, Any]:
+                 log_every: int = 1, verbose: bool = True, resume: bool = False) -> dict[str, Any]:
     """Build source model, target pool and episodes from the ``fewshot`` settings; run every episode.
 
-    Writes ``results.json`` and ``results.md`` into ``run_dir`` and returns the results dict.
+    Writes ``results.json`` and ``results.md`` into ``run_dir`` and returns the results dict;
+    every finished episode is appended to ``run_dir/episodes.jsonl`` at once, and with
+    ``resume=True`` the episodes found there are not run again.
     Runs with ``fs["threads"]`` torch threads (default 1), restored afterwards.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(int(fs.get("threads") or 1))  # tiny nets: one thread beats oversubscribed cores
     try:
-        return _run_protocol(fs, Path(run_dir), root, logger, log_every, verbose)
+        return _run_protocol(fs, Path(run_dir), root, logger, log_every, verbose, resume)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run_protocol(fs: dict[str, Any], run_dir: Path, root: str | None, logger: Any, log_every: int,
-                  verbose: bool) -> dict[str, Any]:
+                  verbose: bool, resume: bool = False) -> dict[str, Any]:
     methods = list(fs.get("methods", METHODS))
     src = fs["source"]
     ckpt = src.get("checkpoint") or (run_dir / "source_lenet.pt")
@@ -238,11 +242,35 @@ def _run_protocol(fs: dict[str, Any], run_dir: Path, root: str | None, logger: A
                                      val_alphabets=fs.get("val_alphabets") or (), usps_mode=fs.get("usps_mode", "pad"))
     sampler = EpisodeSampler(tgt_y, fs["n_way"], fs["k_shot"], fs["n_query"], classes=pool, seed=fs["seed"])
     hp = {"finetune": dict(fs["finetune"]), "pretune": dict(fs["pretune"])}
+    if "src_batch" in hp["pretune"]:  # the recipes' key; otce_pretune calls it `batch`
+        hp["pretune"]["batch"] = hp["pretune"].pop("src_batch")
     hp["finetune"]["freeze"] = list(hp["finetune"].get("freeze") or [])
+    # finished episodes, one JSON line each, appended as they end: `resume=<run folder>` skips them
+    done_file = run_dir / EPISODES_FILE
+    done: dict[int, dict[str, Any]] = {}
+    if resume and done_file.is_file():
+        for line in done_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed run may be cut short
+                continue
+            done[int(row["episode"])] = row
+        if done:
+            print(f"resuming: {len(done)} finished episodes read from {done_file}", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with done_file.open("w") as fh:  # rewritten: complete lines only, each episode once
+        fh.writelines(json.dumps(done[i]) + "\n" for i in sorted(done))
     rows = []
     t0 = time.perf_counter()
     for i in range(int(fs["episodes"])):
+        if i in done:
+            rows.append(done[i])
+            continue
         row = run_episode(source, src_x, src_y, tgt_x, sampler.episode(i), hp, methods)
+        with done_file.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         rows.append(row)
         if logger is not None:
             logger.log_metrics({f"fewshot/{m}_acc": row[m] for m in methods}, step=i)
@@ -280,7 +308,7 @@ def run(cfg: Any) -> dict[str, Any]:
     if logger is not None:
         logger.log_hyperparams({"fewshot": fs, "seed": cfg.get("seed")})
     root = (cfg.get("data") or {}).get("root")
-    res = run_protocol(fs, run_dir, root=root, logger=logger)
+    res = run_protocol(fs, run_dir, root=root, logger=logger, resume=bool(cfg.get("resume")))
     if logger is not None:
         logger.finalize("success")
     print((run_dir / "results.md").read_text(), flush=True)

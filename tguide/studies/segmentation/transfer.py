@@ -162,9 +162,9 @@ def pixel_scores(model: nn.Module, source: Pairs, target: Pairs, *, layer: str =
     ``target_pixels_per_image`` pixels each (default ``pixels_per_image``).
     """
     from tguide.pixel_features import extract_pixel_features
-    from tguide.metrics.hscore import hscore
-    from tguide.metrics.otce import otce_sim
-    from tguide.metrics.transrate import transrate
+    from tguide.metrics.functional.hscore import hscore
+    from tguide.metrics.functional.otce import otce_sim
+    from tguide.metrics.functional.transrate import transrate
 
     start = time.perf_counter()
     src_loader = DataLoader(RetinaImages(source), batch_size=1)
