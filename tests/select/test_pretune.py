@@ -1,10 +1,15 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from tguide.metrics.otce import otce_coupling, squared_euclidean, task_distance
+import torchvision
+
+from tguide.metrics.functional.otce import otce_coupling, squared_euclidean, task_distance
 from tguide.nets.lenet import LeNet5
-from tguide.select.pretune import accuracy, finetune, otce_pretune, otce_task_loss
+from tguide.select.backbone import Backbone
+from tguide.select.pretune import accuracy, finetune, otce_pretune, otce_task_loss, trainable_parameters
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +79,7 @@ def test_pretune_lowers_task_distance_and_changes_only_the_extractor():
     conv = net.conv1.weight.detach().clone()
     src_x, src_y = torch.randn(64, 1, 28, 28), torch.arange(64) % 4
     tgt_x, tgt_y = torch.randn(9, 1, 28, 28), torch.arange(9) % 3
-    hist = otce_pretune(net, src_x, src_y, tgt_x, tgt_y, steps=15, lr=3e-3, src_batch=64, max_iter=50)
+    hist = otce_pretune(net, src_x, src_y, tgt_x, tgt_y, steps=15, lr=3e-3, batch=64, max_iter=50)
     assert len(hist) == 16
     assert hist[-1] < 0.7 * hist[0]
     assert torch.equal(net.fc3.weight, head) and not torch.equal(net.conv1.weight, conv)
@@ -83,11 +88,15 @@ def test_pretune_lowers_task_distance_and_changes_only_the_extractor():
 def test_pretune_rejects_bad_options():
     net = LeNet5()
     x = torch.randn(4, 1, 28, 28)
-    with pytest.raises(ValueError, match="src_batch"):
-        otce_pretune(net, x, torch.arange(4), x, torch.tensor([0, 0, 1, 1]), src_batch=1)
+    with pytest.raises(ValueError, match="batch ≥ 2"):
+        otce_pretune(net, x, torch.arange(4), x, torch.tensor([0, 0, 1, 1]), batch=1)
+    with pytest.raises(ValueError, match="last:K"):
+        otce_pretune(net, x, torch.arange(4), x, torch.tensor([0, 0, 1, 1]), trainable="last:0")
+    with pytest.raises(ValueError, match="selects no trainable"):
+        otce_pretune(net, x, torch.arange(4), x, torch.tensor([0, 0, 1, 1]), trainable=["nope"])
     with pytest.raises(ValueError, match="`normalise` must be one of"):
         otce_task_loss(torch.randn(4, 2), torch.arange(4), torch.randn(4, 2), torch.tensor([0, 0, 1, 1]), normalise="z")
-    with pytest.raises(ValueError, match="tgt_labels"):
+    with pytest.raises(ValueError, match="target_labels"):
         otce_task_loss(torch.randn(4, 2), torch.arange(4), torch.randn(4, 2), torch.zeros(4))
 
 
@@ -129,3 +138,78 @@ def test_otce_head_copies_the_matched_source_rows():
     torch.testing.assert_close(head.weight[0], net.fc3.weight[2], atol=1e-4, rtol=0)
     torch.testing.assert_close(head.weight[1], net.fc3.weight[1], atol=1e-4, rtol=0)
     torch.testing.assert_close(head.bias, net.fc3.bias[[2, 1]], atol=1e-4, rtol=0)
+
+
+def test_old_argument_names_still_work_with_a_deprecation_warning():
+    torch.manual_seed(0)
+    xs, xt = torch.randn(12, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    ys, yt = torch.arange(12) % 3, torch.arange(6) % 2
+    new = otce_task_loss(xs, ys, xt, yt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = otce_task_loss(src_features=xs, src_labels=ys, tgt_features=xt, tgt_labels=yt)
+    assert float(old) == float(new)
+    assert {str(w.message).split("`")[1] for w in caught if w.category is DeprecationWarning} == {
+        "src_features", "src_labels", "tgt_features", "tgt_labels"}
+    net_a, net_b = LeNet5(), LeNet5()
+    net_b.load_state_dict(net_a.state_dict())
+    x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 4
+    t, u = torch.randn(6, 1, 28, 28), torch.arange(6) % 2
+    ha = otce_pretune(net_a, x, y, t, u, steps=2, batch=8, max_iter=20)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hb = otce_pretune(net_b, src_x=x, src_y=y, tgt_x=t, tgt_y=u, steps=2, src_batch=8, max_iter=20)
+    assert ha == hb
+    assert "src_batch" in {str(w.message).split("`")[1] for w in caught if w.category is DeprecationWarning}
+
+
+class _SmallCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.conv3 = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(torch.nn.functional.max_pool2d(x, 2)))
+        x = torch.relu(self.conv3(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def _resnet18():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=10)
+
+
+@pytest.mark.parametrize("make, layer", [(_SmallCNN, "conv2"), (_resnet18, "layer2")], ids=["small_cnn", "resnet18"])
+def test_pretune_lowers_task_distance_for_any_backbone(make, layer):
+    torch.manual_seed(0)
+    net = make()
+    bb = Backbone(net, layer, input_shape=(3, 32, 32))
+    after_cut = {n: p.detach().clone() for n, p in bb.named_parameters() if n in bb.unused_parameters}
+    assert after_cut and all(not p.requires_grad for n, p in bb.named_parameters() if n in after_cut)
+    src_x, src_y = torch.randn(48, 3, 32, 32), torch.arange(48) % 4
+    tgt_x, tgt_y = torch.randn(9, 3, 32, 32), torch.arange(9) % 3
+    bn_before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    hist = otce_pretune(bb, src_x, src_y, tgt_x, tgt_y, steps=10, lr=3e-3, batch=48, max_iter=50, normalise="l2")
+    assert len(hist) == 11 and hist[-1] < 0.8 * hist[0]
+    assert all(torch.equal(p, after_cut[n]) for n, p in bb.named_parameters() if n in after_cut)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in bn_before.items())  # eval mode: BN stats kept
+    assert net.training  # modes restored
+
+
+def test_trainable_last_k_moves_only_the_last_modules():
+    torch.manual_seed(0)
+    net = _SmallCNN()
+    bb = Backbone(net, "conv3", input_shape=(3, 16, 16))
+    names = [n for n, _ in trainable_parameters(bb, "last:1")]
+    assert names == ["network.conv3.weight", "network.conv3.bias"]
+    assert [n for n, _ in trainable_parameters(bb, lambda n, p: "conv1" in n)] == ["network.conv1.weight",
+                                                                                 "network.conv1.bias"]
+    before = {n: p.detach().clone() for n, p in bb.named_parameters()}
+    x, y = torch.randn(12, 3, 16, 16), torch.arange(12) % 3
+    otce_pretune(bb, x, y, x[:6], torch.arange(6) % 2, steps=2, batch=12, max_iter=20, trainable="last:1")
+    changed = {n for n, p in bb.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"network.conv3.weight", "network.conv3.bias"}
