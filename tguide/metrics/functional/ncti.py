@@ -34,10 +34,12 @@ _FLOOR = 1e-10
 class NCTITerms:
     """The three raw NCTI terms of one model (0-d float64 tensors).
 
-    ``separability``: nuclear norm of the centred LDA projection (higher = better);
-    ``class_variance``: ``log Σ_c ‖P_c‖_*`` of the LDA posteriors per class (lower = better,
-    i.e. more collapsed); ``nearest_centre``: mean LDA posterior of the true class
-    (higher = better).
+    The proxies of the paper's three neural-collapse phenomena: ``separability``, the
+    nuclear norm of the centred LDA projection (the "simplex encoded label interpolation"
+    geometry, ``seli`` in the authors' code; higher = better); ``class_variance``,
+    ``log Σ_c ‖P_c‖_*`` of the LDA posteriors per class (within-class variability collapse;
+    lower = better); ``nearest_centre``, the mean LDA posterior of the true class (the
+    nearest-centre classifier; higher = better).
     """
 
     separability: Tensor
