@@ -95,8 +95,9 @@ def write_report(runs: list[dict], out: Path, targets, candidates, protocol: Pro
             size = c.entry.input.size
             probe = [r for r in runs if r["kind"] == "probe" and r["target"] == t and r["candidate"] == c.name
                      and r["input_size"] == size]
-            ft = [r for r in runs if r["kind"] == "finetune" and r["target"] == t and r["candidate"] == c.name
-                  and r["input_size"] == size and r["epochs"] == protocol.epochs]
+            ft = list({(r["lr"], r["seed"]): r for r in reversed(runs) if r["kind"] == "finetune" and r["target"] == t
+                       and r["candidate"] == c.name and r["input_size"] == size
+                       and r["epochs"] == protocol.epochs}.values())  # one record per (lr, seed): the first
             if not probe and not ft:
                 continue
             lr = choose_lr(runs, t, c.name, protocol.lrs, protocol.epochs, size)
@@ -288,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     def ft_run(t: str, c, lr: float, seed: int) -> None:
         s = splits[t]
         rec = base_record("finetune", t, c, s, lr=lr, seed=seed, epochs=protocol.epochs)
+        for other in read_runs(runs_path):  # another process on other targets may have run it meanwhile
+            if run_key(other) not in done:
+                runs.append(other)
+                done.add(run_key(other))
         if run_key(rec) in done:
             return
         r = finetune(c, inputs.get(t, c), s.num_classes, lr, seed, protocol)
