@@ -32,8 +32,10 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from tguide.features import Unpack, resolve_layers
-from tguide.probe import DEFAULT_METRIC_KWARGS, METRICS, MetricSpec, resolve_metric, transferability_scores
+from tguide.features import OUTPUT, PoolSpec, Unpack, check_pool, resolve_layers
+from tguide.errors import ConfigError
+from tguide.probe import (DEFAULT_METRIC_KWARGS, METRICS, MetricSpec, check_metric_kwargs, resolve_metric,
+                          transferability_scores)
 
 __all__ = ["METRICS", "DEFAULT_METRIC_KWARGS", "MetricSpec", "resolve_metric", "transferability_scores",
            "TransferabilityMonitor"]
@@ -49,15 +51,19 @@ class TransferabilityMonitor(Callback):
         probe: target samples: a DataLoader, the name of a datamodule (or LightningModule)
             method returning one (``"val_dataloader"``), or a zero-argument callable.
         layers: module names in the LightningModule's ``named_modules()`` (``"net.fc1"``).
-        metrics: names in :data:`METRICS` (``otce_sim``, ``hscore``, ``hscore_shrinkage``,
-            ``transrate``, ``transrate_comparable``, ``logme``).
+        metrics: names in :data:`METRICS` (the one registry, :mod:`tguide.metrics.registry`:
+            ``otce_sim``, ``hscore``, ``hscore_shrinkage``, ``transrate``, ``transrate_comparable``,
+            ``logme``, ``leep``, ``nce``, ...). LEEP and NCE read the module's output as the source
+            head's logits and are logged once per run as ``transfer/<metric>/@output``.
         source: source samples, as ``probe``; needed by ``otce_sim``.
         every_n_epochs: run after epochs ``n-1, 2n-1, ...`` (0-based).
         max_samples: probe subset size, fixed for the whole fit; ``None`` = all.
         source_max_samples: source subset size (only OTCE reads it), likewise.
         on: ``"train_epoch_end"`` (after that epoch's validation, always runs) or
             ``"validation_epoch_end"`` (skipped during the sanity check).
-        pool: ``"avg"`` (global average pooling of conv maps) or ``"flatten"``.
+        pool: per-layer pooling (:func:`tguide.features.reduce_output`): ``"avg"`` (global average
+            pooling of conv maps), ``"cls"`` / ``"mean"`` (tokens), ``"channels_last"``,
+            ``"flatten"``, a callable, or a dict ``{layer: pool}``.
         metric_kwargs: extra arguments per metric, e.g. ``{"otce_sim": {"solver": "sinkhorn"}}``,
             over :data:`DEFAULT_METRIC_KWARGS` (OTCE on at most 1000 samples per side).
         track: logged metrics to pair the scores with in the end-of-fit table and scatter
@@ -82,7 +88,7 @@ class TransferabilityMonitor(Callback):
         max_samples: int | None = 1000,
         source_max_samples: int | None = 1000,
         on: str = "train_epoch_end",
-        pool: str = "avg",
+        pool: PoolSpec = "avg",
         metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
         track: Sequence[str] = ("val/acc", "val/dice", "val/psnr"),
         pixels_per_image: int | None = None,
@@ -111,8 +117,9 @@ class TransferabilityMonitor(Callback):
                 raise ValueError(f"`{name}` must be an integer ≥ 2 or None, got {cap!r}.")
         if on not in HOOKS:
             raise ValueError(f"`on` must be one of {list(HOOKS)}, got {on!r}.")
-        if pool not in ("avg", "flatten"):
-            raise ValueError(f"`pool` must be 'avg' or 'flatten', got {pool!r}.")
+        if pool == "none":
+            raise ValueError("`pool` must reduce each layer to (B, D); 'none' is not allowed here.")
+        check_pool(pool, self.layers)
         if on_error not in ("raise", "warn"):
             raise ValueError(f"`on_error` must be 'raise' or 'warn', got {on_error!r}.")
         self.probe, self.source = probe, source if needing else None
@@ -121,6 +128,7 @@ class TransferabilityMonitor(Callback):
         self.metric_kwargs = {k: dict(v) for k, v in (metric_kwargs or {}).items()}
         for name in self.metric_kwargs:
             resolve_metric(name)
+        check_metric_kwargs(self.metric_kwargs)  # a misspelt keyword fails here, not epochs later
         self.track = list(track)
         self.pixels_per_image, self.ignore_index = pixels_per_image, ignore_index
         self.pixel_sampling = dict(pixel_sampling or {})
@@ -150,9 +158,14 @@ class TransferabilityMonitor(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        resolve_layers(pl_module, self.layers)  # fail before training on a wrong name
-        probe = self._loader(self.probe, trainer, pl_module, "probe")
-        source = self._loader(self.source, trainer, pl_module, "source") if self.source is not None else None
+        try:  # fail before training on a wrong name; a user error (one line from tguide.fit)
+            resolve_layers(pl_module, self.layers)
+            probe = self._loader(self.probe, trainer, pl_module, "probe")
+            source = self._loader(self.source, trainer, pl_module, "source") if self.source is not None else None
+        except ValueError as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"TransferabilityMonitor: {err}") from err
         self._loaders = (probe, source)
 
     # -- the measurement -----------------------------------------------------------------
@@ -206,10 +219,15 @@ class TransferabilityMonitor(Callback):
         for run in self.history:
             extra = [self.tracked.get(run["epoch"], {}).get(k, float("nan")) for k in tracked]
             for metric in self._reported():
-                for layer in self.layers:
+                for layer in self._layers_of(metric):
                     score = run["scores"].get(f"transfer/{metric}/{layer}", float("nan"))
                     rows.append([run["epoch"], run["step"], layer, metric, score, *extra])
         return columns, rows
+
+    def _layers_of(self, metric: str) -> list[str]:
+        """The layers a metric is logged for: the output alone for scores of the source head."""
+        base = metric[:-2] if metric.endswith("_z") and metric not in METRICS else metric
+        return [OUTPUT] if base in METRICS and resolve_metric(base).needs_source_probs else self.layers
 
     def _reported(self) -> list[str]:
         """The metric names in the table: each metric, and ``<metric>_z`` when a null is on."""
@@ -239,7 +257,7 @@ class TransferabilityMonitor(Callback):
         if tracked:
             x = tracked[0]
             for metric in self._reported():
-                for layer in self.layers:
+                for layer in self._layers_of(metric):
                     pairs = [[r[5], r[4]] for r in rows if r[2] == layer and r[3] == metric and r[5] == r[5]]
                     if pairs:
                         y = f"{metric}/{layer}"

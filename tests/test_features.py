@@ -96,8 +96,10 @@ def test_reduce_output_rejects_non_tensors_and_scalars():
         reduce_output((torch.zeros(2, 3),), "avg", "lstm")
     with pytest.raises(ValueError, match=r"batch axis and at least one feature axis"):
         reduce_output(torch.zeros(3), "avg", "head")
-    x = torch.randn(2, 3, 7)  # (B, C, L) sequences pool over L
-    np.testing.assert_allclose(reduce_output(x, "avg").numpy(), x.numpy().mean(axis=2), rtol=1e-6)
+    x = torch.randn(2, 3, 7)  # 3-D is ambiguous under "avg": (B, T, C) tokens or (B, C, L)?
+    with pytest.raises(ValueError, match=r"3-D outputs require pool='cls' \| 'mean'.*'flatten'"):
+        reduce_output(x, "avg", "blocks.3")
+    np.testing.assert_allclose(reduce_output(x, lambda o: o.mean(2)).numpy(), x.numpy().mean(axis=2), rtol=1e-6)
 
 
 def test_extract_matches_manual_forward_and_restores_modes(lenet, loader):
@@ -116,10 +118,11 @@ def test_extract_matches_manual_forward_and_restores_modes(lenet, loader):
     assert fs.features["body.fc1"].shape == (17, 120) and fs.features["body.fc2"].shape == (17, 84)
     assert not fs.features["body.fc2"].requires_grad
     x, y = loader.dataset.tensors
-    np.testing.assert_array_equal(fs.labels.numpy(), y[:17].numpy())
-    np.testing.assert_array_equal(fs.ids.numpy(), np.arange(17))
+    ids = fs.ids
+    assert ids.numel() == 17 and len(set(ids.tolist())) == 17  # a stratified subset, not the first 17
+    np.testing.assert_array_equal(fs.labels.numpy(), y[ids].numpy())
     with torch.no_grad():  # fc2's own output (before its ReLU), by hand
-        h = lenet.pool2(torch.relu(lenet.conv2(lenet.pool1(torch.relu(lenet.conv1(x[:17]))))))
+        h = lenet.pool2(torch.relu(lenet.conv2(lenet.pool1(torch.relu(lenet.conv1(x[ids]))))))
         fc2 = lenet.fc2(torch.relu(lenet.fc1(h.flatten(1))))
     np.testing.assert_allclose(fs.features["body.fc2"].numpy(), fc2.numpy(), rtol=1e-5, atol=1e-6)
     assert _hooks(model) == 0
@@ -229,3 +232,78 @@ def test_eval_mode_context_restores_on_error():
             assert not model.training and not model[1].training
             raise KeyError("boom")
     assert model.training and model[1].training and not model[0].training
+
+
+
+# -- pooling per layout, max_samples, "auto", typos ------------------------------------------
+
+class _Tokens(nn.Module):
+    """A toy transformer-ish net: conv patches -> (B, T, C) tokens -> (B, H, W, C) map -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.tokens = nn.Identity()   # (B, 1 + T, C), a class token first
+        self.nhwc = nn.Identity()     # (B, H, W, C)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        p = self.patch(x)                                   # (B, C, H, W)
+        t = p.flatten(2).transpose(1, 2)                    # (B, T, C)
+        t = torch.cat([t.mean(1, keepdim=True) * 2, t], 1)  # (B, 1 + T, C)
+        t = self.tokens(t)
+        m = self.nhwc(p.permute(0, 2, 3, 1))                # (B, H, W, C)
+        return self.head(t[:, 0] + m.mean((1, 2)))
+
+
+def test_token_and_channels_last_pools_match_explicit_computation():
+    torch.manual_seed(0)
+    net = _Tokens()
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        p = net.patch(x)
+    t = p.flatten(2).transpose(1, 2)
+    tokens = torch.cat([t.mean(1, keepdim=True) * 2, t], 1)
+    pools = {"tokens": "cls", "nhwc": "channels_last", "patch": "avg"}
+    with LayerCapture(net, list(pools), pool=pools) as cap, torch.no_grad():
+        net(x)
+    np.testing.assert_allclose(cap.outputs["tokens"].numpy(), tokens[:, 0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(cap.outputs["nhwc"].numpy(), p.permute(0, 2, 3, 1).mean((1, 2)).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    # channels-last and channels-first views of the same map give the same features
+    np.testing.assert_allclose(cap.outputs["nhwc"].numpy(), cap.outputs["patch"].numpy(), rtol=1e-5, atol=1e-6)
+    loader = DataLoader(TensorDataset(x, torch.tensor([0, 1, 2, 0, 1, 2])), batch_size=4)
+    fs = extract_features(net, loader, ["tokens"], pool={"tokens": "mean"})
+    np.testing.assert_allclose(fs.features["tokens"].numpy(), tokens.mean(1).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"3-D outputs require pool='cls' \| 'mean'"):
+        extract_features(net, loader, ["tokens"])  # default "avg" on tokens: ambiguous
+    with pytest.raises(ValueError, match=r"pool='cls' reads \(B, T, C\) tokens"):
+        extract_features(net, loader, ["patch"], pool="cls")
+    with pytest.raises(ValueError, match=r"not among the layers.*Did you mean 'tokens'"):
+        extract_features(net, loader, ["tokens"], pool={"tokenz": "cls"})
+
+
+def test_max_samples_is_stratified_on_a_class_sorted_loader(lenet):
+    y = torch.arange(5).repeat_interleave(20)  # sorted by class: the first 10 rows are all class 0
+    x = torch.randn(100, 1, 28, 28)
+    for loader in (DataLoader(TensorDataset(x, y), batch_size=16),            # labels known up front
+                   [(x[i:i + 16], y[i:i + 16]) for i in range(0, 100, 16)]):  # a plain iterable
+        fs = extract_features(lenet, loader, "fc2", max_samples=10, seed=3)
+        assert torch.bincount(fs.labels, minlength=5).tolist() == [2, 2, 2, 2, 2]
+        np.testing.assert_array_equal(fs.labels.numpy(), y[fs.ids].numpy())
+        again = extract_features(lenet, loader, "fc2", max_samples=10, seed=3)
+        assert torch.equal(again.ids, fs.ids)  # seeded
+
+
+def test_layer_typo_suggests_and_auto_layers():
+    from torchvision.models import resnet18
+
+    from tguide.features import OUTPUT, auto_layers
+
+    with pytest.raises(ValueError, match=r"no module named 'layer5'.*Did you mean"):
+        resolve_layers(resnet18(), ["layer5"])
+    assert auto_layers(resnet18()) == ["layer1", "layer2", "layer3", "layer4", "avgpool"]
+    net = LeNet5()
+    loader = DataLoader(TensorDataset(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 0, 1])), batch_size=2)
+    fs = extract_features(net, loader, ["fc2", OUTPUT])
+    assert fs.features[OUTPUT].shape == (4, 10)

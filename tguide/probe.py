@@ -18,9 +18,7 @@ fixed probe subset:
 
 from __future__ import annotations
 
-import importlib
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -28,42 +26,30 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-from tguide.features import FeatureSet, Unpack, extract_features, resolve_layers
+from tguide.features import OUTPUT, FeatureSet, Unpack, extract_features, resolve_layers
+from tguide.metrics.registry import METRICS as REGISTRY
+from tguide.metrics.registry import MetricInfo
 from tguide.pixel_features import extract_pixel_features
 
-__all__ = ["METRICS", "DEFAULT_METRIC_KWARGS", "MetricSpec", "resolve_metric", "transferability_scores"]
+__all__ = ["METRICS", "DEFAULT_METRIC_KWARGS", "MetricSpec", "resolve_metric", "check_metric_kwargs",
+           "transferability_scores"]
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    """A registry entry: ``target`` is ``"module:function"`` in :mod:`tguide.metrics`, imported
-    when first used; ``needs_source`` marks metrics called as ``f(src_f, src_y, tgt_f, tgt_y)``
-    instead of ``f(tgt_f, tgt_y)``."""
-
-    target: str
-    needs_source: bool = False
-
-    def function(self) -> Callable[..., Any]:
-        module, name = self.target.split(":")
-        return getattr(importlib.import_module(module), name)
-
-
-METRICS: dict[str, MetricSpec] = {
-    "otce_sim": MetricSpec("tguide.metrics.otce:otce_sim", needs_source=True),
-    "hscore": MetricSpec("tguide.metrics.hscore:hscore"),
-    "hscore_shrinkage": MetricSpec("tguide.metrics.hscore:hscore_shrinkage"),
-    "transrate": MetricSpec("tguide.metrics.transrate:transrate"),
-    "transrate_comparable": MetricSpec("tguide.metrics.transrate:transrate_comparable"),
-    "logme": MetricSpec("tguide.metrics.logme:logme"),
-}
+# The one registry (tguide.metrics.registry), shared with model selection. ``MetricSpec`` and
+# ``METRICS`` stay importable from here for compatibility: entries have ``target``,
+# ``needs_source`` and ``load()`` (``MetricSpec.function()`` became ``load()``).
+MetricSpec = MetricInfo
+METRICS: dict[str, MetricInfo] = REGISTRY
 
 
 # Exact OT is quadratic in the samples (5k × 5k: ~10 s on a CPU core): by default OTCE scores a
 # seeded subsample of 1000 per side (otce_sim's own `max_samples`); override in `metric_kwargs`.
-DEFAULT_METRIC_KWARGS: dict[str, dict[str, Any]] = {"otce_sim": {"max_samples": 1000}}
+DEFAULT_METRIC_KWARGS: dict[str, dict[str, Any]] = {
+    name: dict(info.default_kwargs) for name, info in REGISTRY.items() if info.default_kwargs
+}
 
 
-def resolve_metric(name: str) -> MetricSpec:
+def resolve_metric(name: str) -> MetricInfo:
     """The registry entry for ``name``; ``ValueError`` listing the valid names otherwise."""
     if name not in METRICS:
         raise ValueError(f"`metrics`: unknown metric {name!r}; valid names: {', '.join(METRICS)}.")
@@ -147,6 +133,14 @@ def _extract(model: nn.Module, share: DataLoader, ids: Tensor, layers: Sequence[
     return extract_features(model, share, layers, pool=pool, ids=ids, device=device, unpack=unpack)
 
 
+def _softmax(logits: Tensor, metric: str) -> Tensor:
+    """Source-class probabilities from the model's output ``(N, Cs)`` logits (LEEP, NCE)."""
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"{metric} reads the model's output as source-class logits (N, Cs), but it has shape "
+                         f"{tuple(logits.shape)}; use it on a classifier with a head, or drop it from `metrics`.")
+    return torch.softmax(logits.double(), dim=1)
+
+
 def _compute(target: FeatureSet, source: FeatureSet | None, layers: Sequence[str], metrics: Sequence[str],
              metric_kwargs: Mapping[str, Mapping[str, Any]], null: int | None = None,
              seed: int = 0) -> dict[str, float]:
@@ -155,9 +149,12 @@ def _compute(target: FeatureSet, source: FeatureSet | None, layers: Sequence[str
     scores: dict[str, float] = {}
     for metric in metrics:
         spec = resolve_metric(metric)
-        fn, kwargs = spec.function(), {**DEFAULT_METRIC_KWARGS.get(metric, {}), **metric_kwargs.get(metric, {})}
-        for layer in layers:
-            if spec.needs_source:
+        fn, kwargs = spec.load(), {**DEFAULT_METRIC_KWARGS.get(metric, {}), **metric_kwargs.get(metric, {})}
+        # scores of the source head's predictions (LEEP, NCE) do not depend on a layer: one key
+        for layer in ([OUTPUT] if spec.needs_source_probs else [lay for lay in layers if lay != OUTPUT]):
+            if spec.needs_source_probs:
+                args = spec.arguments(labels=target.labels, source_probs=_softmax(target.features[OUTPUT], metric))
+            elif spec.needs_source:
                 assert source is not None
                 args = (source.features[layer], source.labels, target.features[layer], target.labels)
             else:
@@ -173,6 +170,54 @@ def _compute(target: FeatureSet, source: FeatureSet | None, layers: Sequence[str
                 raise ValueError(f"TransferabilityMonitor: {metric} on layer {layer!r} failed: {err}") from err
             scores[f"transfer/{metric}/{layer}"] = float(getattr(value, "score", value))
     return scores
+
+
+def _portable_error(err: BaseException) -> tuple[str, str, bytes | None]:
+    """``(type name, message, pickled exception or None)``: what crosses ``broadcast_object_list``."""
+    import pickle
+
+    try:
+        blob = pickle.dumps(err)
+        pickle.loads(blob)
+    except Exception:  # noqa: BLE001 (an exception that does not pickle travels as its text)
+        blob = None
+    return type(err).__name__, str(err), blob
+
+
+def _rebuild_error(payload: tuple[str, str, bytes | None]) -> BaseException:
+    import pickle
+
+    name, message, blob = payload
+    if blob is not None:
+        try:
+            return pickle.loads(blob)
+        except Exception:  # noqa: BLE001
+            pass
+    return RuntimeError(f"{name}: {message}")
+
+
+def check_metric_kwargs(metric_kwargs: Mapping[str, Mapping[str, Any]] | None) -> None:
+    """Check ``metric_kwargs`` against each metric function's signature (``inspect.signature``);
+    :class:`tguide.errors.ConfigError` (a ``ValueError``) naming the valid keywords otherwise."""
+    import inspect
+
+    from tguide.errors import ConfigError
+
+    data = {"features", "labels", "source_features", "source_labels", "target_features", "target_labels",
+            "source_probs", "src_features", "src_labels", "tgt_features", "tgt_labels"}
+    for metric, kwargs in (metric_kwargs or {}).items():
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(f"`metric_kwargs[{metric!r}]` must be a mapping of keyword arguments, got {kwargs!r}.")
+        fn = resolve_metric(metric).load()
+        params = inspect.signature(fn).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        valid = [n for n, p in params.items() if n not in data and p.kind in
+                 (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        wrong = [k for k in kwargs if k not in valid]
+        if wrong:
+            raise ConfigError(f"`metric_kwargs[{metric!r}]`: unknown keyword {', '.join(map(repr, wrong))} for "
+                              f"{getattr(fn, '__name__', metric)}; valid keywords: {', '.join(valid) or '(none)'}.")
 
 
 def transferability_scores(
@@ -208,12 +253,13 @@ def transferability_scores(
     also scores ``P`` shuffles of the probe labels (:func:`tguide.metrics.null.label_shuffle_null`,
     seeded by ``seed``) and adds ``transfer/<metric>_z/<layer>``, the score's z against that null
     (comparable across layers, widths and metrics). With
-    ``on_error="warn"`` a metric that raises ``ValueError`` gives NaN scores and a warning
-    instead of an error (on every rank).
+    ``on_error="warn"`` a metric that raises (any exception) gives NaN scores and a warning
+    instead of an error, on every rank; with ``"raise"`` every rank raises rank 0's exception.
     """
     metrics = list(metrics)
     for metric in metrics:
         resolve_metric(metric)
+    check_metric_kwargs(metric_kwargs)
     if on_error not in ("raise", "warn"):
         raise ValueError(f"`on_error` must be 'raise' or 'warn', got {on_error!r}.")
     if any(resolve_metric(m).needs_source for m in metrics) and source is None:
@@ -221,6 +267,8 @@ def transferability_scores(
         raise ValueError(f"`source`: {needing} compare source and target features; pass source= "
                          "(a loader of source samples) or drop them from `metrics`.")
     layers = list(resolve_layers(model, layers))
+    if any(resolve_metric(m).needs_source_probs for m in metrics) and OUTPUT not in layers:
+        layers.append(OUTPUT)  # the model's output = the source head's logits (LEEP, NCE)
     rank, world = _world()
     share, ids = _probe_share(probe, max_samples, seed, rank, world, "probe")
     target = _extract(model, share, ids, layers, pool, pixels_per_image, ignore_index, seed, device, unpack,
@@ -232,23 +280,28 @@ def transferability_scores(
                        pixel_sampling)
         src = _gather(src, layers, world)
     target = _gather(target, layers, world)
-    payload: dict[str, Any] = {"scores": {}, "error": None}
+    # fail-safe: rank 0 catches every exception while scoring and broadcasts (ok, payload), so
+    # that every rank returns the same scores or raises the same error (never one rank hanging)
+    ok, payload = True, {}
     if rank == 0:
         assert target is not None
         try:
-            payload["scores"] = _compute(target, src, layers, metrics, metric_kwargs or {}, null, seed)
-        except ValueError as err:
-            payload["error"] = str(err)
+            payload = _compute(target, src, layers, metrics, metric_kwargs or {}, null, seed)
+        except Exception as err:  # noqa: BLE001 (re-raised below, on every rank)
+            ok, payload = False, _portable_error(err)
     if world > 1:
-        box = [payload]
+        box = [(ok, payload)]
         dist.broadcast_object_list(box, src=0)
-        payload = box[0]
-    if payload["error"] is not None:
+        ok, payload = box[0]
+    if not ok:
+        error = _rebuild_error(payload)
         if on_error == "raise":
-            raise ValueError(payload["error"])
-        warnings.warn(payload["error"], RuntimeWarning, stacklevel=2)
-        keys = [f"transfer/{m}/{layer}" for m in metrics for layer in layers]
+            raise error
+        warnings.warn(f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
+        pairs = [(m, layer) for m in metrics for layer in
+                 ([OUTPUT] if resolve_metric(m).needs_source_probs else [lay for lay in layers if lay != OUTPUT])]
+        keys = [f"transfer/{m}/{layer}" for m, layer in pairs]
         if null is not None:
-            keys += [f"transfer/{m}_z/{layer}" for m in metrics for layer in layers]
+            keys += [f"transfer/{m}_z/{layer}" for m, layer in pairs]
         return {key: float("nan") for key in keys}
-    return payload["scores"]
+    return payload

@@ -26,6 +26,9 @@ then simply called ``P + 1`` times.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -192,6 +195,8 @@ def label_shuffle_null(fn: Callable[..., Any], *args: Any, n_perm: int = 100, se
         >>> bool(label_shuffle_null(hscore, f, y, n_perm=50).z > 10)
         True
     """
+    fn, args, kwargs = _unwrap_partial(fn, args, kwargs)
+    args, kwargs = _labels_last(fn, args, kwargs)
     if not args:
         raise ValueError("label_shuffle_null needs the metric's arguments, the target labels last.")
     label_permutations(2, n_perm, seed)  # validates n_perm and seed before any work
@@ -200,6 +205,8 @@ def label_shuffle_null(fn: Callable[..., Any], *args: Any, n_perm: int = 100, se
         return label_permutations(n, n_perm, seed)
 
     fast = _fast_path(fn, n_perm, seed)
+    if fast is None:
+        _warn_slow_path(fn, n_perm)
     if fast is not None:
         score, null = fast(*args, perms_fn, **kwargs)
         return calibrate(score, null)
@@ -216,3 +223,53 @@ def label_shuffle_null(fn: Callable[..., Any], *args: Any, n_perm: int = 100, se
     score = value(fn(*args, **kwargs))
     null = torch.stack([value(fn(*rest, y[p], **kwargs)) for p in perms])
     return calibrate(score, null)
+
+
+_LABEL_NAMES = ("labels", "target_labels")
+_warned: set[str] = set()
+
+
+def _unwrap_partial(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+                    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """``functools.partial(metric, **kw)`` → ``metric`` with ``kw`` merged (so the fast path applies)."""
+    while isinstance(fn, functools.partial):
+        args = (*fn.args, *args)
+        kwargs = {**(fn.keywords or {}), **kwargs}
+        fn = fn.func
+    return fn, args, kwargs
+
+
+def _labels_last(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+                 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Move the target labels (and every argument before them) from keywords to positions."""
+    name = next((n for n in _LABEL_NAMES if n in kwargs), None)
+    if name is None:
+        return args, kwargs
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if name not in names:  # an unknown callable: labels by keyword go last
+        kwargs = dict(kwargs)
+        return (*args, kwargs.pop(name)), kwargs
+    upto = names[:names.index(name) + 1]
+    kwargs = dict(kwargs)
+    positional = list(args)
+    for pname in upto[len(args):]:
+        if pname not in kwargs:
+            raise TypeError(f"label_shuffle_null: `{pname}` is missing; pass the metric's arguments up to "
+                            f"`{name}` (the target labels).")
+        positional.append(kwargs.pop(pname))
+    return tuple(positional), kwargs
+
+
+def _warn_slow_path(fn: Callable[..., Any], n_perm: int) -> None:
+    """Say once per function that the null recomputes the whole metric ``n_perm`` times."""
+    key = getattr(fn, "__qualname__", repr(fn))
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(f"label_shuffle_null: no permutation-reusing path for {key}; the metric is recomputed "
+                  f"{n_perm} times (about {n_perm}x the cost of one score).", RuntimeWarning, stacklevel=3)
+

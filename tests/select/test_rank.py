@@ -1,0 +1,200 @@
+"""rank(): real zoo candidates on a small CIFAR-10 folder, NaN rows for inapplicable metrics,
+a killed ranking resuming from its cache, and the recipe's one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from tguide.data.roots import data_root
+from tguide.select.candidates import Candidate
+from tguide.select.rank import RankError, rank
+
+REPO = Path(__file__).resolve().parents[2]
+THREE = ["zoo:resnet20_cifar10", "zoo:simplecnn_cifar10", "zoo:resnet20_cifar10:random"]
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory) -> Path:
+    """A class-sorted CIFAR-10 image folder, 20 JPEGs per class (copied from the shared data)."""
+    src = data_root() / "cifar10" / "test"
+    dst = tmp_path_factory.mktemp("cifar") / "cifar20"
+    for cls in sorted(p.name for p in src.iterdir()):
+        (dst / cls).mkdir(parents=True)
+        for f in sorted((src / cls).glob("*.jpg"))[:20]:
+            shutil.copy(f, dst / cls / f.name)
+    return dst
+
+
+def _best(df: pd.DataFrame, metric: str) -> pd.Series:
+    return df[df.metric == metric].groupby("candidate").score.max()
+
+
+def test_random_init_ranks_last(cifar_folder: Path, tmp_path: Path):
+    df = rank(THREE, cifar_folder, metrics=["logme", "hscore_shrinkage", "leep"], cache_dir=tmp_path / "cache",
+              max_samples=None, progress=False)
+    assert list(df.columns[:7]) == ["candidate", "layer", "metric", "kind", "score", "z", "null_mean"]
+    for metric in ("logme", "hscore_shrinkage", "leep", "knn", "linear_probe"):
+        best = _best(df, metric)
+        assert best.idxmin() == "resnet20_cifar10:random", (metric, best.to_dict())
+    pick = df.attrs["pick"]
+    assert pick["candidate"] == "resnet20_cifar10" and pick["metric"] == "logme" and "highest logme" in pick["reason"]
+    assert set(df[df.metric == "leep"].layer) == {"@output"}
+    assert df.attrs["target"] == {"name": str(cifar_folder.resolve()), "samples": 200, "classes": 10}
+    src = df[df.metric == "source_accuracy"].set_index("candidate").score
+    assert src["resnet20_cifar10"] == pytest.approx(0.8103) and math.isnan(src["resnet20_cifar10:random"])
+    # second run: everything from the cache, the same table
+    again = rank(THREE, cifar_folder, metrics=["logme", "hscore_shrinkage", "leep"], cache_dir=tmp_path / "cache",
+                 max_samples=None, progress=False)
+    assert again.attrs["cache"]["misses"] == 0 and all(t["extract_s"] == 0 for t in again.attrs["timing"].values())
+    pd.testing.assert_frame_equal(df, again)
+
+
+def test_headless_candidates_get_nan_rows_or_an_error(cifar_folder: Path):
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    from torchvision import transforms as T
+
+    headless = Candidate("trunk", trunk, T.ToTensor(), ["3"], head=False, provenance="test")
+    df = rank([headless], cifar_folder, metrics=["hscore", "nce"], baselines=[], max_samples=40, progress=False)
+    nce = df[df.metric == "nce"].iloc[0]
+    assert math.isnan(nce.score) and "needs a classifier head" in nce.warning
+    hs = df[df.metric == "hscore"].iloc[0]
+    assert math.isfinite(hs.score) and hs.warning == ""
+    with pytest.raises(RankError, match=r"trunk has no classifier head, but every requested metric \(leep\)"):
+        rank([headless], cifar_folder, metrics=["leep"], max_samples=40, progress=False)
+    with pytest.raises(RankError, match=r"no module named 'layer9'.*Did you mean"):
+        rank(["zoo:resnet20_cifar10"], cifar_folder, layers=["layer9"], progress=False)
+    with pytest.raises(RankError, match=r"unknown metric 'logmee'"):
+        rank(["zoo:resnet20_cifar10"], cifar_folder, metrics=["logmee"], progress=False)
+
+
+def test_hscore_saturation_warning_and_null(cifar_folder: Path):
+    df = rank(["zoo:simplecnn_cifar10"], cifar_folder, layers=["pool1", "relu4"], metrics=["hscore"], baselines=[],
+              max_samples=30, null=5, progress=False)
+    rows = df.set_index("layer")
+    assert "H-score saturated" not in rows.loc["pool1"].warning  # D = 6 < N - 1
+    assert math.isfinite(rows.loc["relu4"].z) and math.isfinite(rows.loc["relu4"].null_std)
+    wide = rank(["zoo:simplecnn_cifar10"], cifar_folder, layers=["relu3"], metrics=["hscore"], baselines=[],
+                max_samples=40, progress=False)
+    assert "H-score saturated: D=120 ≥ N−1=39" in wide.iloc[0].warning
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from tguide.select.rank import rank
+    rank(sys.argv[1].split(","), sys.argv[2], metrics=["logme"], baselines=[], cache_dir=sys.argv[3],
+         max_samples=None, progress=False)
+""")
+
+
+def test_killed_ranking_resumes_from_its_cache(cifar_folder: Path, tmp_path: Path):
+    cands = ["zoo:resnet20_cifar10", "zoo:simplecnn_cifar10", "zoo:resnet32_cifar10", "zoo:resnet20_cifar10:random"]
+    cache = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, ",".join(cands), str(cifar_folder), str(cache)],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(cache.rglob("*.pt")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    done = list(cache.rglob("*.pt"))
+    assert 1 <= len(done) < 4 * len(cands)  # killed part-way
+    assert not list(cache.rglob("*.tmp")) or all(p.stat().st_size >= 0 for p in cache.rglob("*.tmp"))
+    resumed = rank(cands, cifar_folder, metrics=["logme"], baselines=[], cache_dir=cache, max_samples=None,
+                   progress=False)
+    assert resumed.attrs["cache"]["hits"] >= len(done) and resumed.attrs["cache"]["misses"] > 0
+    fresh = rank(cands, cifar_folder, metrics=["logme"], baselines=[], cache_dir=None, max_samples=None,
+                 progress=False)
+    pd.testing.assert_frame_equal(resumed, fresh, check_exact=False, rtol=1e-6)
+
+
+def _cli(*overrides: str, out: Path) -> subprocess.CompletedProcess:
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "TGUIDE_OUTPUT": str(out), "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "tguide.fit", "recipe=rank", "logger=none", *overrides], cwd=REPO,
+                          env=full, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_unknown_candidate_is_one_line_and_exit_2(cifar_folder: Path, tmp_path: Path):
+    res = _cli(f"rank.target={cifar_folder}", "rank.candidates=[zoo:resnet99_cifar10]", out=tmp_path)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
+    assert "unknown zoo model 'resnet99_cifar10'; valid names: resnet20_cifar10" in lines[0]
+    assert not list(tmp_path.rglob("ranking.csv"))
+
+
+def test_cli_bad_inputs_in_process(cifar_folder: Path, tmp_path: Path, monkeypatch, capfd):
+    """The same entry point (tguide.fit.main) in this process: one stderr line, exit 2, no ranking.csv."""
+    import re
+
+    from tguide.fit import main
+
+    one = tmp_path / "one"
+    (one / "cat").mkdir(parents=True)
+    shutil.copy(next((cifar_folder / "cat").glob("*.jpg")), one / "cat" / "a.jpg")
+    broken = tmp_path / "broken"
+    shutil.copytree(cifar_folder, broken)
+    (broken / "dog" / "zz_broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad_models = tmp_path / "models"
+    (bad_models / "resnet_cifar10").mkdir(parents=True)
+    (bad_models / "resnet_cifar10" / "resnet20-12fca82f.th").write_bytes(b"x")
+    folder = f"rank.target={cifar_folder}"
+    cases = {
+        "layer typo": ((folder, "rank.candidates=[zoo:simplecnn_cifar10]", "rank.layers=[relu5]"), {},
+                       r"no module named 'relu5'.*Did you mean"),
+        "empty folder": (("data=image_folder", f"data.root={empty}", "rank.candidates=[zoo:simplecnn_cifar10]"), {},
+                         r"no class sub-folders"),
+        "one class": ((f"rank.target={one}", "rank.candidates=[zoo:simplecnn_cifar10]"), {}, r"one class only"),
+        "unreadable": ((f"rank.target={broken}", "rank.candidates=[zoo:simplecnn_cifar10]", "rank.metrics=[logme]",
+                        "rank.baselines=[]", "rank.cache_dir=none"), {}, r"cannot read image '.*zz_broken\.jpg'"),
+        "wrong sha": ((folder, "rank.candidates=[zoo:resnet20_cifar10]"), {"TGUIDE_MODELS": str(bad_models)},
+                      r"sha256 .* expected 12fca82f"),
+        "needs head": ((folder, "rank.candidates=[zoo:shufflenetv2_trunk]", "rank.metrics=[leep]"), {},
+                       r"no classifier head"),
+        "unknown metric": ((folder, "rank.candidates=[zoo:simplecnn_cifar10]", "rank.metrics=[leap]"), {},
+                           r"unknown metric 'leap'; valid names"),
+    }
+    for name, (args, env, pattern) in cases.items():
+        out = tmp_path / "runs" / name.replace(" ", "_")
+        with monkeypatch.context() as m:
+            m.setenv("TGUIDE_OUTPUT", str(out))
+            for key, value in env.items():
+                m.setenv(key, value)
+            capfd.readouterr()
+            with pytest.raises(SystemExit) as exit_info:
+                main(["recipe=rank", "logger=none", *args])
+            err = capfd.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert exit_info.value.code == 2, (name, err[-3000:])
+        assert len(lines) == 1 and re.search(pattern, lines[0]), (name, lines)
+        assert not list(out.rglob("ranking.csv")), name
+
+
+def test_cli_writes_the_reports(cifar_folder: Path, tmp_path: Path, monkeypatch, capfd):
+    from tguide.fit import main
+
+    monkeypatch.setenv("TGUIDE_OUTPUT", str(tmp_path))
+    main(["recipe=rank", "logger=none", "data=image_folder", f"data.root={cifar_folder}", "rank.max_samples=60",
+          "rank.candidates=[zoo:resnet20_cifar10,zoo:simplecnn_cifar10]", f"rank.cache_dir={tmp_path / 'cache'}"])
+    run = next(tmp_path.rglob("ranking.csv")).parent
+    assert {p.name for p in run.iterdir()} >= {"ranking.csv", "ranking.md", "report.html", "config.yaml"}
+    table = pd.read_csv(run / "ranking.csv")
+    assert list(table.columns[:6]) == ["candidate", "layer", "metric", "kind", "score", "z"]
+    assert set(table.candidate) == {"resnet20_cifar10", "simplecnn_cifar10"}
+    assert "Pick: resnet20_cifar10" in (run / "ranking.md").read_text()
