@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from tguide.callbacks import METRICS, TransferabilityMonitor, resolve_metric, transferability_scores
 
 REPO = Path(__file__).resolve().parents[2]
-HAS_OTCE = importlib.util.find_spec("tguide.metrics.functional.otce") is not None
 QUIET = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
 
 
@@ -303,7 +302,7 @@ DDP_SCRIPT = textwrap.dedent('''
         json.dump({"share": share, "history": [h["scores"] for h in monitor.history]}, fh)
 ''')
 
-METRICS_UNDER_TEST = ["hscore", "transrate", "logme"] + (["otce_sim"] if HAS_OTCE else [])
+METRICS_UNDER_TEST = ["hscore", "transrate", "logme", "otce_sim"]
 
 
 @pytest.mark.slow
@@ -349,7 +348,6 @@ def numpy_otce_sim(fs: np.ndarray, ys: np.ndarray, ft: np.ndarray, yt: np.ndarra
     return float(sum(v * np.log(v / p_s[s]) for (s, _), v in joint.items()))
 
 
-@pytest.mark.skipif(not HAS_OTCE, reason="tguide.metrics.functional.otce not present")
 def test_otce_sim_matches_assignment_reference():
     torch.manual_seed(0)
     model = TinyModule()

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -206,6 +205,8 @@ def _coupling(cost: Tensor, solver: str, reg: float, max_iter: int | None, tol: 
     ns, nt = cost.shape
     a = torch.full((ns,), 1.0 / ns, dtype=cost.dtype, device=cost.device)
     b = torch.full((nt,), 1.0 / nt, dtype=cost.dtype, device=cost.device)
+    import ot  # POT is imported on first use, so that `import tguide.metrics` stays light
+
     problem = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -278,7 +279,8 @@ def otce(
 
     with :math:`\hat P(y_s, y_t) = \sum_{i: y_s^i = y_s, j: y_t^j = y_t} \pi_{ij}`. The
     weights λ are fitted on auxiliary tasks with :func:`fit_otce_weights`. ``score ≤ 0``
-    for OTCE_sim, ``= 0`` when the coupling maps every target class onto one source class.
+    for OTCE_sim, ``= 0`` when every *source* class couples to a single target class (then Y_t
+    is a function of Y_s), even when several source classes share one target class.
 
     The entropic scale is relative: :math:`\varepsilon = \mathrm{reg} \cdot \overline{C}`
     (mean cost), so ``reg`` does not depend on the scale of the features; ``reg → 0``
