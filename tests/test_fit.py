@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from omegaconf import OmegaConf
+
 from tguide.fit import available, check_overrides, compose, fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,3 +163,16 @@ def test_multirun_sweeps_are_checked_with_their_first_value():
     assert "unknown key 'trainer.nope'" in check_overrides(["-m", "seed=0,1", "trainer.nope=1,2"])
     assert "expects int" in check_overrides(["-m", "trainer.max_epochs=a,b"])
     assert "Ambiguous value" in check_overrides(["seed=0,1"])  # without -m a comma list is not a sweep
+
+
+@pytest.mark.parametrize("group", ["recipe", "data", "model", "trainer", "logger", "callbacks"])
+def test_every_option_of_every_group_composes(group):
+    """Every recipe and group option composes with the defaults (a YAML or interpolation error
+    in any one of them fails here, not in a user's terminal)."""
+    from tguide.fit import available
+
+    options = available(group)
+    assert options
+    for option in options:
+        cfg = compose([f"{group}={option}"])
+        OmegaConf.to_yaml(cfg)  # interpolations parse
