@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from typing import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,9 +27,23 @@ def data_root() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Every test sees TGUIDE_DATA and writes W&B files only offline and under its tmp_path."""
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Every test sees TGUIDE_DATA and writes W&B files only offline and under its tmp_path.
+
+    A W&B run left open by one test would be reused by the next test's ``WandbLogger``
+    (Lightning reuses ``wandb.run``), which then logs into the wrong folder: close it before
+    and after every test.
+    """
     monkeypatch.setenv("TGUIDE_DATA", str(_data_root()))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    _finish_wandb()
+    yield
+    _finish_wandb()
+
+
+def _finish_wandb() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
