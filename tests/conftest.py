@@ -27,6 +27,18 @@ def data_root() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread per test: on a shared 2-core machine torch's spinning worker threads
+    slow small problems down by up to 30x, and the suite's timings should not depend on load."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Every test sees TGUIDE_DATA and writes W&B files only offline and under its tmp_path.
 

@@ -8,15 +8,6 @@ from torch import nn
 from tguide.pixel_features import boundary_band, extract_pixel_features
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread (the CPUs are shared; more threads only contend), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 IGNORE = 255
 
 

@@ -8,16 +8,6 @@ from tguide.studies.segmentation.retina import IGNORE, load_retina
 from tguide.pixel_features import boundary_band, extract_pixel_features
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread (the CPUs are shared; more threads only contend), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 class Coordinates(nn.Module):
     """Returns a (B, 2, H, W) map of each pixel's (row, col), so a row's features say where it was sampled."""
 

@@ -8,14 +8,6 @@ from torch import nn
 from tguide.select.backbone import Backbone
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _resnet18():
     torch.manual_seed(0)
     return torchvision.models.resnet18(weights=None, num_classes=7)

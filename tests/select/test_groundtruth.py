@@ -19,14 +19,6 @@ from tguide.select.targets import PER_CLASS, TARGETS, load_target, stratified_sp
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _keys(split, part):
     # paths identify file items; USPS items are PIL images: identify them by their pixels
     return [it if isinstance(it, str) else (it.tobytes(), part if part == "test" else "trainfile")

@@ -15,13 +15,6 @@ from tguide.select.guided import choose, guided_table
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 SPECS = {"a": "zoo:a", "b": "zoo:b", "c": "zoo:c"}
 DEFAULT = {"a": "fa", "b": "fb", "c": "fc"}
 TABLE = [

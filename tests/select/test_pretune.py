@@ -12,15 +12,6 @@ from tguide.select.backbone import Backbone
 from tguide.select.pretune import accuracy, finetune, otce_pretune, otce_task_loss, trainable_parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets and matrices: one torch thread is faster than two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _np_sinkhorn_wt(xs, ys, xt, yt, reg, iters=5000):
     """Independent float64 numpy reference: log-domain Sinkhorn with ε = reg·mean(C), then H(Y_t|Y_s)."""
     c = ((xs[:, None, :] - xt[None, :, :]) ** 2).sum(-1)

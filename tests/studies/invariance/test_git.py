@@ -7,14 +7,6 @@ from tguide.studies.invariance.transforms import rotate
 from tguide.studies.invariance.git import GITGenerator, TransformationCVAE, diagnose, fit_git, git_batch, small_class_mask
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convs: one thread is fastest, and the CPU is shared
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_small_class_mask_is_at_most_threshold():
     assert small_class_mask(torch.tensor([500, 20, 21, 5]), 20).tolist() == [False, True, False, True]
 

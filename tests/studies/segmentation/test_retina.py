@@ -11,16 +11,6 @@ from tguide.data.roots import data_root
 from tguide.errors import DataNotFoundError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread (the CPUs are shared; more threads only contend), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def test_splits_are_fixed_and_disjoint():
     for name, counts in (("drive", (16, 4, 20)), ("chasedb1", (16, 4, 8))):
         s = SPLITS[name]

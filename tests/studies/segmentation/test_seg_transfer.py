@@ -11,15 +11,6 @@ from tguide.studies.segmentation.segmenter import Segmenter, build_unet
 from tguide.studies.segmentation.transfer import SHIFTS, evaluate, graded_shift, pixel_scores, shifted_pairs, train_patches
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread (the CPUs are shared; more threads only contend), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def image(seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(3, 40, 48, generator=g) * 0.6 + 0.2

@@ -12,15 +12,6 @@ from tguide.pixel_features import extract_pixel_features
 from tguide.studies.segmentation.segmenter import Segmenter, build_unet, dice_bce_loss, prediction_panel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread (the CPUs are shared; more threads only contend), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 IGNORE = 255
 
 
