@@ -5,7 +5,9 @@ Run by hand::
     python bench/metrics.py            # full grid N ∈ {1k, 10k, 50k}, D ∈ {64, 512, 2048}, C ∈ {10, 100}
     python bench/metrics.py --quick    # the N=10k, D=512, C=10 row only
 
-Prints a markdown table: time of the tguide function (torch, CPU) and of a
+Prints a markdown table: time of the tguide function (torch, CPU), of its exact streaming
+class (:mod:`tguide.metrics.stateful`, fed the same rows in 4 batches; ``bench/scale.py`` goes to
+N = 1M), and of a
 straightforward numpy version written below (np.cov, np.linalg.pinv, slogdet on D×D,
 per-class loops, one SVD per class for LogME), the speed-up, both peak memories, and
 the relative difference of the two values (a correctness check).
@@ -264,6 +266,22 @@ def fmt_mb(m: float | None) -> str:
 
 
 # ---------------------------------------------------------------- the grid
+def _streamed(cls: type, first: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
+    """A thunk: the streaming class fed ``(first, y)`` in 4 batches, then ``compute()``."""
+
+    def go() -> object:
+        m = cls()
+        for part in torch.tensor_split(torch.arange(y.shape[0]), 4):
+            m.update(first[part], y[part])
+        return m.compute()
+
+    return go
+
+
+STREAMING = {"hscore": "HScore", "hscore_shrinkage": "HScoreShrinkage", "transrate": "TransRate", "logme": "LogME",
+             "nce": "NCE"}
+
+
 def cases(n: int, d: int, c: int, rng: np.random.Generator, first_d: bool, args) -> list[tuple]:
     """(name, D label, torch thunk, numpy thunk, estimated numpy seconds, extrapolation) rows."""
     f = rng.normal(size=(n, d))
@@ -273,6 +291,9 @@ def cases(n: int, d: int, c: int, rng: np.random.Generator, first_d: bool, args)
     flop = 2.0 * n * d * d  # one Gram matrix; ~2 s per 100 GFLOP on 2 cores
     svd = (4.0 * n * d * min(n, d) + 8.0 * min(n, d) ** 3) / 2e10  # seconds, one thin SVD
     k = min(c, 5) if svd < 2.0 else 1  # classes timed for an extrapolated LogME baseline
+    from tguide.metrics import stateful
+
+    streams = {name: _streamed(getattr(stateful, cls), ft, yt) for name, cls in STREAMING.items() if name != "nce"}
     out = [
         ("hscore", d, lambda: hscore(ft, yt), lambda: np_hscore(f, y), 2 * flop / 5e10, None),
         ("hscore_shrinkage", d, lambda: hscore_shrinkage(ft, yt), lambda: np_hscore_shrinkage(f, y),
@@ -293,6 +314,7 @@ def cases(n: int, d: int, c: int, rng: np.random.Generator, first_d: bool, args)
             ("leep", "Cs=1000", lambda: leep(tt, yt), lambda: np_leep(theta, y), 1.0, None),
             ("nce", "Cs=1000", lambda: nce(ht, yt), lambda: np_nce(hard, y), 1.0, None),
         ]
+        streams["nce"] = _streamed(stateful.NCE, ht, yt)
     if otce is not None and n <= 1000:
         g = np.random.default_rng(1)
         xs = g.normal(size=(n, d)) + np.eye(c, d)[g.permutation(np.arange(n) % c)] * 0.5
@@ -304,7 +326,7 @@ def cases(n: int, d: int, c: int, rng: np.random.Generator, first_d: bool, args)
                 lambda s=solver: otce(xst, yst, ft, yt, solver=s).score,
                 lambda s=solver: np_otce_sim(xs, ys, f, y, s), 5.0, None,
             ))
-    return out
+    return [*out, streams]
 
 
 def run(args) -> None:
@@ -315,17 +337,22 @@ def run(args) -> None:
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__} "
           f"(OpenBLAS threads: {blas}), {os.cpu_count()} CPUs; float64 on CPU; best of {args.repeat}; "
           f"load average at start {os.getloadavg()[0]:.2f}\n")
-    print("| metric | N | D | C | tguide s | numpy s | speed-up | tguide peak MB (RSS) "
+    print("| metric | N | D | C | tguide s | stream s | numpy s | speed-up | tguide peak MB (RSS) "
           "| numpy peak MB (tracemalloc) | rel. diff |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     t_start = time.perf_counter()
     for n, d, c in grid:
         first_d = args.quick or d == 64
-        for name, dlabel, torch_fn, np_fn, estimate, extrapolate in cases(n, d, c, rng, first_d, args):
+        rows = cases(n, d, c, rng, first_d, args)
+        streams = rows.pop()  # name -> streaming thunk
+        for name, dlabel, torch_fn, np_fn, estimate, extrapolate in rows:
             if args.metrics and not any(name.startswith(m) for m in args.metrics):
                 continue
             t_torch, v_torch, mem_torch = measure(torch_fn, args.repeat, None if args.no_memory else "rss")
+            t_stream = None
+            if name in STREAMING:
+                t_stream = measure(streams[name], args.repeat, None)[0]
             mark, t_np, v_np, mem_np = "", None, None, None
             if estimate <= args.budget:
                 t_np, v_np, mem_np = measure(np_fn, args.repeat, None if args.no_memory else "tracemalloc")
@@ -334,7 +361,7 @@ def run(args) -> None:
                 t_np, mark = _timed(one)[0] * factor, "~"
             speed = "" if t_np is None else f"{t_np / t_torch:.1f}×"
             diff = "" if v_np is None else f"{abs(float(v_torch) - v_np) / max(abs(v_np), 1e-300):.1e}"
-            print(f"| {name} | {n} | {dlabel} | {c} | {fmt_s(t_torch)} | {fmt_s(t_np, mark)} | {speed} "
+            print(f"| {name} | {n} | {dlabel} | {c} | {fmt_s(t_torch)} | {fmt_s(t_stream)} | {fmt_s(t_np, mark)} | {speed} "
                   f"| {fmt_mb(mem_torch)} | {fmt_mb(mem_np)} | {diff} |", flush=True)
             gc.collect()
     print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s; load average at end {os.getloadavg()[0]:.2f}")

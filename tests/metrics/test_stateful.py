@@ -10,7 +10,7 @@ from tguide.metrics.functional.hscore import hscore, hscore_shrinkage
 from tguide.metrics.functional.leep import leep, nce
 from tguide.metrics.functional.logme import logme
 from tguide.metrics.functional.otce import otce
-from tguide.metrics.stateful import LEEP, NCE, OTCE, FeatureMetric, HScore, HScoreShrinkage, LogME, TransRate
+from tguide.metrics.stateful import GBC, LEEP, NCE, OTCE, FeatureMetric, HScore, HScoreShrinkage, LogME, TransRate
 from tguide.metrics.functional.transrate import transrate
 
 SPLITS = [0, 7, 8, 31, 60]  # uneven batches (one of a single row) of 60 samples
@@ -85,12 +85,27 @@ def test_forward_only_updates(data):
     assert float(m.compute()) == pytest.approx(float(hscore(x, y)), rel=1e-10)
 
 
-def test_declared_properties():
-    for cls in (HScore, HScoreShrinkage, TransRate, LogME, LEEP, NCE, OTCE):
+def test_declared_direction_matches_behaviour():
+    """``higher_is_better`` is what a ranking trusts: informative inputs must score higher than the
+    same inputs with shuffled labels, batch by batch (two updates) as in training."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(400) % 4
+    f = torch.randn(400, 6, generator=g, dtype=torch.float64) + 2.0 * torch.nn.functional.one_hot(y, 6)
+    shuffled = y[torch.randperm(400, generator=g)]
+    probs = torch.softmax(3.0 * torch.nn.functional.one_hot(y, 5).double() + torch.randn(400, 5, generator=g,
+                                                                                          dtype=torch.float64), 1)
+
+    def run(cls, first, labels):
+        m = cls()
+        m.update(first[:150], labels[:150])
+        m.update(first[150:], labels[150:])
+        return float(m.compute())
+
+    for cls, first in ((HScore, f), (HScoreShrinkage, f), (TransRate, f), (LogME, f), (GBC, f), (LEEP, probs),
+                       (NCE, probs.argmax(1))):
         assert issubclass(cls, FeatureMetric)
-        assert cls.higher_is_better is True
-        assert cls.is_differentiable is False
-        assert cls.full_state_update is False
+        informative, null = run(cls, first, y), run(cls, first, shuffled)
+        assert (informative > null) == cls.higher_is_better, cls.__name__
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method")
@@ -109,7 +124,7 @@ def test_reset_clears_everything(data, rng, make_data):
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method")
 def test_compute_before_update_raises():
-    for m in (HScore(), LogME(), LEEP(), NCE(), OTCE()):
+    for m in (HScore(), LogME(), GBC(), LEEP(), NCE(), OTCE()):
         with pytest.raises(ValueError, match="before any update"):
             m.compute()
 
@@ -152,21 +167,22 @@ def test_states_do_not_alias_the_callers_tensors(data):
 
 
 # ----------------------------------------------------------------------------- reservoir
+# (sample path only: a streaming class keeps samples when it computes a label-shuffle null)
 
 
 def test_reservoir_keeps_everything_below_the_cap(data):
     x, y, _ = data
-    m = HScore(max_stored=60)
+    m = HScore(null=2, max_stored=60)
     for xb, yb in pieces(x, y):
         m.update(xb, yb)
-    assert float(m.compute()) == pytest.approx(float(hscore(x, y)), rel=1e-10)
+    assert float(m.compute()["score"]) == pytest.approx(float(hscore(x, y)), rel=1e-10)
 
 
 def test_reservoir_bounds_memory_and_keeps_rows_paired():
     n, cap = 500, 40
     x = np.stack([np.arange(n), np.arange(n) % 7], axis=1).astype(float)  # row id in column 0
     y = np.arange(n) % 7
-    m = HScore(max_stored=cap, seed=1)
+    m = HScore(null=2, max_stored=cap, seed=1)
     lo = 0
     for size in (3, 1, 90, 17, 250, 139):
         m.update(x[lo : lo + size], y[lo : lo + size])
@@ -177,7 +193,7 @@ def test_reservoir_bounds_memory_and_keeps_rows_paired():
     labels = torch.cat(m.labels).numpy()
     assert len(set(ids)) == cap  # no row kept twice
     np.testing.assert_array_equal(labels, ids % 7)  # label travelled with its row
-    assert float(m.compute()) == pytest.approx(float(hscore(x[np.sort(ids)], y[np.sort(ids)])), rel=1e-10)
+    assert float(m.compute()["score"]) == pytest.approx(float(hscore(x[np.sort(ids)], y[np.sort(ids)])), rel=1e-10)
 
 
 def test_reservoir_is_uniform_over_all_samples():
@@ -187,7 +203,7 @@ def test_reservoir_is_uniform_over_all_samples():
     y = np.arange(n) % 2
     counts = np.zeros(n)
     for seed in range(runs):
-        m = HScore(max_stored=cap, seed=seed)
+        m = HScore(null=2, max_stored=cap, seed=seed)
         lo = 0
         for size in batch_sizes:
             m.update(x[lo : lo + size], y[lo : lo + size])
@@ -205,7 +221,7 @@ def test_reservoir_is_uniform_over_all_samples():
 def test_reservoir_reset_restarts_the_generator():
     x = np.arange(300, dtype=float)[:, None]
     y = np.arange(300) % 3
-    m = HScore(max_stored=20, seed=5)
+    m = HScore(null=2, max_stored=20, seed=5)
     m.update(x, y)
     first = torch.cat(m.features).clone()
     m.reset()

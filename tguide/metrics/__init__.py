@@ -5,11 +5,20 @@ Every score here is higher = more transferable, computed in float64 on the input
 Scores (functional, one module each under :mod:`tguide.metrics.functional`):
 :func:`hscore`, :func:`hscore_shrinkage`, :func:`transrate`, :func:`transrate_comparable`
 (width- and scale-comparable), :func:`transrate_layers`, :func:`leep`, :func:`nce`,
-:func:`logme`, :func:`otce` (→ :class:`OTCEResult`), :func:`otce_sim`, :func:`fit_otce_weights`.
+:func:`logme`, :func:`otce` (→ :class:`OTCEResult`), :func:`otce_sim`, :func:`fit_otce_weights`,
+:func:`sfda` (Shao et al., ECCV 2022), :func:`ncti` (Wang et al., ICCV 2023), :func:`etran`
+(Gholami et al., ICCV 2023), :func:`gbc` (Pándy et al., CVPR 2022), :func:`nleep` (Li et al.,
+CVPR 2021). NCTI and ETran are published min-max normalised across the model pool: their
+``*_terms`` give one model's raw terms and ``*_pool`` combines a pool's terms.
+Baselines a score must beat: :func:`knn_accuracy` (leave-one-out) and
+:func:`linear_probe_accuracy` (cross-validated ridge probe).
 
 Stateful (DDP-aware ``update``/``compute``, ``null=P`` for calibrated output), all subclasses
-of :class:`FeatureMetric`: :class:`HScore`, :class:`HScoreShrinkage`, :class:`TransRate`,
-:class:`TransRateComparable`, :class:`LEEP`, :class:`NCE`, :class:`LogME`, :class:`OTCE`.
+of :class:`FeatureMetric`. Exact streaming (sufficient statistics, memory O(C·D²) whatever N,
+:class:`StreamingMetric`): :class:`HScore`, :class:`HScoreShrinkage`, :class:`TransRate`,
+:class:`TransRateComparable`, :class:`LogME`, :class:`GBC`, :class:`NCE`. Sample path:
+:class:`LEEP`, :class:`OTCE`. Large-N OTCE without the N×N coupling:
+:func:`tguide.metrics.functional.otce_large.otce_large` (POT's lazy Sinkhorn).
 
 Calibration: :func:`label_shuffle_null` (→ :class:`NullCalibrated`: z-score, p-value and the
 bias-corrected score against label shuffles), and ``correction="null"|"miller_madow"`` of
@@ -27,27 +36,71 @@ models with them by mistake:
   to another, from the distribution of its residuals.
 """
 
-from tguide.metrics.functional.hscore import hscore, hscore_shrinkage
-from tguide.metrics.functional.leep import leep, nce
-from tguide.metrics.functional.logme import LogMEConvergenceWarning, LogMEUnboundedWarning, logme
-from tguide.metrics.functional.otce import OTCEConvergenceWarning, OTCEResult, fit_otce_weights, otce, otce_sim
-from tguide.metrics.functional.permutation import NullCalibrated
-from tguide.metrics.functional.transrate import transrate, transrate_comparable, transrate_layers
-from tguide.metrics.null import label_shuffle_null
-from tguide.metrics.stateful import (
-    LEEP,
-    NCE,
-    OTCE,
-    FeatureMetric,
-    HScore,
-    HScoreShrinkage,
-    LogME,
-    TransRate,
-    TransRateComparable,
-)
+from __future__ import annotations
 
-# SFDA, NCTI, ETran, GBC, NLEEP and kNN are added here (one module each under
-# tguide.metrics.functional, their names appended to the scores below).
+import importlib
+from typing import Any
+
+# Every name is imported on first use (PEP 562), so that `import tguide.metrics` loads neither
+# torchmetrics (the classes) nor POT (OTCE) nor anything heavier: see tests/test_light_import.py.
+_LAZY = {
+    "hscore": "tguide.metrics.functional.hscore",
+    "hscore_shrinkage": "tguide.metrics.functional.hscore",
+    "leep": "tguide.metrics.functional.leep",
+    "nce": "tguide.metrics.functional.leep",
+    "logme": "tguide.metrics.functional.logme",
+    "LogMEConvergenceWarning": "tguide.metrics.functional.logme",
+    "LogMEUnboundedWarning": "tguide.metrics.functional.logme",
+    "otce": "tguide.metrics.functional.otce",
+    "otce_sim": "tguide.metrics.functional.otce",
+    "fit_otce_weights": "tguide.metrics.functional.otce",
+    "OTCEResult": "tguide.metrics.functional.otce",
+    "OTCEConvergenceWarning": "tguide.metrics.functional.otce",
+    "NullCalibrated": "tguide.metrics.functional.permutation",
+    "transrate": "tguide.metrics.functional.transrate",
+    "transrate_comparable": "tguide.metrics.functional.transrate",
+    "transrate_layers": "tguide.metrics.functional.transrate",
+    "label_shuffle_null": "tguide.metrics.null",
+    "sfda": "tguide.metrics.functional.sfda",
+    "ncti": "tguide.metrics.functional.ncti",
+    "ncti_terms": "tguide.metrics.functional.ncti",
+    "ncti_pool": "tguide.metrics.functional.ncti",
+    "NCTITerms": "tguide.metrics.functional.ncti",
+    "etran": "tguide.metrics.functional.etran",
+    "etran_terms": "tguide.metrics.functional.etran",
+    "etran_pool": "tguide.metrics.functional.etran",
+    "ETranTerms": "tguide.metrics.functional.etran",
+    "gbc": "tguide.metrics.functional.gbc",
+    "nleep": "tguide.metrics.functional.nleep",
+    "knn_accuracy": "tguide.metrics.functional.knn",
+    "linear_probe_accuracy": "tguide.metrics.functional.linear_probe",
+    "otce_large": "tguide.metrics.functional.otce_large",
+    "FeatureMetric": "tguide.metrics.stateful",
+    "StreamingMetric": "tguide.metrics.stateful",
+    "HScore": "tguide.metrics.stateful",
+    "HScoreShrinkage": "tguide.metrics.stateful",
+    "TransRate": "tguide.metrics.stateful",
+    "TransRateComparable": "tguide.metrics.stateful",
+    "LogME": "tguide.metrics.stateful",
+    "GBC": "tguide.metrics.stateful",
+    "LEEP": "tguide.metrics.stateful",
+    "NCE": "tguide.metrics.stateful",
+    "OTCE": "tguide.metrics.stateful",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     # scores
@@ -62,6 +115,22 @@ __all__ = [
     "otce",
     "otce_sim",
     "fit_otce_weights",
+    "otce_large",
+    "sfda",
+    "ncti",
+    "etran",
+    "gbc",
+    "nleep",
+    # pool-normalised scores: per-model terms, normalised across the candidate pool
+    "ncti_terms",
+    "ncti_pool",
+    "NCTITerms",
+    "etran_terms",
+    "etran_pool",
+    "ETranTerms",
+    # baselines a user could use instead of a score
+    "knn_accuracy",
+    "linear_probe_accuracy",
     # stateful
     "FeatureMetric",
     "HScore",
@@ -72,6 +141,8 @@ __all__ = [
     "NCE",
     "LogME",
     "OTCE",
+    "GBC",
+    "StreamingMetric",
     # calibration
     "label_shuffle_null",
     "NullCalibrated",

@@ -46,7 +46,10 @@ class MetricInfo:
             samples (the softmax of its head), so it applies only to candidates with a head.
         needs_source_samples: the score compares source and target features (OTCE).
         higher_is_better: the ranking direction (every transferability score: ``True``).
-        streaming_class: ``"module:attr"`` of the torchmetrics-style class, if any.
+        streaming_class: ``"module:attr"`` of the torchmetrics-style class, if any. Subclasses of
+            :class:`tguide.metrics.stateful.StreamingMetric` (H-score, TransRate, LogME, GBC, NCE)
+            keep exact sufficient statistics (memory O(C·D²) whatever N); the others (LEEP,
+            OTCE) keep the samples.
         source_input: with ``needs_source_probs``: ``"probs"`` (the probabilities) or
             ``"labels"`` (their argmax, the source's hard labels: NCE).
         pool_normalised: the published score is min-max normalised across the candidate pool
@@ -219,7 +222,7 @@ _OPTIONAL = (
                               "pool_combine": f"{_F}.ncti:ncti_pool"}),
     ("etran", "etran", "etran", {"pool_normalised": True, "pool_terms": f"{_F}.etran:etran_terms",
                                  "pool_combine": f"{_F}.etran:etran_pool"}),
-    ("gbc", "gbc", "gbc", {}),
+    ("gbc", "gbc", "gbc", {"streaming_class": f"{_S}:GBC"}),
     ("nleep", "nleep", "nleep", {}),
     ("knn", "knn", "knn_accuracy", {"baseline": True}),
     ("linear_probe", "linear_probe", "linear_probe_accuracy", {"baseline": True}),

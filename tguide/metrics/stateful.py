@@ -1,10 +1,24 @@
 """Stateful (torchmetrics) versions of the transferability metrics.
 
-Every class keeps the samples it is given in ``cat`` list states, so ``compute()``
-under DDP sees every rank's samples (torchmetrics gathers them, unequal shard sizes
-included), and then calls the functional on all of them: no formula lives here.
+Two kinds of classes (see the table in :class:`StreamingMetric`):
 
-Memory can be bounded with ``max_stored``: each process then keeps a uniform random
+* **Exact streaming** (:class:`HScore`, :class:`HScoreShrinkage`, :class:`TransRate`,
+  :class:`TransRateComparable`, :class:`LogME`, :class:`GBC`, :class:`NCE`): ``update`` folds
+  each batch into exact sufficient statistics (:mod:`tguide.metrics.streaming`: per-class
+  means, centred Grams, moments, count tables, float64), so memory is O(C·D²) whatever N and
+  ``compute()`` equals the functional on the concatenated data (to roundoff, ~1e-12
+  relative). Under DDP each process's statistics are gathered (O(C·D²) bytes per process,
+  classes may differ between processes) and merged by Chan et al.'s pairwise update.
+  With ``null=P`` (label-shuffle calibration) a streaming class keeps the samples instead:
+  shuffling labels needs them.
+* **Sample path** (:class:`LEEP`, :class:`OTCE`, and any class with ``null``): the samples
+  are kept in ``cat`` list states, so ``compute()`` under DDP sees every rank's samples
+  (torchmetrics gathers them, unequal shard sizes included), and then calls the functional
+  on all of them. LEEP needs every sample's ``log Σ_z θ_iz P̂(y_i|z)`` with the *final*
+  ``P̂(y|z)``: not a function of any fixed-size statistic. OTCE needs the samples
+  themselves (a coupling between them).
+
+On the sample path memory can be bounded with ``max_stored``: each process then keeps a uniform random
 sample of at most ``max_stored`` rows (per domain for :class:`OTCE`) of everything it
 was given, by reservoir sampling (Vitter's Algorithm R [1], vectorised per batch, with
 its own generator seeded by ``seed``). Under DDP, ``compute()`` sees up to
@@ -22,6 +36,7 @@ References:
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -29,7 +44,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from tguide._deprecation import renamed_arguments
+from tguide._deprecation import renamed_arguments, stacklevel_outside
 from tguide.metrics._validate import as_tensor, check_features, check_labels, check_probs
 from tguide.metrics.functional.hscore import hscore, hscore_shrinkage
 from tguide.metrics.functional.leep import leep, nce
@@ -37,9 +52,10 @@ from tguide.metrics.functional.logme import logme
 from tguide.metrics.functional.otce import OTCEResult, _check_solver_options, _check_weights, otce
 from tguide.metrics.functional.transrate import transrate, transrate_comparable
 from tguide.metrics.null import label_shuffle_null
+from tguide.metrics import streaming as _st
 
-__all__ = ["FeatureMetric", "HScore", "HScoreShrinkage", "TransRate", "TransRateComparable", "LogME", "LEEP", "NCE",
-           "OTCE"]
+__all__ = ["FeatureMetric", "StreamingMetric", "HScore", "HScoreShrinkage", "TransRate", "TransRateComparable",
+           "LogME", "GBC", "LEEP", "NCE", "OTCE"]
 
 
 def _batch_labels(labels: Any, n: int, name: str, device: torch.device) -> Tensor:
@@ -106,11 +122,15 @@ class FeatureMetric(Metric):
             raise ValueError(f"`seed` must be an integer, got {seed!r}.")
         self.max_stored = None if max_stored is None else int(max_stored)
         self.seed = int(seed)
-        for name in self._fields:
-            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._register_states()
         self._gen = torch.Generator().manual_seed(self.seed)
         self._seen: dict[int, int] = {}  # group -> samples seen by this process
         self._slot: dict[int, int] = {}  # group -> index of its reservoir in the list states
+
+    def _register_states(self) -> None:
+        """One ``cat`` list state per sample field."""
+        for name in self._fields:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
 
     # ------------------------------------------------------------------ storage
 
@@ -209,10 +229,184 @@ class _FeaturesLabels(FeatureMetric):
         self._store((_owned(x, features), y))
 
 
-class HScore(_FeaturesLabels):
+_PLACEHOLDER_DTYPE = {"key": torch.int64}
+
+
+class StreamingMetric(_FeaturesLabels):
+    r"""Base of the exact-streaming classes: sufficient statistics instead of samples.
+
+    =========================  ===============================================  ==============
+    class                      statistics kept (float64)                        memory
+    =========================  ===============================================  ==============
+    :class:`HScore`            n, mean, centred Gram; per class n_c, mean_c     D² + C·D
+    :class:`HScoreShrinkage`   + ``Σ‖z‖²z``, ``Σ‖z‖⁴`` (Ledoit–Wolf intensity)   D² + C·D
+    :class:`TransRate`,        per class n_c, mean_c, centred Gram              C·D²
+    :class:`TransRateComparable`
+    :class:`LogME` (N > D)     n, mean, centred Gram; per class n_c, mean_c     D² + C·D
+                               (``FᵀF``, ``FᵀY``, ``‖y‖²`` follow); the rows
+                               too while a process has seen ≤ D of them
+    :class:`GBC`               per class n_c, mean_c, per-dimension variance    C·D
+    :class:`NCE`               counts of (source label, label) pairs            Cs·C
+    =========================  ===============================================  ==============
+
+    ``update`` casts each batch to float64 first (as the functionals do), so float32
+    input gives the functional's value on that same float32 data; batches may come in any
+    order and any size. ``compute()`` equals the functional on all the data concatenated up
+    to float64 roundoff (the tests ask for 1e-9 relative; typically ~1e-13). Statistics are
+    merged by Chan et al.'s pairwise update of centred statistics
+    (:mod:`tguide.metrics.streaming`), never as raw uncentred sums.
+
+    Under DDP each statistic is a list state with ``dist_reduce_fx=None``: torchmetrics
+    all-gathers every process's record (O(C·D²) bytes per process, the per-class tensors
+    padded to the largest class count), and ``compute()`` merges them by label value, so
+    the processes may see different label sets. A process without data sends empty
+    placeholders (no deadlock). LogME for N ≤ D keeps the rows (at most D per process,
+    the size of one Gram matrix) and calls the functional on them: its N ≤ D route needs
+    the N×N Gram of the samples.
+
+    ``null=P`` (label-shuffle calibration) keeps the samples, like the sample-path classes
+    (shuffling labels needs them), and honours ``max_stored``; without ``null``,
+    ``max_stored`` is ignored with a warning (memory no longer grows with N).
+    """
+
+    #: record prefix -> statistics kept: ``"g"`` the whole stream, ``"c"`` per class
+    _stats: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: keep the rows while a process has seen at most D of them (LogME's N ≤ D route)
+    _keep_rows: ClassVar[bool] = False
+
+    @property
+    def streaming(self) -> bool:
+        """Whether this object keeps sufficient statistics (``False``: it keeps samples)."""
+        return self.null is None and self._streamable()
+
+    def _streamable(self) -> bool:
+        return True
+
+    def _register_states(self) -> None:
+        if not self.streaming:
+            super()._register_states()
+            return
+        if self.max_stored is not None:
+            warnings.warn(
+                f"{type(self).__name__}: `max_stored` has no effect: without `null` the class keeps exact "
+                "sufficient statistics (memory O(C·D²) whatever N), not samples.", UserWarning, stacklevel=stacklevel_outside("tguide.metrics"))
+        self._ndim: dict[str, int] = {}
+        for prefix, fields in self._stats.items():
+            for field in ("key", "n", *fields):
+                self.add_state(f"{prefix}_{field}", default=[], dist_reduce_fx=None)
+                self._ndim[f"{prefix}_{field}"] = _st.FIELD_NDIM[field]
+        if self._keep_rows:
+            for name, ndim in (("rows_features", 2), ("rows_labels", 1)):
+                self.add_state(name, default=[], dist_reduce_fx=None)
+                self._ndim[name] = ndim
+
+    # ------------------------------------------------------------------ records
+    def _record(self, prefix: str) -> dict[str, Tensor] | None:
+        """This process's record of ``prefix`` (before any sync), or ``None``."""
+        fields = ("key", "n", *self._stats[prefix])
+        lists = [getattr(self, f"{prefix}_{f}") for f in fields]
+        return dict(zip(fields, (lst[0] for lst in lists))) if len(lists[0]) else None
+
+    def _set_record(self, prefix: str, rec: dict[str, Tensor]) -> None:
+        for field, value in rec.items():
+            lst = getattr(self, f"{prefix}_{field}")
+            lst.clear()
+            lst.append(value)
+
+    def _merged(self, prefix: str) -> dict[str, Tensor] | None:
+        """Every entry of ``prefix`` (one per process after a sync) merged, sorted by key."""
+        fields = ("key", "n", *self._stats[prefix])
+        lists = [getattr(self, f"{prefix}_{f}") for f in fields]
+        return _st.merge_all(dict(zip(fields, entry)) for entry in zip(*lists))
+
+    def _fold(self, prefix: str, x: Tensor | None, keys: Tensor) -> dict[str, Tensor]:
+        rec = _st.merge(self._record(prefix), _st.batch_record(x, keys, self._stats[prefix]))
+        self._set_record(prefix, rec)
+        return rec
+
+    def state_nbytes(self) -> int:
+        """Bytes of this process's statistics (what it sends to each peer when ``compute()`` syncs)."""
+        total = 0
+        for name in self._ndim:
+            total += sum(t.numel() * t.element_size() for t in getattr(self, name))
+        return total
+
+    # ------------------------------------------------------------------ update / compute
+    def update(self, features: Any, labels: Any) -> None:  # type: ignore[override]
+        """Add a batch: ``features (B, D)`` of one layer and their ``labels (B,)``."""
+        if not self.streaming:
+            super().update(features, labels)
+            return
+        x = check_features(features, "features").detach()
+        y = _batch_labels(labels, x.shape[0], "labels", x.device)
+        first = self._record(next(iter(self._stats)))
+        if first is not None and "mean" in first and first["mean"].shape[1] != x.shape[1]:
+            raise ValueError(
+                f"`features` of this batch have shape {tuple(x.shape)} but earlier batches had "
+                f"(*, {first['mean'].shape[1]}); feed one layer's features per metric object."
+            )
+        n_seen = 0
+        for prefix in self._stats:
+            keys = torch.zeros_like(y)[:, None] if prefix == "g" else y[:, None]
+            rec = self._fold(prefix, x, keys)
+            n_seen = int(rec["n"].sum())
+        if self._keep_rows:
+            if n_seen <= x.shape[1]:
+                self.rows_features.append(_owned(x, features))
+                self.rows_labels.append(y)
+            else:
+                self.rows_features.clear()
+                self.rows_labels.clear()
+
+    def _sync_dist(self, dist_sync_fn: Callable = None, process_group: Any = None) -> None:  # type: ignore[override]
+        """Give every empty statistic an empty placeholder (so a process without data can gather)."""
+        if self.streaming:
+            for name, ndim in self._ndim.items():
+                lst = getattr(self, name)
+                if isinstance(lst, list) and not lst:
+                    dtype = torch.int64 if name.endswith(("_key", "_labels")) else torch.float64
+                    lst.append(torch.zeros((0,) * ndim, dtype=dtype, device=self.device))
+        kwargs = {} if dist_sync_fn is None else {"dist_sync_fn": dist_sync_fn}
+        super()._sync_dist(process_group=process_group, **kwargs)
+
+    def compute(self) -> Any:
+        """The score of all data (all ranks), a 0-d float64 tensor (with ``null``: the dict of
+        :meth:`~tguide.metrics.functional.permutation.NullCalibrated.as_dict`)."""
+        if not self.streaming:
+            return super().compute()
+        recs = {prefix: self._merged(prefix) for prefix in self._stats}
+        if any(r is None for r in recs.values()):
+            raise ValueError(
+                f"{type(self).__name__}.compute() was called before any update(); feed at least one batch "
+                f"with update(...) first."
+            )
+        if self._keep_rows:
+            n = int(next(iter(recs.values()))["n"].sum())
+            rows = [t for t in self.rows_features if t.shape[0]]
+            if rows and n <= rows[0].shape[1]:
+                x = torch.cat(rows)
+                y = torch.cat([t for t in self.rows_labels if t.shape[0]])
+                fn, _, kwargs = self._call()
+                return fn(x, y, **kwargs)
+        return self._from_stats(recs)
+
+    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        fn, kwargs = self._functional()
+        return fn, (self._samples() if not self.streaming else ()), kwargs
+
+    def _functional(self) -> tuple[Callable[..., Any], dict[str, Any]]:
+        raise NotImplementedError
+
+    def _from_stats(self, recs: dict[str, dict[str, Tensor]]) -> Tensor:
+        raise NotImplementedError
+
+
+class HScore(StreamingMetric):
     """Stateful :func:`~tguide.metrics.functional.hscore.hscore` (Bao et al., ICIP 2019).
 
-    ``update(features, labels)``; ``compute()`` = the functional on every sample.
+    ``update(features, labels)``; ``compute()`` = the functional on every sample. Exact
+    streaming (:class:`StreamingMetric`): keeps n, the mean, the centred D×D Gram and the
+    per-class means and counts.
 
     Example:
         >>> import torch
@@ -223,39 +417,65 @@ class HScore(_FeaturesLabels):
         True
     """
 
-    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-        return hscore, self._samples(), {}
+    _stats: ClassVar[dict[str, tuple[str, ...]]] = {"g": ("mean", "m2"), "c": ("mean",)}
+
+    def _functional(self) -> tuple[Callable[..., Any], dict[str, Any]]:
+        return hscore, {}
+
+    def _from_stats(self, recs: dict[str, dict[str, Tensor]]) -> Tensor:
+        return _st.hscore_from_stats(recs["g"], recs["c"])
 
 
-class HScoreShrinkage(_FeaturesLabels):
-    """Stateful :func:`~tguide.metrics.functional.hscore.hscore_shrinkage` (Ibrahim et al., WACV 2023)."""
+class HScoreShrinkage(StreamingMetric):
+    """Stateful :func:`~tguide.metrics.functional.hscore.hscore_shrinkage` (Ibrahim et al., WACV 2023).
 
-    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-        return hscore_shrinkage, self._samples(), {}
+    Exact streaming: as :class:`HScore` plus ``Σ‖z‖²z`` and ``Σ‖z‖⁴`` about the running mean
+    (shifted exactly to the final mean), which the Ledoit–Wolf intensity needs.
+    """
+
+    _stats: ClassVar[dict[str, tuple[str, ...]]] = {"g": ("mean", "m2", "t3", "q4"), "c": ("mean",)}
+
+    def _functional(self) -> tuple[Callable[..., Any], dict[str, Any]]:
+        return hscore_shrinkage, {}
+
+    def _from_stats(self, recs: dict[str, dict[str, Tensor]]) -> Tensor:
+        return _st.hscore_shrinkage_from_stats(recs["g"], recs["c"])
 
 
-class TransRate(_FeaturesLabels):
+class TransRate(StreamingMetric):
     """Stateful :func:`~tguide.metrics.functional.transrate.transrate` (Huang et al., ICML 2022).
+
+    Exact streaming: per-class counts, means and centred D×D Grams (memory C·D²; the class
+    Grams about the global mean follow exactly).
 
     Args:
         eps: distortion ε of the coding rate. Other arguments: :class:`FeatureMetric`.
     """
+
+    _stats: ClassVar[dict[str, tuple[str, ...]]] = {"c": ("mean", "m2")}
 
     @renamed_arguments(max_samples="max_stored")
     def __init__(self, eps: float = 1e-4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.eps = eps
 
-    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-        return transrate, self._samples(), {"eps": self.eps}
+    def _functional(self) -> tuple[Callable[..., Any], dict[str, Any]]:
+        return transrate, {"eps": self.eps}
+
+    def _from_stats(self, recs: dict[str, dict[str, Tensor]]) -> Tensor:
+        return _st.transrate_from_stats(recs["c"], float(self.eps))
 
 
-class TransRateComparable(_FeaturesLabels):
+class TransRateComparable(StreamingMetric):
     """Stateful :func:`~tguide.metrics.functional.transrate.transrate_comparable` (width- and scale-comparable).
+
+    Exact streaming, with the statistics of :class:`TransRate`.
 
     Args:
         rank, eps: see the functional. Other arguments: :class:`FeatureMetric`.
     """
+
+    _stats: ClassVar[dict[str, tuple[str, ...]]] = {"c": ("mean", "m2")}
 
     @renamed_arguments(max_samples="max_stored")
     def __init__(self, rank: int = 32, eps: float = 0.1, **kwargs: Any) -> None:
@@ -263,16 +483,27 @@ class TransRateComparable(_FeaturesLabels):
         self.rank = rank
         self.eps = eps
 
-    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-        return transrate_comparable, self._samples(), {"rank": self.rank, "eps": self.eps}
+    def _functional(self) -> tuple[Callable[..., Any], dict[str, Any]]:
+        return transrate_comparable, {"rank": self.rank, "eps": self.eps}
+
+    def _from_stats(self, recs: dict[str, dict[str, Tensor]]) -> Tensor:
+        return _st.transrate_comparable_from_stats(recs["c"], self.rank, self.eps)
 
 
-class LogME(_FeaturesLabels):
+class LogME(StreamingMetric):
     """Stateful :func:`~tguide.metrics.functional.logme.logme` (You et al., ICML 2021).
+
+    Exact streaming for N > D (``FᵀF``, ``FᵀY``, ``‖y‖²``, n: the functional's spectrum and
+    fixed point run on them). For N ≤ D the functional needs the N×N Gram of the samples,
+    so each process also keeps its rows while it has seen at most D of them (≤ D×D numbers)
+    and drops them after.
 
     Args:
         tol, max_iter: the evidence fixed point's limits. Other arguments: :class:`FeatureMetric`.
     """
+
+    _stats: ClassVar[dict[str, tuple[str, ...]]] = {"g": ("mean", "m2"), "c": ("mean",)}
+    _keep_rows: ClassVar[bool] = True
 
     @renamed_arguments(max_samples="max_stored")
     def __init__(self, tol: float = 1e-7, max_iter: int = 10_000, **kwargs: Any) -> None:
@@ -280,8 +511,47 @@ class LogME(_FeaturesLabels):
         self.tol = tol
         self.max_iter = max_iter
 
-    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-        return logme, self._samples(), {"tol": self.tol, "max_iter": self.max_iter}
+    def _functional(self) -> tuple[Callable[..., Any], dict[str, Any]]:
+        return logme, {"tol": self.tol, "max_iter": self.max_iter}
+
+    def _from_stats(self, recs: dict[str, dict[str, Tensor]]) -> Tensor:
+        return _st.logme_from_stats(recs["g"], recs["c"], self.tol, self.max_iter)
+
+
+class GBC(StreamingMetric):
+    """Stateful :func:`~tguide.metrics.functional.gbc.gbc` (Pándy et al., CVPR 2022).
+
+    Exact streaming when ``pca_dim is None`` (per-class counts, means and per-dimension
+    variances: memory C·D). With ``pca_dim`` the PCA needs every sample, so the samples are
+    kept (sample path).
+
+    Args:
+        gaussian, pca_dim, min_variance, reference_code: see the functional. Other arguments:
+            :class:`FeatureMetric`.
+    """
+
+    _stats: ClassVar[dict[str, tuple[str, ...]]] = {"c": ("mean", "m2d")}
+
+    def __init__(self, gaussian: str = "spherical", pca_dim: int | None = None, min_variance: float = 1e-4,
+                 reference_code: bool = False, **kwargs: Any) -> None:
+        self.pca_dim = pca_dim  # read by _register_states (called by the base __init__)
+        super().__init__(**kwargs)
+        self.gaussian = gaussian
+        self.min_variance = min_variance
+        self.reference_code = reference_code
+
+    def _streamable(self) -> bool:
+        return self.pca_dim is None
+
+    def _functional(self) -> tuple[Callable[..., Any], dict[str, Any]]:
+        from tguide.metrics.functional.gbc import gbc
+
+        return gbc, {"gaussian": self.gaussian, "pca_dim": self.pca_dim, "min_variance": self.min_variance,
+                     "reference_code": self.reference_code}
+
+    def _from_stats(self, recs: dict[str, dict[str, Tensor]]) -> Tensor:
+        _, kwargs = self._functional()
+        return _st.gbc_from_stats(recs["c"], **kwargs)
 
 
 class LEEP(FeatureMetric):
@@ -302,13 +572,15 @@ class LEEP(FeatureMetric):
         return leep, self._samples(), {}
 
 
-class NCE(FeatureMetric):
+class NCE(StreamingMetric):
     """Stateful :func:`~tguide.metrics.functional.leep.nce` (Tran et al., ICCV 2019).
 
-    ``update(source_labels, labels)``.
+    ``update(source_labels, labels)``. Exact streaming: the count table of (source label,
+    label) pairs (memory Cs·C).
     """
 
     _fields: ClassVar[tuple[str, ...]] = ("source_labels", "labels")
+    _stats: ClassVar[dict[str, tuple[str, ...]]] = {"t": ()}
 
     def update(self, source_labels: Any, labels: Any) -> None:  # type: ignore[override]
         """Add a batch: source-task labels ``(B,)`` (e.g. the source model's argmax) and target labels ``(B,)``."""
@@ -316,10 +588,16 @@ class NCE(FeatureMetric):
         n = z.shape[0] if z.ndim >= 1 else 0
         z = _batch_labels(source_labels, n, "source_labels", z.device)
         y = _batch_labels(labels, n, "labels", z.device)
-        self._store((z, y))
+        if self.streaming:
+            self._fold("t", None, torch.stack([z, y], dim=1))
+        else:
+            self._store((z, y))
 
-    def _call(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-        return nce, self._samples(), {}
+    def _functional(self) -> tuple[Callable[..., Any], dict[str, Any]]:
+        return nce, {}
+
+    def _from_stats(self, recs: dict[str, dict[str, Tensor]]) -> Tensor:
+        return _st.nce_from_counts(recs["t"])
 
 
 _DOMAINS = {"source": 0, "target": 1}

@@ -124,23 +124,29 @@ def _spectrum(f: Tensor, y: Tensor) -> _Spectrum:
     """One eigendecomposition of the smaller Gram matrix of ``f (N, D)`` for targets ``y (N, C)``."""
     n, d = f.shape
     if n > d:
-        gram = f.T @ f  # (D, D)
-        lam, v = torch.linalg.eigh(0.5 * (gram + gram.T))
-        w2 = (v.T @ (f.T @ y)) ** 2  # (D, C) = (σ_i u_iᵀy)²
-        z2 = None
-    else:
-        gram = f @ f.T  # (N, N)
-        lam, u = torch.linalg.eigh(0.5 * (gram + gram.T))
-        z2 = (u.T @ y) ** 2  # (N, C)
-        w2 = None
+        return spectrum_from_gram(f.T @ f, f.T @ y, y.sum(dim=0), n)
+    gram = f @ f.T  # (N, N)
+    lam, u = torch.linalg.eigh(0.5 * (gram + gram.T))
+    z2 = (u.T @ y) ** 2  # (N, C)
+    return _finish(lam, None, z2, y.sum(dim=0), n, d)
+
+
+def spectrum_from_gram(gram: Tensor, fty: Tensor, y2: Tensor, n: int) -> _Spectrum:
+    """The N > D spectrum from sufficient statistics: ``gram = FᵀF (D, D)``, ``fty = FᵀY (D, C)``,
+    ``y2 = ‖y_c‖² (C,)`` and the sample count ``n`` (used by the streaming classes)."""
+    lam, v = torch.linalg.eigh(0.5 * (gram + gram.T))
+    w2 = (v.T @ fty) ** 2  # (D, C) = (σ_i u_iᵀy)²
+    return _finish(lam, w2, None, y2, n, gram.shape[0])
+
+
+def _finish(lam: Tensor, w2: Tensor | None, z2: Tensor | None, y2: Tensor, n: int, d: int) -> _Spectrum:
     lam = lam.clamp_min(0)[:, None]
     scale = lam.max()
     if float(scale) > 0:
         lam = lam / scale
     w2 = lam * z2 if w2 is None else (w2 / scale if float(scale) > 0 else w2)
-    eps = torch.finfo(f.dtype).eps
+    eps = torch.finfo(lam.dtype).eps
     noise_free = z2 is not None and float(lam.min()) > float(lam.max()) * max(n, d) * eps
-    y2 = y.sum(dim=0)  # ‖y‖² of a one-hot column = n_c
     # Unless β = ∞ is an ordinary edge, ‖Fm − y‖² is floored at ε₆₄·max(N, D)·‖y‖²: below
     # it the value is cancellation noise, and reaching it means y is an exact linear fit.
     floor = torch.zeros_like(y2) if noise_free else y2 * (eps * max(n, d))
@@ -253,13 +259,17 @@ def logme_columns(f: Tensor, y: Tensor, tol: float = 1e-7, max_iter: int = 10_00
     columns (e.g. the one-hot labels of many label permutations, :mod:`tguide.metrics.null`)
     to score them all for the price of one decomposition. Inputs are not checked here.
     """
-    c = y.shape[1]
-    sp = _spectrum(f, y)
+    return maximise_evidence(_spectrum(f, y), tol, max_iter, stacklevel=4)
+
+
+def maximise_evidence(sp: _Spectrum, tol: float = 1e-7, max_iter: int = 10_000, stacklevel: int = 3) -> Tensor:
+    """The fixed point of :func:`logme_columns` on a spectrum: maximum log evidence per sample ``(C,)``."""
+    c = sp.y2.shape[0]
     n, lam = sp.n, sp.lam
     lam_max, lam_min = float(lam.max()), float(lam.min())
 
     alpha, beta = _start(sp, tol)
-    done = torch.zeros(c, dtype=torch.bool, device=f.device)
+    done = torch.zeros(c, dtype=torch.bool, device=lam.device)
     change = math.inf
     for _ in range(int(max_iter)):
         den = alpha + beta * lam
@@ -290,7 +300,7 @@ def logme_columns(f: Tensor, y: Tensor, tol: float = 1e-7, max_iter: int = 10_00
             f"{change:.3g} > tol={tol:g}); those classes are scored at their last iterate. "
             "Raise `max_iter` or `tol`.",
             LogMEConvergenceWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
     unbounded = (sp.residual(alpha, beta, alpha + beta * lam) <= sp.floor) & (sp.floor > 0)
@@ -302,7 +312,7 @@ def logme_columns(f: Tensor, y: Tensor, tol: float = 1e-7, max_iter: int = 10_00
             "with the residual floored at the rounding level, which inflates the score; check the "
             "features for label leakage or duplicated label columns.",
             LogMEUnboundedWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     best = torch.maximum(sp.evidence(alpha, beta), sp.edges())  # (C,)
     return best / n
