@@ -183,6 +183,16 @@ def pool_score(metric: str, scores: dict[str, dict[str, float]], pool: list[str]
     return {c: scores[metric][c] for c in pool if c in scores.get(metric, {})}
 
 
+def combo_score(metric: str, scores: dict[str, dict[str, float]], pool: list[str]) -> dict[str, float]:
+    """``"a+b"``: the mean of the z-scores of ``a`` and ``b`` over ``pool`` (a documented combination)."""
+    if "+" not in metric:
+        return pool_score(metric, scores, pool)
+    parts = [pool_score(m, scores, pool) for m in metric.split("+")]
+    if any(len(q) < 2 for q in parts):
+        return {}
+    return zscore_mean(parts)
+
+
 def with_baselines(scores: dict[str, dict[str, float]], priors: dict[str, float], params: dict[str, float],
                    seed: int) -> dict[str, dict[str, float]]:
     out = dict(scores)
@@ -211,6 +221,8 @@ def report(out: Path, candidates: list[Any], n_pools: int = 200) -> dict[str, An
     names = [c.name for c in candidates]
     targets = sorted({t for t, _ in table})
     metrics = [m for m in SCORES] + ["source_acc", "params", "random"]
+    # documented combinations: each score averaged (z-scores over the pool) with the kNN baseline
+    metrics += [f"{m}+knn" for m in SCORES if m not in ("knn", "linear_probe")]
     result: dict[str, Any] = {"targets": targets, "candidates": names, "gt": {}}
     for gt_name, gt in truth.items():
         per_target: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
@@ -223,13 +235,13 @@ def report(out: Path, candidates: list[Any], n_pools: int = 200) -> dict[str, An
                 continue
             full = with_baselines(table[(t, "full")], priors, params, seed=ti)
             for m in metrics:
-                s = pool_score(m, full, names)
+                s = combo_score(m, full, names)
                 if len(s) >= 2:
                     per_target[m][t] = agreement(s, gt[t])
             for pi, pool in enumerate(subpools(sorted(gt[t]), n_pools, 4, seed=ti)):
                 taus = {}
                 for m in metrics:
-                    s = pool_score(m, full, pool) if m != "random" else {
+                    s = combo_score(m, full, pool) if m != "random" else {
                         c: float(v) for c, v in zip(pool, np.random.default_rng(1000 * ti + pi).permutation(len(pool)))}
                     if len(s) >= 4:
                         a = agreement(s, gt[t], pool)
