@@ -113,7 +113,7 @@ def test_killed_ranking_resumes_from_its_cache(cifar_folder: Path, tmp_path: Pat
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     done = list(cache.rglob("*.pt"))
-    assert 1 <= len(done) < 4 * len(cands)  # killed part-way
+    assert 0 < len(done) < 4 * len(cands)  # killed part-way
     assert not list(cache.rglob("*.tmp")) or all(p.stat().st_size >= 0 for p in cache.rglob("*.tmp"))
     resumed = rank(cands, cifar_folder, metrics=["logme"], baselines=[], cache_dir=cache, max_samples=None,
                    progress=False)
