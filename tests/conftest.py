@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_MODELS = REPO.parent / "shared" / "models"
 
 
 def _data_root() -> Path:
@@ -59,3 +60,14 @@ def _finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+@pytest.fixture(scope="session")
+def models_root() -> Path:
+    """``$TGUIDE_MODELS`` if set, else ``shared/models`` beside the repository."""
+    env = os.environ.get("TGUIDE_MODELS")
+    root = Path(env).resolve() if env else SHARED_MODELS
+    if not (root / "README.md").is_file():
+        pytest.fail(f"pretrained models not found at {root}; set TGUIDE_MODELS to the shared models folder")
+    return root
+

@@ -19,17 +19,7 @@ from tguide.nets.efficientnet_lite import Conv2dSame, efficientnet_lite, round_f
 from tguide.nets.shufflenetv2 import ShuffleNetV2Trunk, channel_split
 from tguide.select.zoo import ZOO, load_zoo_model
 
-SHARED_MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
 
-
-@pytest.fixture(scope="module")
-def models_root() -> Path:
-    """``$TGUIDE_MODELS`` if set, else ``shared/models`` beside the repository."""
-    env = os.environ.get("TGUIDE_MODELS")
-    root = Path(env).resolve() if env else SHARED_MODELS
-    if not (root / "README.md").is_file():
-        pytest.fail(f"pretrained models not found at {root}; set TGUIDE_MODELS to the shared models folder")
-    return root
 
 
 def _params(model: torch.nn.Module) -> int:

@@ -24,7 +24,6 @@ from tguide.errors import TGuideError
 from tguide.select import zoo as zoo_mod
 from tguide.select.zoo import ZOO, ZooEntry, file_sha256, load_zoo_model, models_root as zoo_models_root, zoo_transform
 
-SHARED_MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
 NAMES = ("resnet20_cifar10", "resnet32_cifar10", "resnet44_cifar10", "resnet56_cifar10", "simplecnn_cifar10",
          "lenet5_mnist", "lenet5_mnist_adv", "shufflenetv2_trunk", "efficientnet_lite0", "efficientnet_lite1",
          "efficientnet_lite2")
@@ -32,15 +31,6 @@ CIFAR = NAMES[:5]
 # ImageNet-1k indices: 673 "mouse, computer mouse", 508 "computer keyboard, keypad"
 IMAGENET_TARGET = {"mouse": 673, "keyboard": 508}
 
-
-@pytest.fixture(scope="module")
-def models_root() -> Path:
-    """``$TGUIDE_MODELS`` if set, else ``shared/models`` beside the repository."""
-    env = os.environ.get("TGUIDE_MODELS")
-    root = Path(env).resolve() if env else SHARED_MODELS
-    if not (root / "README.md").is_file():
-        pytest.fail(f"pretrained models not found at {root}; set TGUIDE_MODELS to the shared models folder")
-    return root
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ from tguide.errors import TGuideError
 from tguide.features import OUTPUT, describe_pool, extract_features, resolve_layers
 from tguide.metrics.registry import METRICS, MetricInfo, get_metric
 from tguide.select.cache import FeatureCache, cache_key
-from tguide.select.candidates import Candidate, resolve_candidate
+from tguide.select.candidates import Candidate, resolve_candidates
 
 __all__ = ["BASELINES", "DEFAULT_METRICS", "RankError", "rank", "run"]
 
@@ -207,13 +207,7 @@ def rank(
         data = load_target(target, root=root, max_samples=max_samples, seed=seed)
     if len(set(data.labels.tolist())) < 2:
         raise RankError(f"target {data.name!r} has one class only; a target task needs at least two")
-    cands = [resolve_candidate(c) for c in candidates]
-    if not cands:
-        raise RankError("no candidates given")
-    names = [c.name for c in cands]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise RankError(f"candidate names must be unique; {dupes} appear more than once")
+    cands = resolve_candidates(candidates)
     head_only = all(i.needs_source_probs or i.needs_source_samples for i in infos)
     for cand in cands:
         if head_only and not cand.head and all(i.needs_source_probs for i in infos):
