@@ -13,7 +13,9 @@ time to accumulate
 
 (``Y_t`` the one-hot target labels), from which ``W_T = H(Y_t | Y_s)``. Memory: the features,
 the potentials and one ``(block, Nt)`` block: O((Ns + Nt)·D + block·Nt). Time: every Sinkhorn
-iteration recomputes the cost, O(Ns·Nt·D) (POT's lazy solver runs in numpy on the CPU).
+iteration recomputes the cost, O(Ns·Nt·D) (POT's lazy solver runs in numpy on the CPU). The
+first call pins glibc's mmap threshold (:func:`release_large_blocks_to_os`) so that the freed
+per-iteration blocks go back to the system and the resident memory stays linear in N.
 
 References:
     [1] Y. Tan, Y. Li, S.-L. Huang, "OTCE: A Transferability Metric for Cross-Domain
@@ -24,6 +26,8 @@ References:
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import warnings
 from typing import Any, Sequence
 
@@ -42,9 +46,38 @@ from tguide.metrics.functional.otce import (
 )
 from tguide.metrics.functional.task_distance import _plogp
 
-__all__ = ["otce_large", "mean_squared_distance"]
+__all__ = ["otce_large", "mean_squared_distance", "release_large_blocks_to_os"]
 
 _BLOCK_ELEMENTS = 1 << 22  # entries of one (block, Nt) cost/coupling block: 32 MiB in float64
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+_MMAP_THRESHOLD_BYTES = 1 << 20
+_allocator_pinned = False
+
+
+def release_large_blocks_to_os() -> bool:
+    """Make glibc serve allocations of 1 MiB and more with ``mmap``, so that freeing them returns
+    the memory to the system; returns whether the setting was applied.
+
+    POT's lazy Sinkhorn allocates and frees a ``(batch, Nt)`` cost block at every iteration. Under
+    glibc's default (a threshold that adapts upwards to the largest block freed so far) those
+    blocks are served from the heap and kept after ``free``: the resident memory of a 10k × 10k
+    run grows by +2 GB and of a 20k × 20k run by +7 GB although the live data stay at a few
+    hundred MB. A fixed threshold (``mallopt(M_MMAP_THRESHOLD, 1 MiB)``, the same as the
+    environment variable ``MALLOC_MMAP_THRESHOLD_``) keeps the resident memory linear in N. It is
+    process-wide and harmless for other code (large blocks cost one ``mmap`` each), applied once,
+    and a no-op outside glibc.
+    """
+    global _allocator_pinned
+    if _allocator_pinned:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _allocator_pinned = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):  # musl or another libc: nothing to pin
+        return False
+    return _allocator_pinned
 
 
 def mean_squared_distance(xs: Tensor, xt: Tensor) -> Tensor:
@@ -85,6 +118,7 @@ def otce_large(
     """
     import ot  # POT, imported on first use
 
+    release_large_blocks_to_os()
     _check_solver_options("sinkhorn", reg, max_iter, tol)
     lam = _check_weights(weights)
     xs, xt = _prepare_features(source_features, target_features)
