@@ -312,7 +312,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         if transform is None:
             from torchvision import transforms as T
 
-            from tguide.select.candidates import _Convert
+            from tguide.data.transforms import ConvertMode as _Convert
 
             mean = tuple(mean) if mean is not None else (0.5,) * channels
             std = tuple(std) if std is not None else (0.5,) * channels
