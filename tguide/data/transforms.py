@@ -53,7 +53,7 @@ class PadResize:
     (LeCun et al., Proc. IEEE 1998) for ``inner=20, size=28``.
 
     The resized image is ``max(1, round(w · s)) × max(1, round(h · s))`` with
-    ``s = inner / max(w, h)``, pasted at ``((size − w') // 2, (size − h') // 2)``.
+    ``s = inner / max(w, h)`` (``round``: half to even), pasted at ``((size − w') // 2, (size − h') // 2)``.
     """
 
     def __init__(self, inner: int, size: int) -> None:
