@@ -16,30 +16,25 @@ them, fixed ``train`` / ``val`` / ``test`` parts (:attr:`Target.parts`).
   seeded split as its parts (fixed before any transferability score was computed; never
   depends on a model):
 
-=================  ==========================================  ==============================
-target             source files (shared data root)              parts per class: train / val / test
-=================  ==========================================  ==============================
-cifar10            ``cifar10/test`` (300 JPEG per class, q≈75)  20 / 20 / 100 (of 300)
-office31_webcam    ``domains/office31/webcam`` (all 795, 31     50% / 15% / rest (≈35%) of each
-                   classes, 11–43 per class)                    class (``round``; val ≥ 1)
-office31_amazon    ``domains/office31/amazon`` (1,000 subset,   same fractions (16 / 5 / 11–12)
-                   32–33 per class)
-mnist_m            ``domains/mnist_m`` (first 3,000 test PNGs,  20 / 20 / 100 (of 271–340)
-                   271–340 per digit)
-usps               ``usps/usps.bz2`` (train file: the target)   20 / 20 from the train file;
-                   and ``usps/usps.t.bz2`` (test file)          100 from the test file
-mnist              ``mnist`` (the 10k test set)                 80% / 10% / 10% (not in the
-                                                                zoo benchmark)
-=================  ==========================================  ==============================
+================  ==========================================  ===================================
+target            source files (shared data root)              parts per class: train / val / test
+================  ==========================================  ===================================
+cifar10           ``cifar10/test`` (300 JPEG per class, q≈75)  20 / 20 / 100 (of 300)
+office31_webcam   ``domains/office31/webcam`` (795, 31         ``round(50%)`` / ``max(1, round(15%))``
+                  classes, 11–43 per class)                    / the rest
+office31_amazon   ``domains/office31/amazon`` (1,000 subset)   same (16 / 5 / 11–12)
+mnist_m           ``domains/mnist_m`` (first 3,000 test PNGs)  20 / 20 / 100 (of 271–340)
+usps              ``usps/usps.bz2`` (the target: train file),  20 / 20 from the train file, 100
+                  ``usps/usps.t.bz2`` (test file)              from the test file (seed + 1)
+mnist             ``mnist`` (the 10k test set)                 80% / 10% / 10% (not benchmarked)
+================  ==========================================  ===================================
 
-Benchmark part totals: cifar10 200 / 200 / 1,000; office31_webcam 400 / 116 / 279;
-office31_amazon 496 / 155 / 349; mnist_m 200 / 200 / 1,000; usps 200 / 200 / 1,000. USPS items
-are the raw 16×16 grey digits as PIL ``L`` images (ink white); the candidate's transform resizes
-them. Office-31 and MNIST-M share their class names across domains; MNIST-M image *i* is derived
-from MNIST test image *i*.
-
-Splits are :func:`tguide.data.splits.stratified_split` (re-exported here), the one seeded,
-class-stratified split.
+Parts are drawn by :func:`tguide.data.splits.stratified_split` (re-exported here) with
+:data:`SPLIT_SEED`. Benchmark totals: cifar10, mnist_m, usps 200 / 200 / 1,000; office31_webcam
+400 / 116 / 279; office31_amazon 496 / 155 / 349. Budget note: the first plan was 40 train
+images per class; a timed estimate of the ground-truth grid exceeded the CPU budget, so it was
+halved to 20 before anything was run on these splits. USPS items are the raw 16×16 grey digits
+as PIL ``L`` images (ink white). MNIST-M image *i* is derived from MNIST test image *i*.
 """
 
 from __future__ import annotations
@@ -58,8 +53,9 @@ from torch.utils.data import Dataset
 from tguide.data.splits import SPLIT_SEED, SPLITS, stratified_split
 from tguide.errors import DataNotFoundError, TGuideError
 
-__all__ = ["BENCHMARK_TARGETS", "IMAGE_EXTENSIONS", "OFFICE_FRACTIONS", "PER_CLASS", "SPLITS", "SPLIT_SEED", "TARGETS", "Target", "TargetDataset", "TargetError",
-           "has_split_folders", "image_folder_target", "load_target", "open_image", "scan_image_folder", "stratified_split"]
+__all__ = ["BENCHMARK_TARGETS", "IMAGE_EXTENSIONS", "OFFICE_FRACTIONS", "PER_CLASS", "SPLITS", "SPLIT_SEED",
+           "TARGETS", "Target", "TargetDataset", "TargetError", "has_split_folders", "image_folder_target",
+           "load_target", "office_counts", "open_image", "scan_image_folder", "stratified_split"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -260,15 +256,7 @@ def image_folder_target(root: str | os.PathLike[str], name: str | None = None) -
                   f"image folder {name} (split folders {', '.join(parts)})", parts)
 
 
-# -- the named targets -----------------------------------------------------------------------
-# The zoo benchmark's fixed split protocol, fixed before any transferability score was computed:
-# per class (in file order), ``stratified_split`` with seed SPLIT_SEED deals PER_CLASS[name]
-# (train, val, test) items; Office-31 takes OFFICE_FRACTIONS (train, val) of each class (val ≥ 1,
-# test = the rest); USPS takes train and val from its train file and test from its test file
-# (seed SPLIT_SEED + 1); MNIST (not a benchmark target) is cut 0.8 / 0.1 / 0.1 per class.
-# Budget note: the first plan was 40 train images per class for cifar10 / mnist_m / usps; a timed
-# estimate of the ground-truth grid exceeded the CPU budget, so the train count was halved to 20
-# per class before anything was run on these splits.
+# -- the named targets (the zoo benchmark's protocol: see the module docstring) ----------------
 
 PER_CLASS: dict[str, tuple[int, int, int]] = {"cifar10": (20, 20, 100), "mnist_m": (20, 20, 100),
                                               "usps": (20, 20, 100)}
@@ -391,7 +379,7 @@ def load_target(name_or_path: str | os.PathLike[str], root: str | os.PathLike[st
 
     Args:
         name_or_path: ``cifar10``, ``office31_webcam``, ``office31_amazon``, ``mnist_m``, ``usps``,
-            ``mnist`` (see :mod:`tguide.data.named_targets`), or an image folder
+            ``mnist`` (see the module docstring), or an image folder
             (``<class>/<image>``, or ``train/ val/ test/`` split folders).
         root: data root of the named targets (default ``$TGUIDE_DATA``).
         split: ``None`` for the whole target (a split-folder layout: its ``train`` folder), or
