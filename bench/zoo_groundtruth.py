@@ -36,7 +36,8 @@ import torch
 
 from tguide.select.groundtruth import (DEFAULT_CACHE, Protocol, cached_inputs, extract_features, finetune,
                                        linear_probe, t_ci95, zoo_candidates)
-from tguide.select.targets import TARGETS, load_target
+from tguide.data.targets import BENCHMARK_TARGETS as TARGETS
+from tguide.data.targets import load_target
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["target", "candidate", "linear_probe_acc", "finetune_acc_mean", "finetune_acc_ci95", "finetune_lr",

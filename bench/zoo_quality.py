@@ -48,7 +48,8 @@ from tguide.metrics.registry import METRICS
 from tguide.select.evaluation import (agreement, bootstrap_ci, leave_one_target_out, setup_stability, subpools,
                                       zscore_mean)
 from tguide.select.groundtruth import DEFAULT_CACHE, cached_inputs, extract_features, normalise, zoo_candidates
-from tguide.select.targets import TARGETS, load_target
+from tguide.data.targets import BENCHMARK_TARGETS as TARGETS
+from tguide.data.targets import load_target
 
 REPO = Path(__file__).resolve().parents[1]
 SCORES = ("hscore", "hscore_shrinkage", "transrate", "transrate_comparable", "logme", "leep", "nce", "sfda",

@@ -1,4 +1,4 @@
-"""Ground-truth protocol: fixed target splits, the linear probe, and the --quick smoke run."""
+"""Ground-truth protocol: the linear probe and the --quick smoke run (the fixed target splits: tests/data/test_targets.py)."""
 
 from __future__ import annotations
 
@@ -7,56 +7,14 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
 from tguide.select.groundtruth import linear_probe, t_ci95
-from tguide.select.targets import PER_CLASS, TARGETS, load_target, stratified_split
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _keys(split, part):
-    # paths identify file items; USPS items are PIL images: identify them by their pixels
-    return [it if isinstance(it, str) else (it.tobytes(), part if part == "test" else "trainfile")
-            for it, _ in split.split(part)]
-
-
-@pytest.mark.parametrize("name", TARGETS)
-def test_target_split_disjoint_stratified_deterministic(data_root, name):
-    a = load_target(name, data_root)
-    b = load_target(name, data_root)
-    for part in ("train", "val", "test"):
-        ka, kb = _keys(a, part), _keys(b, part)
-        assert ka == kb, f"{name} {part} is not deterministic"
-        assert [y for _, y in a.split(part)] == [y for _, y in b.split(part)]
-    if name != "usps":  # file paths: the three parts share no file
-        sets = [set(_keys(a, p)) for p in ("train", "val", "test")]
-        assert all(len(s) == n for s, n in zip(sets, a.sizes.values())), "duplicate item inside a part"
-        assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
-    # stratified: every class in every part, with the documented per-class counts
-    for part in ("train", "val", "test"):
-        counts = Counter(y for _, y in a.split(part))
-        assert sorted(counts) == list(range(a.num_classes)), f"{name} {part} misses a class"
-        if name in PER_CLASS:
-            want = PER_CLASS[name][("train", "val", "test").index(part)]
-            assert set(counts.values()) == {want}
-    if name.startswith("office31"):
-        total = Counter(y for p in ("train", "val", "test") for _, y in a.split(p))
-        tr = Counter(y for _, y in a.train)
-        assert all(abs(tr[c] - 0.5 * total[c]) <= 0.5 for c in total)
-        assert abs(len(a.train) / sum(total.values()) - 0.5) < 0.02
-
-
-def test_usps_train_val_disjoint_indices():
-    labels = [i % 10 for i in range(500)]
-    tr, va, te = stratified_split(labels, (20, 10, 0), seed=0)
-    assert not set(tr) & set(va) and te == []
-    assert stratified_split(labels, (20, 10, 0), seed=0) == (tr, va, te)
-    assert stratified_split(labels, (20, 10, 0), seed=1) != (tr, va, te)
 
 
 def test_linear_probe_separable_features_reach_100_percent():

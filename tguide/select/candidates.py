@@ -34,6 +34,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from tguide.data.transforms import ConvertMode as _Convert
+from tguide.data.transforms import plain_transform as _plain_transform
 from tguide.errors import TGuideError
 from tguide.features import PoolSpec, auto_layers
 
@@ -116,29 +118,6 @@ def fallback_layers(model: nn.Module) -> list[str]:
 
 
 # -- transforms -------------------------------------------------------------------------------
-
-class _Convert:
-    """PIL image → ``mode`` (picklable, with a stable repr for the cache key)."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def __call__(self, im: Any) -> Any:
-        return im if getattr(im, "mode", self.mode) == self.mode else im.convert(self.mode)
-
-    def __repr__(self) -> str:
-        return f"Convert({self.mode!r})"
-
-
-def _plain_transform(channels: int, size: int, mean: tuple[float, ...], std: tuple[float, ...],
-                     crop: bool = False) -> Callable[[Any], Tensor]:
-    from torchvision import transforms as T
-
-    bilinear = T.InterpolationMode.BILINEAR
-    resize: list[Any] = ([T.Resize(int(size * 256 / 224), interpolation=bilinear, antialias=True), T.CenterCrop(size)]
-                         if crop else [T.Resize((size, size), interpolation=bilinear, antialias=True)])
-    return T.Compose([_Convert("L" if channels == 1 else "RGB"), *resize, T.ToTensor(), T.Normalize(mean, std)])
-
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

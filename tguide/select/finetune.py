@@ -142,8 +142,8 @@ def _per_class(data: Any, k: int, seed: int) -> Any:
 
 def _benchmark_parts(name: str, root: Any) -> dict[str, Any]:
     """The fixed train/val/test splits of a named benchmark target, as TargetData parts."""
-    from tguide.data.image_folder import TargetData
-    from tguide.select.targets import load_target as load_split
+    from tguide.data.targets import Target as TargetData
+    from tguide.data.targets import load_target as load_split
 
     split = load_split(name, root)
     parts = {}
@@ -174,8 +174,8 @@ def target_datamodule(root: Any, transform: Callable[[Any], Tensor] | None = Non
         kwargs: further :class:`ImageFolderDataModule` options (``image_size`` …; ignored when a
             transform is given).
     """
-    from tguide.data import image_folder as imf
-    from tguide.select import targets
+    from tguide.data import targets
+    from tguide.data.image_folder import ImageFolderDataModule
 
     if transform is None:
         if candidate is None:
@@ -188,13 +188,13 @@ def target_datamodule(root: Any, transform: Callable[[Any], Tensor] | None = Non
     if name in targets.TARGETS:
         return TargetDataModule(_benchmark_parts(name, data_root), transform, batch_size, num_workers, seed,
                                 train_per_class)
-    if name in imf.TARGETS:
-        data = imf.load_target(name, root=data_root)
-        idx = imf.stratified_split(data.labels, tuple(float(f) for f in split), seed)
-        return TargetDataModule(dict(zip(imf.SPLITS, (data.subset(i) for i in idx))), transform, batch_size,
+    if name in targets.TARGETS:
+        data = targets.load_target(name, root=data_root)
+        idx = targets.stratified_split(data.labels, tuple(float(f) for f in split), seed)
+        return TargetDataModule(dict(zip(targets.SPLITS, (data.subset(i) for i in idx))), transform, batch_size,
                                 num_workers, seed, train_per_class)
     kwargs = {k: v for k, v in kwargs.items() if k in ("image_size", "channels", "mean", "std")}
-    dm = imf.ImageFolderDataModule(root, batch_size=batch_size, num_workers=num_workers, split=split, seed=seed,
+    dm = ImageFolderDataModule(root, batch_size=batch_size, num_workers=num_workers, split=split, seed=seed,
                                    transform=transform, **kwargs)
     if train_per_class is None:
         return dm
@@ -210,7 +210,7 @@ def source_samples(candidate: Any, source: Any = None, *, max_samples: int = 512
     the candidate's own source dataset (``Candidate.meta["source"]``) when it is available offline.
     ``max_samples``: a seeded, class-stratified subset.
     """
-    from tguide.data.image_folder import load_target
+    from tguide.data.targets import load_target
 
     cand = _resolve(candidate) if not hasattr(candidate, "transform") else candidate
     if source is None:

@@ -55,7 +55,8 @@ import torch
 from torch import Tensor, nn
 
 from tguide.errors import TGuideError
-from tguide.select.targets import TargetSplit, open_image
+from tguide.data.targets import Target as TargetSplit
+from tguide.data.targets import open_image
 
 __all__ = ["Candidate", "DEFAULT_CACHE", "FineTuneNet", "Protocol", "ProbeResult", "RANDOM_CONTROL", "accuracy",
            "cached_inputs", "extract_features", "finetune", "fit_logreg", "geometry_key", "gt_entry",

@@ -186,7 +186,8 @@ def rank(
     """
     import pandas as pd
 
-    from tguide.data.image_folder import TargetData, load_target
+    from tguide.data.targets import Target as TargetData
+    from tguide.data.targets import load_target
 
     metrics, baselines = list(metrics), list(baselines)
     if progress == "auto":

@@ -45,6 +45,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from tguide.data.transforms import RESIZE_POLICIES, InputSpec, input_transform
 from tguide.errors import TGuideError
 from tguide.nets.advertorch_lenet import AdvertorchLeNet5
 from tguide.nets.captum_cnn import CaptumCifarCNN
@@ -54,41 +55,9 @@ from tguide.nets.shufflenetv2 import ShuffleNetV2Trunk
 
 ENV_VAR = "TGUIDE_MODELS"
 DEFAULT_ROOT = Path("..") / "shared" / "models"
-RESIZE_POLICIES = ("stretch", "crop", "pad")
 
 __all__ = ["DEFAULT_ROOT", "ENV_VAR", "InputSpec", "RESIZE_POLICIES", "ZOO", "ZooEntry", "file_sha256",
            "load_state_dict_checked", "load_zoo_model", "models_root", "zoo_names", "zoo_transform"]
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a zoo model reads: ``(channels, size, size)`` float, ``(x − mean) / std`` on [0, 1] pixels.
-
-    ``resize`` is the default policy of :func:`zoo_transform`: ``"stretch"`` (resize to
-    ``size × size``, ignoring the aspect ratio), ``"crop"`` (shorter side to
-    ``round(size / crop_pct)``, then a centre ``size × size`` crop: the ImageNet evaluation
-    protocol, e.g. 256 → 224 for ``crop_pct = 0.875``) or ``"pad"`` (longer side to ``inner``,
-    keeping the aspect ratio, then black padding to ``size × size``: MNIST digits sit in a
-    20×20 box inside 28×28).
-    """
-
-    size: int
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: str = "stretch"
-    inner: int | None = None
-    crop_pct: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.channels not in (1, 3):
-            raise TGuideError(f"InputSpec.channels must be 1 or 3, got {self.channels}")
-        if self.resize not in RESIZE_POLICIES:
-            raise TGuideError(f"InputSpec.resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise TGuideError("InputSpec.mean and std need one value per channel")
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise TGuideError(f"InputSpec.crop_pct must be in (0, 1], got {self.crop_pct}")
 
 
 @dataclass(frozen=True)
@@ -340,67 +309,8 @@ def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None 
 
 
 def zoo_transform(entry: str | ZooEntry, resize: str | None = None) -> Callable[[Any], torch.Tensor]:
-    """A torchvision transform: PIL image (any mode: ``1``, ``L``, ``RGB``, ``RGBA``, ``P``, ...) →
-    the model's normalised input ``(channels, size, size)`` float tensor.
-
-    The image is converted to the model's channel count (grey → RGB repeats the grey level;
-    RGB → grey uses PIL's ITU-R 601 luma; alpha is dropped), resized by ``resize`` (default: the
-    entry's :attr:`InputSpec.resize`; see :class:`InputSpec` for ``"stretch"``, ``"crop"`` and
-    ``"pad"``) with antialiased bilinear filtering, scaled to [0, 1] and normalised. For the MNIST
-    LeNets on 16×16 USPS-like digits, ``"pad"`` (20×20 digit in a 28×28 frame) is the policy that
-    transfers (USPS 93.3% vs 71.1% with ``"stretch"``, shared/models/README.md). No colour
-    inversion is done: MNIST models expect a light digit on a dark background.
-    """
-    from torchvision import transforms as T
-
-    spec = _entry(entry).input
-    policy = spec.resize if resize is None else resize
-    if policy not in RESIZE_POLICIES:
-        raise TGuideError(f"zoo_transform resize must be one of {RESIZE_POLICIES}, got {policy!r}")
-    mode = "L" if spec.channels == 1 else "RGB"
-    bilinear = T.InterpolationMode.BILINEAR
-    steps: list[Callable[[Any], Any]] = [_ConvertMode(mode)]
-    if policy == "stretch":
-        steps.append(T.Resize((spec.size, spec.size), interpolation=bilinear, antialias=True))
-    elif policy == "crop":
-        short = int(round(spec.size / spec.crop_pct))
-        steps += [T.Resize(short, interpolation=bilinear, antialias=True), T.CenterCrop(spec.size)]
-    else:
-        steps.append(_PadResize(spec.inner or spec.size, spec.size))
-    steps += [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
-    return T.Compose(steps)
-
-
-class _ConvertMode:
-    """PIL image → ``mode`` (``"L"`` or ``"RGB"``); a class, not a lambda, so DataLoader workers can pickle it."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def __call__(self, im: Any) -> Any:
-        return im if im.mode == self.mode else im.convert(self.mode)  # alpha is dropped, not composited
-
-    def __repr__(self) -> str:
-        return f"ConvertMode({self.mode!r})"
-
-
-class _PadResize:
-    """Resize so the longer side is ``inner`` (aspect kept, bilinear), then centre the image on a
-    black ``size × size`` canvas (MNIST's 20-in-28 layout for ``inner=20, size=28``)."""
-
-    def __init__(self, inner: int, size: int) -> None:
-        self.inner, self.size = inner, size
-
-    def __call__(self, im: Any) -> Any:
-        from PIL import Image
-
-        w, h = im.size
-        scale = self.inner / max(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        im = im.resize((nw, nh), Image.BILINEAR)
-        canvas = Image.new(im.mode, (self.size, self.size), 0)
-        canvas.paste(im, ((self.size - nw) // 2, (self.size - nh) // 2))
-        return canvas
-
-    def __repr__(self) -> str:
-        return f"PadResize(inner={self.inner}, size={self.size})"
+    """:func:`tguide.data.transforms.input_transform` of the entry's :class:`InputSpec`: PIL image
+    (any mode) → the model's normalised input; ``resize`` overrides the entry's policy. For the
+    MNIST LeNets on 16×16 USPS-like digits, ``"pad"`` (20×20 digit in a 28×28 frame) is the policy
+    that transfers (USPS 93.3% vs 71.1% with ``"stretch"``, shared/models/README.md)."""
+    return input_transform(_entry(entry).input, resize)
