@@ -1,35 +1,20 @@
-"""Candidates for model selection: a network, its own input transform, its layers and provenance.
+"""The one :class:`Candidate` type and the registry of candidate sources.
 
-:func:`resolve_candidate` turns a spec into a :class:`Candidate`:
-
-=================================  ============================================================
-spec                               candidate
-=================================  ============================================================
-``zoo:NAME``                       a pretrained checkpoint of :data:`tguide.select.zoo.ZOO`
-                                   (sha256 checked), with its own input transform
-``zoo:NAME:random``                the same architecture, seeded random init (a floor to beat)
-``torchvision:ARCH``               a torchvision architecture, seeded random init
-``torchvision:ARCH:WEIGHTS``       its pretrained ``WEIGHTS`` (e.g. ``IMAGENET1K_V1``), read
-                                   from the torch hub cache only (never downloaded)
-``timm:NAME[:random]``             a timm model (pretrained from the local cache), if timm is
-                                   installed
-``ckpt:PATH``                      a checkpoint written by ``python -m tguide.fit``: the
-                                   classifier's ``net``, rebuilt from the run folder's
-                                   ``config.yaml`` (or the checkpoint's hyper-parameters)
-``file:PATH#ARCH``                 a plain state dict for a zoo architecture or torchvision arch
-an ``nn.Module``                   used as is (``transform=`` required)
-=================================  ============================================================
+A *source* turns the part of a spec after ``KIND:`` into a :class:`Candidate`;
+:func:`register_source` adds one (the five built-in kinds, ``zoo``, ``torchvision``, ``timm``,
+``ckpt`` and ``file``, are registered the same way by the modules beside this one), and
+:func:`create_candidate` dispatches a spec to its source. :func:`list_candidates` lists what the
+sources that can enumerate themselves offer (zoo names first), like ``timm.list_models``.
 
 Every mistake is a one-line :class:`CandidateError` (a :class:`~tguide.errors.TGuideError`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -37,11 +22,11 @@ from torch import Tensor, nn
 from tguide.errors import TGuideError
 from tguide.features import PoolSpec, auto_layers
 
-__all__ = ["Candidate", "CandidateError", "KINDS", "resolve_candidate", "resolve_candidates", "fallback_layers",
-           "state_fingerprint"]
+__all__ = ["BUILTIN_KINDS", "Candidate", "CandidateError", "INIT_SEED", "SourceInfo", "create_candidate", "fallback_layers",
+           "list_candidates", "register_source", "registered_sources", "resolve_candidate", "resolve_candidates",
+           "seeded_init", "state_fingerprint"]
 
-KINDS = ("zoo", "torchvision", "timm", "ckpt", "file")
-_INIT_SEED = 0  # random-init candidates are seeded, so that they (and their cache entries) are reproducible
+INIT_SEED = 0  # random-init candidates are seeded, so that they (and their cache entries) are reproducible
 
 
 class CandidateError(TGuideError):
@@ -64,6 +49,9 @@ class Candidate:
         fingerprint: content key of the weights (file sha256, or the spec for seeded random
             init) used by the feature cache.
         pool: per-layer pooling (see :func:`tguide.features.reduce_output`).
+        meta: free-form facts from the source (e.g. the zoo entry's training data).
+        spec: the spec string that :func:`create_candidate` makes this candidate from again
+            (``""`` for an in-memory module).
     """
 
     name: str
@@ -77,6 +65,7 @@ class Candidate:
     fingerprint: str = ""
     pool: PoolSpec = "avg"
     meta: dict[str, Any] = field(default_factory=dict)
+    spec: str = ""
 
     def __post_init__(self) -> None:
         self.network.eval()
@@ -115,6 +104,13 @@ def fallback_layers(model: nn.Module) -> list[str]:
     return names
 
 
+def seeded_init(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` under the fixed :data:`INIT_SEED` (the global RNG state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        return build()
+
+
 # -- transforms -------------------------------------------------------------------------------
 
 class _Convert:
@@ -143,239 +139,92 @@ def _plain_transform(channels: int, size: int, mean: tuple[float, ...], std: tup
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-# -- the kinds --------------------------------------------------------------------------------
+# -- the registry of sources --------------------------------------------------------------------
 
-def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_INIT_SEED)
-        return build()
+@dataclass(frozen=True)
+class SourceInfo:
+    """One registered candidate source.
 
+    Attributes:
+        kind: the spec prefix (``zoo`` in ``zoo:NAME``).
+        factory: ``rest -> Candidate``, ``rest`` being the spec after ``KIND:``.
+        usage: the spec forms, for error messages (``"zoo:NAME, zoo:NAME:random"``).
+        lister: ``() -> names`` of what :func:`list_candidates` shows for this kind (the part after
+            ``KIND:``), or ``None`` when the source cannot enumerate itself (files, checkpoints).
+    """
 
-def _zoo(name: str, option: str | None) -> Candidate:
-    from tguide.select.zoo import ZOO, load_zoo_model, zoo_transform
-
-    if name not in ZOO:
-        raise CandidateError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO)}")
-    entry = ZOO[name]
-    if option not in (None, "random"):
-        raise CandidateError(f"zoo:{name}:{option}: the only option after a zoo name is ':random' (random init)")
-    if option == "random":
-        model = _seeded(entry.builder)
-        return Candidate(f"{name}:random", model.eval(), zoo_transform(entry), list(entry.layers), entry.has_head,
-                         f"zoo {name} architecture, random init (seed {_INIT_SEED})", None,
-                         entry.params, f"zoo:{name}:random:{_INIT_SEED}")
-    model, entry = load_zoo_model(name)
-    acc = entry.measured_acc if entry.measured_acc is not None else entry.reported_acc
-    return Candidate(name, model, zoo_transform(entry), list(entry.layers), entry.has_head,
-                     f"zoo {name}: {entry.path} sha256 {entry.sha256}", acc, entry.params, f"sha256:{entry.sha256}",
-                     meta={"source": entry.source, "measured_on": entry.measured_on})
+    kind: str
+    factory: Callable[[str], Candidate] = field(repr=False)
+    usage: str = ""
+    lister: Callable[[], Iterable[str]] | None = field(default=None, repr=False)
 
 
-def _torchvision_archs() -> list[str]:
-    from torchvision import models
-
-    return sorted(models.list_models(module=models))
+_SOURCES: dict[str, SourceInfo] = {}
+BUILTIN_KINDS = ("zoo", "torchvision", "timm", "ckpt", "file")  # listed first, in this order
 
 
-def _torchvision(arch: str, weights: str | None) -> Candidate:
-    from torchvision import models
-
-    archs = _torchvision_archs()
-    if arch not in archs:
-        import difflib
-
-        close = difflib.get_close_matches(arch, archs, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise CandidateError(f"unknown torchvision architecture {arch!r}{hint}; see torchvision.models.list_models()")
-    if weights is None:
-        model = _seeded(lambda: models.get_model(arch, weights=None))
-        return Candidate(f"torchvision:{arch}", model.eval(), _plain_transform(3, 224, *_IMAGENET, crop=True),
-                         fallback_layers(model), True, f"torchvision {arch}, random init (seed {_INIT_SEED})",
-                         None, 0, f"torchvision:{arch}:random:{_INIT_SEED}")
-    enum = models.get_model_weights(arch)
-    names = [w.name for w in enum]
-    if weights not in names and weights != "DEFAULT":
-        raise CandidateError(f"torchvision {arch} has no weights {weights!r}; valid: {', '.join(names)}")
-    w = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
-    if not path.is_file():
-        raise CandidateError(f"torchvision:{arch}:{w.name}: weights file not in the torch hub cache, expected "
-                             f"{str(path)!r} (offline: nothing is downloaded; copy the file there or set TORCH_HOME)")
-    from tguide.select.zoo import file_sha256, load_state_dict_checked
-
-    model = models.get_model(arch, weights=None, num_classes=len(w.meta.get("categories") or []) or 1000)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise CandidateError(f"cannot load {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-    load_state_dict_checked(model, state, f"torchvision weights {str(path)!r}")
-    acc = None
-    for metrics in (w.meta.get("_metrics") or {}).values():
-        if "acc@1" in metrics:
-            acc = float(metrics["acc@1"]) / 100
-            break
-    sha = file_sha256(path)
-    transform = _Compose2(_Convert("RGB"), w.transforms())
-    return Candidate(f"torchvision:{arch}:{w.name}", model.eval(), transform, fallback_layers(model), True,
-                     f"torchvision {arch} {w.name}: {path} sha256 {sha}", acc, 0, f"sha256:{sha}")
+def _ordered() -> list[SourceInfo]:
+    """The sources: the built-in kinds in :data:`BUILTIN_KINDS` order, then the others as registered."""
+    rank = {k: i for i, k in enumerate(BUILTIN_KINDS)}
+    return sorted(_SOURCES.values(), key=lambda s: rank.get(s.kind, len(rank)))
 
 
-class _Compose2:
-    def __init__(self, *steps: Callable[[Any], Any]) -> None:
-        self.steps = steps
+def register_source(kind: str, factory: Callable[[str], Candidate], *, usage: str | None = None,
+                    lister: Callable[[], Iterable[str]] | None = None, replace: bool = False) -> SourceInfo:
+    """Make ``create_candidate("KIND:REST")`` call ``factory(REST)``.
 
-    def __call__(self, x: Any) -> Any:
-        for step in self.steps:
-            x = step(x)
-        return x
+    Args:
+        kind: the spec prefix: a non-empty identifier-like word without ``:``.
+        factory: ``REST -> Candidate``; raise :class:`CandidateError` (one line) on a bad ``REST``.
+        usage: the spec forms shown in errors (default ``"KIND:..."``).
+        lister: names this source offers, for :func:`list_candidates` (optional).
+        replace: allow replacing an already registered kind.
 
-    def __repr__(self) -> str:
-        return "Compose(" + ", ".join(repr(s) for s in self.steps) + ")"
-
-
-def _timm(name: str, option: str | None) -> Candidate:
-    try:
-        import timm  # type: ignore[import-not-found]
-    except ImportError:
-        raise CandidateError(f"timm:{name}: timm is not installed; pip install timm") from None
-    pretrained = option != "random"
-    try:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        model = _seeded(lambda: timm.create_model(name, pretrained=pretrained))
-    except Exception as err:  # noqa: BLE001 - unknown name, weights not cached
-        raise CandidateError(f"timm:{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-    cfg = timm.data.resolve_data_config({}, model=model)
-    size = int(cfg["input_size"][-1])
-    transform = _plain_transform(3, size, tuple(cfg["mean"]), tuple(cfg["std"]), crop=True)
-    head = getattr(model, "num_classes", 0) > 0
-    return Candidate(f"timm:{name}" + (":random" if not pretrained else ""), model.eval(), transform,
-                     fallback_layers(model), head, f"timm {name} ({'pretrained' if pretrained else 'random init'})",
-                     None, 0, "" if pretrained else f"timm:{name}:random:{_INIT_SEED}")
+    Returns:
+        the registered :class:`SourceInfo`.
+    """
+    if not isinstance(kind, str) or not kind or ":" in kind or not kind.replace("_", "a").replace("-", "a").isalnum():
+        raise CandidateError(f"a source kind must be a non-empty word without ':', got {kind!r}")
+    if not callable(factory):
+        raise CandidateError(f"the factory of source {kind!r} must be callable (rest of the spec -> Candidate), "
+                             f"got {type(factory).__name__}")
+    if kind in _SOURCES and not replace:
+        raise CandidateError(f"candidate source {kind!r} is already registered; pass replace=True to replace it")
+    info = SourceInfo(kind, factory, usage or f"{kind}:...", lister)
+    _SOURCES[kind] = info
+    return info
 
 
-def _strip(state: Mapping[str, Any]) -> dict[str, Any]:
-    for key in ("state_dict", "model", "net"):
-        if key in state and isinstance(state[key], Mapping):
-            state = state[key]
-            break
-    out = dict(state)
-    for prefix in ("module.", "net."):
-        if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix):]: v for k, v in out.items()}
-    return out
+def registered_sources() -> tuple[str, ...]:
+    """The registered kinds: the built-ins (zoo, torchvision, timm, ckpt, file), then the others as registered."""
+    return tuple(s.kind for s in _ordered())
 
 
-def _file(path_arch: str) -> Candidate:
-    from tguide.select.zoo import ZOO, file_sha256, load_state_dict_checked
-
-    if "#" not in path_arch:
-        raise CandidateError(f"file:{path_arch}: name the architecture after '#', e.g. file:weights.pt#resnet20_cifar10 "
-                             f"(zoo architectures: {', '.join(ZOO)}; or a torchvision arch such as resnet18)")
-    path_s, arch = path_arch.rsplit("#", 1)
-    path = Path(path_s).expanduser()
-    if not path.is_file():
-        raise CandidateError(f"file:{path_s}: no such file {str(path.resolve())!r}")
-    if arch in ZOO:
-        entry = ZOO[arch]
-        from tguide.select.zoo import zoo_transform
-
-        model, transform, layers, head = entry.builder(), zoo_transform(entry), list(entry.layers), entry.has_head
-    else:
-        if arch not in _torchvision_archs():
-            raise CandidateError(f"file:{path_s}#{arch}: unknown architecture {arch!r}; valid: the zoo names "
-                                 f"({', '.join(ZOO)}) or a torchvision arch (torchvision.models.list_models())")
-        from torchvision import models
-
-        model = models.get_model(arch, weights=None)
-        transform, head = _plain_transform(3, 224, *_IMAGENET, crop=True), True
-        layers = fallback_layers(model)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise CandidateError(f"cannot load {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-    if not isinstance(state, Mapping):
-        raise CandidateError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
-    state = _strip(state)
-    if arch not in ZOO and "fc.weight" in state:  # a torchvision classifier with its own class count
-        from torchvision import models
-
-        model = models.get_model(arch, weights=None, num_classes=int(state["fc.weight"].shape[0]))
-    load_state_dict_checked(model, state, f"file {str(path)!r}")
-    sha = file_sha256(path)
-    return Candidate(f"{path.stem}#{arch}", model.eval(), transform, layers, head,
-                     f"state dict {path.resolve()} sha256 {sha} as {arch}", None, 0, f"sha256:{sha}")
+def _unknown_spec(spec: str) -> CandidateError:
+    usages = ", ".join(s.usage for s in _ordered())
+    return CandidateError(f"unknown candidate spec {spec!r}; use one of {usages} "
+                          f"(registered kinds: {', '.join(registered_sources())})")
 
 
-def _ckpt(path_s: str) -> Candidate:
-    from omegaconf import OmegaConf
-
-    from tguide.select.zoo import file_sha256
-
-    path = Path(path_s).expanduser()
-    if not path.is_file():
-        raise CandidateError(f"ckpt:{path_s}: no such checkpoint {str(path.resolve())!r}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise CandidateError(f"cannot load checkpoint {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-        raise CandidateError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'); for a plain state dict "
-                             "use file:PATH#ARCH")
-    cfg = None
-    for folder in (path.parent, path.parent.parent):
-        if (folder / "config.yaml").is_file():
-            cfg = OmegaConf.load(folder / "config.yaml")
-            break
-    model_cfg = cfg.get("model") if cfg is not None else None
-    if model_cfg is None:
-        hp = ckpt.get("hyper_parameters") or {}
-        if isinstance(hp, Mapping) and isinstance(hp.get("net"), Mapping) and "_target_" in hp["net"]:
-            model_cfg = OmegaConf.create({"net": hp["net"]})
-    if model_cfg is None or model_cfg.get("net") is None:
-        raise CandidateError(f"ckpt:{path_s}: cannot rebuild the network: no config.yaml with a model.net block in "
-                             f"{str(path.parent)!r} or its parent, and no net in the checkpoint's hyper-parameters")
-    from hydra.utils import instantiate
-
-    try:
-        net = instantiate(model_cfg.net)
-    except Exception as err:  # noqa: BLE001
-        raise CandidateError(f"ckpt:{path_s}: cannot build model.net ({model_cfg.net.get('_target_')}): {err}") from err
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    from tguide.select.zoo import load_state_dict_checked
-
-    load_state_dict_checked(net, state, f"checkpoint {str(path)!r}")
-    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = conv.in_channels if conv is not None else 1
-    size = int(model_cfg.net.get("image_size") or (28 if channels == 1 else 32))
-    data_target = str((cfg.get("data") or {}).get("_target_", "")) if cfg is not None else ""
-    if "mnist" in data_target.lower():
-        from tguide.data.mnist import MEAN, STD
-
-        mean, std = (float(MEAN),), (float(STD),)
-    else:
-        mean, std = (0.5,) * channels, (0.5,) * channels
-    acc = None
-    metrics_file = path.parent.parent / "metrics.json"
-    if metrics_file.is_file():
-        import json
-
-        try:
-            acc = json.loads(metrics_file.read_text()).get("test/acc")
-        except (ValueError, AttributeError):
-            acc = None
-    sha = file_sha256(path)
-    head = isinstance(list(net.children())[-1] if list(net.children()) else None, nn.Linear)
-    return Candidate(f"ckpt:{path.parent.parent.name}/{path.name}", net.eval(),
-                     _plain_transform(channels, size, mean, std), fallback_layers(net), head,
-                     f"tguide checkpoint {path.resolve()} sha256 {sha}", acc, 0, f"sha256:{sha}")
+def _from_spec(spec: str) -> Candidate:
+    kind, _, rest = spec.partition(":")
+    if kind not in _SOURCES or not rest:
+        raise _unknown_spec(spec)
+    cand = _SOURCES[kind].factory(rest)
+    if not isinstance(cand, Candidate):
+        raise CandidateError(f"source {kind!r} returned a {type(cand).__name__} for {spec!r}, not a Candidate")
+    if not cand.spec:
+        cand.spec = spec
+    return cand
 
 
-def resolve_candidate(spec: str | Candidate | nn.Module, *, transform: Callable[[Any], Tensor] | None = None,
-                      layers: list[str] | None = None, name: str | None = None) -> Candidate:
-    """A :class:`Candidate` from a spec (see the module doc), a Candidate, or an ``nn.Module``.
+def create_candidate(spec: str | Candidate | nn.Module, *, transform: Callable[[Any], Tensor] | None = None,
+                     layers: list[str] | None = None, name: str | None = None) -> Candidate:
+    """A :class:`Candidate` from a spec (``KIND:REST`` of a registered source), a Candidate, or an ``nn.Module``.
 
     ``transform``, ``layers`` and ``name`` override what the spec gives (an ``nn.Module`` needs
-    ``transform``). Raises :class:`CandidateError` (one line) for anything that cannot be resolved.
+    ``transform``). Raises :class:`CandidateError` (one line) for anything that cannot be resolved;
+    an unknown kind lists the registered ones.
     """
     if isinstance(spec, Candidate):
         cand = spec
@@ -385,23 +234,7 @@ def resolve_candidate(spec: str | Candidate | nn.Module, *, transform: Callable[
         cand = Candidate(name or type(spec).__name__, spec, transform, layers or fallback_layers(spec),
                          True, f"in-memory {type(spec).__name__}")
     elif isinstance(spec, str):
-        kind, _, rest = spec.partition(":")
-        if kind not in KINDS or not rest:
-            raise CandidateError(f"unknown candidate spec {spec!r}; use one of zoo:NAME, zoo:NAME:random, "
-                                 "torchvision:ARCH[:WEIGHTS], timm:NAME, ckpt:PATH, file:PATH#ARCH")
-        if kind == "zoo":
-            zname, _, option = rest.partition(":")
-            cand = _zoo(zname, option or None)
-        elif kind == "torchvision":
-            arch, _, weights = rest.partition(":")
-            cand = _torchvision(arch, weights or None)
-        elif kind == "timm":
-            tname, _, option = rest.partition(":")
-            cand = _timm(tname, option or None)
-        elif kind == "ckpt":
-            cand = _ckpt(rest)
-        else:
-            cand = _file(rest)
+        cand = _from_spec(spec)
     else:
         raise CandidateError(f"a candidate must be a spec string, a Candidate or an nn.Module, got {type(spec).__name__}")
     if transform is not None:
@@ -413,11 +246,14 @@ def resolve_candidate(spec: str | Candidate | nn.Module, *, transform: Callable[
     return cand
 
 
+resolve_candidate = create_candidate  # the name callers used before the registry of sources
+
+
 def resolve_candidates(specs: Any) -> list[Candidate]:
     """Resolve a list of specs; names must be unique (``CandidateError`` otherwise)."""
     if isinstance(specs, (str, Candidate, nn.Module)):
         specs = [specs]
-    cands = [resolve_candidate(s) for s in specs]
+    cands = [create_candidate(s) for s in specs]
     if not cands:
         raise CandidateError("no candidates given; pass e.g. rank.candidates=[zoo:resnet20_cifar10,zoo:simplecnn_cifar10]")
     names = [c.name for c in cands]
@@ -425,3 +261,23 @@ def resolve_candidates(specs: Any) -> list[Candidate]:
     if dupes:
         raise CandidateError(f"candidate names must be unique, {dupes} appear more than once")
     return cands
+
+
+def list_candidates(pattern: str | None = None) -> list[str]:
+    """Spec strings of the candidates the sources can enumerate, zoo names first (then torchvision
+    architectures, then timm models when timm is installed), like ``timm.list_models``.
+
+    ``pattern`` is a shell wildcard (:mod:`fnmatch`, case-insensitive) matched against the whole
+    spec or the name after ``KIND:``: ``list_candidates("*resnet2*")``, ``list_candidates("zoo:*")``.
+    Files and checkpoints (``ckpt:``, ``file:``) cannot be listed.
+    """
+    out: list[str] = []
+    for info in _ordered():
+        if info.lister is None:
+            continue
+        for name in info.lister():
+            spec = f"{info.kind}:{name}"
+            if pattern is None or fnmatch.fnmatch(spec.lower(), pattern.lower()) \
+                    or fnmatch.fnmatch(str(name).lower(), pattern.lower()):
+                out.append(spec)
+    return out
