@@ -85,6 +85,46 @@ def test_models_root_env_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert zoo_models_root() == (tmp_path / "shared" / "models").resolve()
 
 
+def test_register_zoo_model_with_a_loader_and_get_zoo_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from tguide.select.candidates import create_candidate
+    from tguide.select.zoo import get_zoo_entry, register_zoo_model
+
+    monkeypatch.setattr(zoo_mod, "ZOO", dict(ZOO))  # a private copy: the test's entries vanish afterwards
+    base = get_zoo_entry("resnet20_cifar10")
+    assert base is zoo_mod.ZOO["resnet20_cifar10"] and base.load is None
+    torch.manual_seed(1)
+    trained = base.builder()  # stands in for a network a study trained and cached
+    calls = []
+
+    def load() -> torch.nn.Module:
+        calls.append(1)
+        return trained
+
+    entry = dataclasses.replace(base, name="resnet20_study", path="", sha256="", load=load)
+    assert register_zoo_model(entry) is entry and get_zoo_entry("resnet20_study") is entry
+    assert tuple(zoo_mod.ZOO)[-1] == "resnet20_study"
+    model, got = load_zoo_model("resnet20_study", root="/nonexistent")  # no file is read
+    assert model is trained and got is entry and not model.training and calls == [1]
+    cand = create_candidate("zoo:resnet20_study")
+    assert torch.equal(cand.network.conv1.weight, trained.conv1.weight) and cand.spec == "zoo:resnet20_study"
+    assert cand.fingerprint.startswith("state:") and "built in process" in cand.provenance
+    rand = create_candidate("zoo:resnet20_study:random")  # the builder still gives the random control
+    assert not torch.equal(rand.network.conv1.weight, trained.conv1.weight)
+    with pytest.raises(TGuideError, match="'resnet20_study' is already registered; pass replace=True"):
+        register_zoo_model(entry)
+    assert register_zoo_model(dataclasses.replace(entry, params=1), replace=True).params == 1
+    with pytest.raises(TGuideError, match="needs a checkpoint .* or a load=callable"):
+        register_zoo_model(dataclasses.replace(base, name="nofile", path="", sha256=""))
+    with pytest.raises(TGuideError, match="unknown zoo model 'nope'; valid names: resnet20_cifar10.*resnet20_study"):
+        get_zoo_entry("nope")
+    bad = dataclasses.replace(entry, name="broken", load=lambda: "not a module")
+    register_zoo_model(bad)
+    with pytest.raises(TGuideError, match="'broken': load\\(\\) returned a str, not an nn.Module"):
+        load_zoo_model("broken")
+
+
 # ---------------------------------------------------------------------------- bad inputs
 
 

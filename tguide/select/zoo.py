@@ -57,7 +57,8 @@ DEFAULT_ROOT = Path("..") / "shared" / "models"
 RESIZE_POLICIES = ("stretch", "crop", "pad")
 
 __all__ = ["DEFAULT_ROOT", "ENV_VAR", "InputSpec", "RESIZE_POLICIES", "ZOO", "ZooEntry", "file_sha256",
-           "load_state_dict_checked", "load_zoo_model", "models_root", "zoo_names", "zoo_transform"]
+           "get_zoo_entry", "load_state_dict_checked", "load_zoo_model", "models_root", "register_zoo_model",
+           "zoo_names", "zoo_transform"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,9 @@ class ZooEntry:
         has_head: whether ``forward`` returns class logits (else pooled features).
         state_dict_key: key of the state dict inside the file's dict, if any.
         strip_prefix: prefix removed from every key (``"module."`` for DataParallel files).
+        load: ``() -> nn.Module`` with its weights, for an entry that has no file (``path`` and
+            ``sha256`` empty): a random control, or a source a study trains and caches.
+            :func:`load_zoo_model` calls it instead of reading a checkpoint.
     """
 
     name: str
@@ -128,6 +132,7 @@ class ZooEntry:
     has_head: bool
     state_dict_key: str | None = None
     strip_prefix: str = ""
+    load: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
 
 
 _CIFAR_IMAGENET_NORM = InputSpec(32, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "stretch")
@@ -214,7 +219,36 @@ _ENTRIES: tuple[ZooEntry, ...] = (
           "Office-31 webcam plausible-set top-1 71.0%, top-5 92.0% (100 images)"),
 )
 
-ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
+ZOO: dict[str, ZooEntry] = {}  # name -> entry, in registration order: the one zoo every part reads
+
+
+def register_zoo_model(entry: ZooEntry, *, replace: bool = False) -> ZooEntry:
+    """Add ``entry`` to :data:`ZOO` (so ``zoo:NAME`` names it everywhere) and return it.
+
+    An entry either names a checkpoint file (``path`` under the models root and its ``sha256``)
+    or has a ``load`` callable and no file. Raises :class:`TGuideError` for a name already taken
+    (unless ``replace``), or an entry with neither a file nor ``load``.
+    """
+    if not isinstance(entry, ZooEntry):
+        raise TGuideError(f"register_zoo_model takes a ZooEntry, got {type(entry).__name__}")
+    if not entry.name or ":" in entry.name:
+        raise TGuideError(f"a zoo name must be non-empty and without ':', got {entry.name!r}")
+    if entry.load is None and not (entry.path and len(entry.sha256) == 64):
+        raise TGuideError(f"zoo entry {entry.name!r} needs a checkpoint (path and its 64-digit sha256) or a "
+                          "load=callable returning the model")
+    if entry.load is not None and not callable(entry.load):
+        raise TGuideError(f"zoo entry {entry.name!r}: load must be callable, got {type(entry.load).__name__}")
+    if not callable(entry.builder):
+        raise TGuideError(f"zoo entry {entry.name!r}: builder must be callable (() -> untrained nn.Module)")
+    if entry.name in ZOO and not replace:
+        raise TGuideError(f"zoo model {entry.name!r} is already registered; pass replace=True to replace it")
+    ZOO[entry.name] = entry
+    return entry
+
+
+for _e in _ENTRIES:
+    register_zoo_model(_e)
+del _e
 
 # (resolved path, mtime_ns, size) -> sha256 hex digest of a file already hashed in this process
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
@@ -225,12 +259,15 @@ def zoo_names() -> tuple[str, ...]:
     return tuple(ZOO)
 
 
-def _entry(name: str | ZooEntry) -> ZooEntry:
-    if isinstance(name, ZooEntry):
-        return name
+def get_zoo_entry(name: str) -> ZooEntry:
+    """The registered entry ``name``; an unknown name is a one-line :class:`TGuideError` listing the names."""
     if name not in ZOO:
         raise TGuideError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO)}")
     return ZOO[name]
+
+
+def _entry(name: str | ZooEntry) -> ZooEntry:
+    return name if isinstance(name, ZooEntry) else get_zoo_entry(name)
 
 
 def models_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -293,6 +330,8 @@ def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None 
                    verify: bool = True) -> tuple[nn.Module, ZooEntry]:
     """Build the zoo model ``name``, load its pretrained weights strictly, return ``(model.eval(), entry)``.
 
+    An entry with ``load`` (no file) is built by calling it; ``root`` and ``verify`` do not apply.
+
     Args:
         name: a key of :data:`ZOO` (or a :class:`ZooEntry`).
         root: models root (default: :func:`models_root`).
@@ -303,6 +342,8 @@ def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None 
             that does not fit the architecture.
     """
     entry = _entry(name)
+    if entry.load is not None:
+        return _load_built(entry), entry
     base = models_root(root)
     path = base / entry.path
     if not path.is_file():
@@ -337,6 +378,21 @@ def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None 
     model = entry.builder()
     load_state_dict_checked(model, state, f"zoo model {entry.name!r} ({str(path)!r})")
     return model.eval(), entry
+
+
+def _load_built(entry: ZooEntry) -> nn.Module:
+    """The model of an entry without a file, from its ``load`` callable."""
+    assert entry.load is not None
+    try:
+        model = entry.load()
+    except TGuideError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a study's loader may fail in any way; say which entry
+        raise TGuideError(f"zoo model {entry.name!r}: its load() failed: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    if not isinstance(model, nn.Module):
+        raise TGuideError(f"zoo model {entry.name!r}: load() returned a {type(model).__name__}, not an nn.Module")
+    return model.eval()
 
 
 def zoo_transform(entry: str | ZooEntry, resize: str | None = None) -> Callable[[Any], torch.Tensor]:
