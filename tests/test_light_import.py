@@ -1,4 +1,5 @@
-"""`import tguide` and `import tguide.metrics` stay light: no Lightning, torchmetrics, POT, torchvision, plotting or W&B.
+"""`import tguide` and `import tguide.metrics` stay light: no Lightning, torchmetrics, POT, torchvision,
+plotting or W&B (and `import tguide` no torch at all).
 
 Checked in a fresh interpreter (this test process has imported everything already).
 """

@@ -50,6 +50,7 @@ def test_files_and_baseline_sentences(tmp_path: Path):
                                 "z = 7.0 against the label-shuffle null")
     assert ranking.baseline_picks["knn"].candidate == "beta" and ranking.baseline_picks["source_accuracy"].score == 0.9
     assert ranking.candidate_timings() == {c: {"extract_s": 1.0, "score_s": 0.1} for c in ("alpha", "beta", "gamma")}
+    assert repr(ranking) == "Ranking(target='toy', candidates=3, rows=24, pick=alpha @ l3 by logme, warnings=0)"
     sentences = baseline_sentences(ranking)
     assert any("knn would pick beta instead: logme's pick alpha loses to it on knn (0.5 vs 0.8)" in s for s in sentences)
     paths = write_reports(ranking, tmp_path)

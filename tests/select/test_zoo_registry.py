@@ -21,6 +21,7 @@ from PIL import Image
 from tguide.data.cifar10 import load_cifar10
 from tguide.data.mnist import load_mnist_test
 from tguide.errors import TGuideError
+from tguide.select import checkpoints as checkpoints_mod
 from tguide.select import zoo as zoo_mod
 from tguide.select.zoo import ZOO, ZooEntry, file_sha256, load_zoo_model, models_root as zoo_models_root, zoo_transform
 
@@ -188,12 +189,12 @@ def test_sha256_is_cached_per_path_mtime_size(tmp_path: Path, models_root: Path)
     digest = file_sha256(f)
     assert digest == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     st = f.stat()
-    assert zoo_mod._HASH_CACHE[(str(f.resolve()), st.st_mtime_ns, st.st_size)] == digest
+    assert checkpoints_mod._HASH_CACHE[(str(f.resolve()), st.st_mtime_ns, st.st_size)] == digest
     f.write_bytes(b"abcd")
     assert file_sha256(f) != digest  # size changed: hashed again
     load_zoo_model("simplecnn_cifar10")
     real = (models_root / ZOO["simplecnn_cifar10"].path).resolve()
-    assert any(k[0] == str(real) for k in zoo_mod._HASH_CACHE)
+    assert any(k[0] == str(real) for k in checkpoints_mod._HASH_CACHE)
 
 
 # ---------------------------------------------------------------------------- transforms

@@ -4,7 +4,9 @@
 (``python -m tguide.fit recipe=rank rank.candidates=[...] data=image_folder data.root=PATH``).
 
 :func:`rank` returns a :class:`~tguide.select.ranking_result.Ranking` (table, pick, baselines'
-picks, warnings, timings). For each candidate (:func:`tguide.select.candidates.create_candidate`) the target images go
+picks, warnings, timings) in six steps: resolve the candidates
+(:func:`tguide.select.candidates.create_candidate`), check their layers, extract features, score,
+add nulls and baselines, pick. The target images go
 through the candidate's own transform and network once; the chosen layers are captured with
 forward hooks (:func:`tguide.features.extract_features`, pooled per layer) together with the
 network's output when it has a head (LEEP and NCE read its softmax). Features are cached on

@@ -74,6 +74,12 @@ class Ranking:
     null: int = 0
     cache: dict[str, int] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        pick = (f"{self.pick.candidate}" + (f" @ {self.pick.layer}" if self.pick.layer else "") + f" by {self.pick.metric}"
+                if self.pick is not None else "none")
+        return (f"Ranking(target={self.target.get('name', '?')!r}, candidates={len(self.candidates)}, "
+                f"rows={len(self.table)}, pick={pick}, warnings={len(self.warnings)})")
+
     def candidate_timings(self) -> dict[str, dict[str, float]]:
         """``{candidate: {"extract_s", "score_s"}}`` from :attr:`timings`."""
         out: dict[str, dict[str, float]] = {}

@@ -36,7 +36,6 @@ returns the model in eval mode. Every failure is a one-line :class:`~tguide.erro
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from tguide.nets.captum_cnn import CaptumCifarCNN
 from tguide.nets.cifar_resnet import CifarResNet
 from tguide.nets.efficientnet_lite import efficientnet_lite
 from tguide.nets.shufflenetv2 import ShuffleNetV2Trunk
+from tguide.select.checkpoints import file_sha256, load_state_dict_checked  # re-exported
 
 ENV_VAR = "TGUIDE_MODELS"
 DEFAULT_ROOT = Path("..") / "shared" / "models"
@@ -250,8 +250,6 @@ for _e in _ENTRIES:
     register_zoo_model(_e)
 del _e
 
-# (resolved path, mtime_ns, size) -> sha256 hex digest of a file already hashed in this process
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def zoo_names() -> tuple[str, ...]:
@@ -279,51 +277,6 @@ def models_root(root: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser().resolve()
     return DEFAULT_ROOT.resolve()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of a file, remembered per (path, mtime, size) for this process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_mtime_ns, st.st_size)
-    cached = _HASH_CACHE.get(key)
-    if cached is not None:
-        return cached
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    _HASH_CACHE[key] = digest
-    return digest
-
-
-def _shorten(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def load_state_dict_checked(model: nn.Module, state: Mapping[str, Any], what: str = "checkpoint") -> None:
-    """``model.load_state_dict(state, strict=True)``, with a mismatch reported as one-line
-    :class:`TGuideError` that summarises missing / unexpected keys and shape clashes."""
-    try:
-        model.load_state_dict(state, strict=True)
-        return
-    except RuntimeError:
-        pass
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s) [{_shorten(missing)}]")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s) [{_shorten(unexpected)}]")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es) [{_shorten(shapes, 3)}]")
-    detail = "; ".join(parts) or "load_state_dict(strict=True) refused it"
-    raise TGuideError(f"{what} does not fit {type(model).__name__}: {detail}")
 
 
 def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None = None,

@@ -36,6 +36,6 @@ from tguide.select.candidates.base import (BUILTIN_KINDS, INIT_SEED, Candidate, 
                                            register_source, registered_sources, resolve_candidate,
                                            resolve_candidates, seeded_init, state_fingerprint)
 
-__all__ = ["BUILTIN_KINDS", "Candidate", "CandidateError", "INIT_SEED", "SourceInfo", "create_candidate", "fallback_layers",
-           "list_candidates", "register_source", "registered_sources", "resolve_candidate", "resolve_candidates",
-           "seeded_init", "state_fingerprint"]
+__all__ = ["BUILTIN_KINDS", "Candidate", "CandidateError", "INIT_SEED", "SourceInfo", "create_candidate",
+           "fallback_layers", "list_candidates", "register_source", "registered_sources", "resolve_candidate",
+           "resolve_candidates", "seeded_init", "state_fingerprint"]

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from tguide.errors import TGuideError
 from tguide.features import PoolSpec, auto_layers
 
-__all__ = ["BUILTIN_KINDS", "Candidate", "CandidateError", "INIT_SEED", "SourceInfo", "create_candidate", "fallback_layers",
-           "list_candidates", "register_source", "registered_sources", "resolve_candidate", "resolve_candidates",
-           "seeded_init", "state_fingerprint"]
+__all__ = ["BUILTIN_KINDS", "Candidate", "CandidateError", "INIT_SEED", "SourceInfo", "create_candidate",
+           "fallback_layers", "list_candidates", "register_source", "registered_sources", "resolve_candidate",
+           "resolve_candidates", "seeded_init", "state_fingerprint"]
 
 INIT_SEED = 0  # random-init candidates are seeded, so that they (and their cache entries) are reproducible
 

@@ -34,7 +34,8 @@ def _strip(state: Mapping[str, Any]) -> dict[str, Any]:
 def file_source(path_arch: str) -> Candidate:
     """``PATH#ARCH``: the state dict at ``PATH`` loaded strictly into the zoo or torchvision ``ARCH``."""
     from tguide.select.candidates.library_sources import torchvision_archs
-    from tguide.select.zoo import ZOO, file_sha256, load_state_dict_checked
+    from tguide.select.checkpoints import file_sha256, load_state_dict_checked
+    from tguide.select.zoo import ZOO
 
     if "#" not in path_arch:
         raise CandidateError(f"file:{path_arch}: name the architecture after '#', e.g. file:weights.pt#resnet20_cifar10 "
@@ -78,7 +79,7 @@ def ckpt_source(path_s: str) -> Candidate:
     """``PATH``: the ``net`` of a Lightning checkpoint written by ``tguide.fit``, with its run's input transform."""
     from omegaconf import OmegaConf
 
-    from tguide.select.zoo import file_sha256
+    from tguide.select.checkpoints import file_sha256
 
     path = Path(path_s).expanduser()
     if not path.is_file():
@@ -110,7 +111,7 @@ def ckpt_source(path_s: str) -> Candidate:
     except Exception as err:  # noqa: BLE001
         raise CandidateError(f"ckpt:{path_s}: cannot build model.net ({model_cfg.net.get('_target_')}): {err}") from err
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    from tguide.select.zoo import load_state_dict_checked
+    from tguide.select.checkpoints import load_state_dict_checked
 
     load_state_dict_checked(net, state, f"checkpoint {str(path)!r}")
     conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)

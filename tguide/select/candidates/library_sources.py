@@ -66,7 +66,7 @@ def torchvision_source(rest: str) -> Candidate:
     if not path.is_file():
         raise CandidateError(f"torchvision:{arch}:{w.name}: weights file not in the torch hub cache, expected "
                              f"{str(path)!r} (offline: nothing is downloaded; copy the file there or set TORCH_HOME)")
-    from tguide.select.zoo import file_sha256, load_state_dict_checked
+    from tguide.select.checkpoints import file_sha256, load_state_dict_checked
 
     model = models.get_model(arch, weights=None, num_classes=len(w.meta.get("categories") or []) or 1000)
     try:
