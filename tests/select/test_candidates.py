@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from tguide.errors import TGuideError
-from tguide.select.candidates import Candidate, CandidateError, resolve_candidate, resolve_candidates
+from tguide.select.candidates import (Candidate, CandidateError, create_candidate, list_candidates, register_source,
+                                      registered_sources, resolve_candidate, resolve_candidates)
+from tguide.select.candidates import base as candidates_base
 
 
 def test_zoo_candidate_and_random_twin():
@@ -33,8 +35,10 @@ def test_zoo_candidate_and_random_twin():
 def test_unknown_specs_list_the_valid_ones():
     with pytest.raises(CandidateError, match=r"unknown zoo model 'resnet21_cifar10'; valid names: resnet20_cifar10,"):
         resolve_candidate("zoo:resnet21_cifar10")
-    with pytest.raises(CandidateError, match=r"unknown candidate spec 'hub:x'; use one of zoo:NAME"):
+    with pytest.raises(CandidateError, match=r"unknown candidate spec 'hub:x'; use one of zoo:NAME") as err:
         resolve_candidate("hub:x")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.endswith("(registered kinds: zoo, torchvision, timm, ckpt, file)")
     with pytest.raises(CandidateError, match=r"did you mean resnet18"):
         resolve_candidate("torchvision:resnet19")
     with pytest.raises(CandidateError, match=r"unique"):
@@ -91,3 +95,56 @@ def test_state_dict_file_and_checkpoint(tmp_path: Path):
     assert cand.transform(Image.new("RGB", (16, 16))).shape == (1, 28, 28)
     with pytest.raises(CandidateError, match=r"no such checkpoint"):
         resolve_candidate(f"ckpt:{tmp_path / 'nope.ckpt'}")
+
+
+def test_registry_of_sources_and_create_candidate_is_resolve_candidate():
+    assert registered_sources() == ("zoo", "torchvision", "timm", "ckpt", "file")
+    assert resolve_candidate is create_candidate
+    cand = create_candidate("zoo:simplecnn_cifar10")
+    assert cand.spec == "zoo:simplecnn_cifar10"  # create_candidate(cand.spec) makes it again
+    again = create_candidate(cand.spec)
+    assert torch.equal(again.network.conv1.weight, cand.network.conv1.weight) and again.fingerprint == cand.fingerprint
+    assert create_candidate("zoo:simplecnn_cifar10:random").spec == "zoo:simplecnn_cifar10:random"
+
+
+def test_register_source_custom_kind_and_its_errors(monkeypatch):
+    monkeypatch.setattr(candidates_base, "_SOURCES", dict(candidates_base._SOURCES))
+    seen = []
+
+    def tiny(rest: str) -> Candidate:
+        seen.append(rest)
+        torch.manual_seed(len(rest))
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        return Candidate(f"tiny-{rest}", net, lambda im: torch.zeros(12), ["0"], True, "a test source")
+
+    register_source("tiny", tiny, usage="tiny:NAME", lister=lambda: ["a", "b"])
+    assert registered_sources()[-1] == "tiny"
+    cand = create_candidate("tiny:a:b")
+    assert seen == ["a:b"] and cand.name == "tiny-a:b" and cand.spec == "tiny:a:b"
+    assert cand.fingerprint.startswith("state:") and cand.num_params == 12 * 3 + 3
+    assert list_candidates("tiny:*") == ["tiny:a", "tiny:b"]
+    with pytest.raises(CandidateError, match=r"already registered; pass replace=True"):
+        register_source("tiny", tiny)
+    register_source("tiny", tiny, replace=True)
+    with pytest.raises(CandidateError, match=r"registered kinds: zoo, torchvision, timm, ckpt, file, tiny\)$"):
+        create_candidate("tinny:a")
+    with pytest.raises(CandidateError, match=r"without ':'"):
+        register_source("a:b", tiny)
+    with pytest.raises(CandidateError, match=r"must be callable"):
+        register_source("nope", "not a function")  # type: ignore[arg-type]
+    register_source("bad", lambda rest: "a string")  # type: ignore[arg-type, return-value]
+    with pytest.raises(CandidateError, match=r"source 'bad' returned a str for 'bad:x', not a Candidate"):
+        create_candidate("bad:x")
+
+
+def test_list_candidates_zoo_first_and_patterns():
+    from tguide.select.zoo import ZOO
+
+    every = list_candidates()
+    assert every[:len(ZOO)] == [f"zoo:{n}" for n in ZOO]  # zoo names first, in registry order
+    assert "torchvision:resnet18" in every and not any(s.startswith(("ckpt:", "file:")) for s in every)
+    assert list_candidates("zoo:*") == [f"zoo:{n}" for n in ZOO]
+    hits = list_candidates("RESNET18")  # the name after KIND:, case-insensitive
+    assert "torchvision:resnet18" in hits and all("resnet18" in h.lower() for h in hits)
+    assert list_candidates("zoo:lenet5*") == ["zoo:lenet5_mnist", "zoo:lenet5_mnist_adv"]
+    assert list_candidates("no-such-model-*") == []

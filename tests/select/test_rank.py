@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 from tguide.data.roots import data_root
-from tguide.select.candidates import Candidate
+from tguide.select.candidates import Candidate, create_candidate, register_source
+from tguide.select.candidates import base as candidates_base
 from tguide.select.rank import RankError, rank
+from tguide.select.ranking_result import COLUMNS, Pick, Ranking
 
 REPO = Path(__file__).resolve().parents[2]
 THREE = ["zoo:resnet20_cifar10", "zoo:simplecnn_cifar10", "zoo:resnet20_cifar10:random"]
@@ -43,23 +45,40 @@ def _best(df: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def test_random_init_ranks_last(cifar_folder: Path, tmp_path: Path):
-    df = rank(THREE, cifar_folder, metrics=["logme", "hscore_shrinkage", "leep"], cache_dir=tmp_path / "cache",
-              max_samples=None, progress=False)
-    assert list(df.columns[:7]) == ["candidate", "layer", "metric", "kind", "score", "z", "null_mean"]
+    ranking = rank(THREE, cifar_folder, metrics=["logme", "hscore_shrinkage", "leep"], cache_dir=tmp_path / "cache",
+                   max_samples=None, progress=False)
+    assert isinstance(ranking, Ranking)
+    df = ranking.table
+    assert list(df.columns) == COLUMNS == ["candidate", "layer", "metric", "kind", "score", "z", "null_mean",
+                                           "null_std", "warning"]
     for metric in ("logme", "hscore_shrinkage", "leep", "knn", "linear_probe"):
         best = _best(df, metric)
         assert best.idxmin() == "resnet20_cifar10:random", (metric, best.to_dict())
-    pick = df.attrs["pick"]
-    assert pick["candidate"] == "resnet20_cifar10" and pick["metric"] == "logme" and "highest logme" in pick["reason"]
+    pick = ranking.pick
+    assert isinstance(pick, Pick) and pick.candidate == "resnet20_cifar10" and pick.metric == "logme"
+    assert "highest logme" in pick.reason and pick.spec == "zoo:resnet20_cifar10"
+    logme = df[df.metric == "logme"]
+    assert pick.score == logme.score.max()
+    assert logme[(logme.candidate == pick.candidate) & (logme.layer == pick.layer)].score.item() == pick.score
+    assert set(ranking.baseline_picks) == {"source_accuracy", "knn", "linear_probe"}
+    assert ranking.baseline_picks["source_accuracy"].candidate == "resnet20_cifar10"  # 0.81 vs 0.59, random unknown
+    assert ranking.baseline_picks["knn"].candidate != "resnet20_cifar10:random"
+    assert ranking.warnings == ["resnet20_cifar10:random / source_accuracy: source accuracy unknown"]
     assert set(df[df.metric == "leep"].layer) == {"@output"}
-    assert df.attrs["target"] == {"name": str(cifar_folder.resolve()), "samples": 200, "classes": 10}
+    assert ranking.target == {"name": str(cifar_folder.resolve()), "samples": 200, "classes": 10}
+    assert ranking.timings["total"] >= ranking.timings["extract"] + ranking.timings["score"] > 0
+    assert ranking.timings["extract"] == pytest.approx(sum(ranking.timings[f"extract/{c}"] for c in
+                                                           ("resnet20_cifar10", "simplecnn_cifar10",
+                                                            "resnet20_cifar10:random")))
     src = df[df.metric == "source_accuracy"].set_index("candidate").score
     assert src["resnet20_cifar10"] == pytest.approx(0.8103) and math.isnan(src["resnet20_cifar10:random"])
     # second run: everything from the cache, the same table
     again = rank(THREE, cifar_folder, metrics=["logme", "hscore_shrinkage", "leep"], cache_dir=tmp_path / "cache",
                  max_samples=None, progress=False)
-    assert again.attrs["cache"]["misses"] == 0 and all(t["extract_s"] == 0 for t in again.attrs["timing"].values())
-    pd.testing.assert_frame_equal(df, again)
+    assert again.cache["misses"] == 0 and again.cache["hits"] > 0 and again.timings["extract"] == 0
+    assert all(t["extract_s"] == 0 for t in again.candidate_timings().values())
+    pd.testing.assert_frame_equal(df, again.table)
+    assert again.pick == pick and again.baseline_picks == ranking.baseline_picks
 
 
 def test_headless_candidates_get_nan_rows_or_an_error(cifar_folder: Path):
@@ -68,7 +87,7 @@ def test_headless_candidates_get_nan_rows_or_an_error(cifar_folder: Path):
     from torchvision import transforms as T
 
     headless = Candidate("trunk", trunk, T.ToTensor(), ["3"], head=False, provenance="test")
-    df = rank([headless], cifar_folder, metrics=["hscore", "nce"], baselines=[], max_samples=40, progress=False)
+    df = rank([headless], cifar_folder, metrics=["hscore", "nce"], baselines=[], max_samples=40, progress=False).table
     nce = df[df.metric == "nce"].iloc[0]
     assert math.isnan(nce.score) and "needs a classifier head" in nce.warning
     hs = df[df.metric == "hscore"].iloc[0]
@@ -82,14 +101,16 @@ def test_headless_candidates_get_nan_rows_or_an_error(cifar_folder: Path):
 
 
 def test_hscore_saturation_warning_and_null(cifar_folder: Path):
-    df = rank(["zoo:simplecnn_cifar10"], cifar_folder, layers=["pool1", "relu4"], metrics=["hscore"], baselines=[],
-              max_samples=30, null=5, progress=False)
-    rows = df.set_index("layer")
+    ranking = rank(["zoo:simplecnn_cifar10"], cifar_folder, layers=["pool1", "relu4"], metrics=["hscore"],
+                   baselines=[], max_samples=30, null=5, progress=False)
+    assert ranking.null == 5 and "against the label-shuffle null" in ranking.pick.reason
+    rows = ranking.table.set_index("layer")
     assert "H-score saturated" not in rows.loc["pool1"].warning  # D = 6 < N - 1
     assert math.isfinite(rows.loc["relu4"].z) and math.isfinite(rows.loc["relu4"].null_std)
     wide = rank(["zoo:simplecnn_cifar10"], cifar_folder, layers=["relu3"], metrics=["hscore"], baselines=[],
                 max_samples=40, progress=False)
-    assert "H-score saturated: D=120 ≥ N−1=39" in wide.iloc[0].warning
+    assert "H-score saturated: D=120 ≥ N−1=39" in wide.table.iloc[0].warning
+    assert any(w.startswith("simplecnn_cifar10 / relu3 / hscore: H-score saturated") for w in wide.warnings)
 
 
 _KILL_SCRIPT = textwrap.dedent("""
@@ -117,10 +138,37 @@ def test_killed_ranking_resumes_from_its_cache(cifar_folder: Path, tmp_path: Pat
     assert not list(cache.rglob("*.tmp")) or all(p.stat().st_size >= 0 for p in cache.rglob("*.tmp"))
     resumed = rank(cands, cifar_folder, metrics=["logme"], baselines=[], cache_dir=cache, max_samples=None,
                    progress=False)
-    assert resumed.attrs["cache"]["hits"] >= len(done) and resumed.attrs["cache"]["misses"] > 0
+    assert resumed.cache["hits"] >= len(done) and resumed.cache["misses"] > 0
     fresh = rank(cands, cifar_folder, metrics=["logme"], baselines=[], cache_dir=None, max_samples=None,
                  progress=False)
-    pd.testing.assert_frame_equal(resumed, fresh, check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(resumed.table, fresh.table, check_exact=False, rtol=1e-6)
+    assert resumed.pick.candidate == fresh.pick.candidate and resumed.pick.layer == fresh.pick.layer
+
+
+def test_a_registered_source_ranks_end_to_end(cifar_folder: Path, monkeypatch):
+    """A custom kind, registered once, is a spec rank() accepts; its pick names the spec that makes it again."""
+    monkeypatch.setattr(candidates_base, "_SOURCES", dict(candidates_base._SOURCES))
+    from torchvision import transforms as T
+
+    def tiny(rest: str) -> Candidate:
+        width = int(rest)
+        torch.manual_seed(width)
+        net = nn.Sequential(nn.Conv2d(3, width, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(width, 10))
+        return Candidate(f"tiny{width}", net, T.Compose([T.Resize((16, 16)), T.ToTensor()]), ["3"], True, "test source")
+
+    register_source("tiny", tiny, usage="tiny:WIDTH")
+    ranking = rank(["tiny:4", "tiny:8", "zoo:resnet20_cifar10:random"], cifar_folder, metrics=["logme"],
+                   baselines=["source_accuracy"], max_samples=40, progress=False)
+    df = ranking.table
+    assert list(dict.fromkeys(df.candidate)) == ["tiny4", "tiny8", "resnet20_cifar10:random"]
+    assert set(df[df.candidate == "tiny8"].layer) == {"3", ""} and df[df.metric == "logme"].score.notna().all()
+    assert ranking.candidates["tiny8"]["spec"] == "tiny:8"
+    pick = ranking.pick
+    assert pick is not None and pick.spec == {"tiny4": "tiny:4", "tiny8": "tiny:8",
+                                              "resnet20_cifar10:random": "zoo:resnet20_cifar10:random"}[pick.candidate]
+    assert create_candidate(pick.spec).name == pick.candidate  # the spec makes the pick again
+    assert "source_accuracy" not in ranking.baseline_picks  # no candidate knows its source accuracy
 
 
 def _cli(*overrides: str, out: Path) -> subprocess.CompletedProcess:

@@ -21,6 +21,7 @@ from PIL import Image
 from tguide.data.cifar10 import load_cifar10
 from tguide.data.mnist import load_mnist_test
 from tguide.errors import TGuideError
+from tguide.select import checkpoints as checkpoints_mod
 from tguide.select import zoo as zoo_mod
 from tguide.select.zoo import ZOO, ZooEntry, file_sha256, load_zoo_model, models_root as zoo_models_root, zoo_transform
 
@@ -83,6 +84,46 @@ def test_models_root_env_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     (tmp_path / "repo").mkdir()
     monkeypatch.chdir(tmp_path / "repo")
     assert zoo_models_root() == (tmp_path / "shared" / "models").resolve()
+
+
+def test_register_zoo_model_with_a_loader_and_get_zoo_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from tguide.select.candidates import create_candidate
+    from tguide.select.zoo import get_zoo_entry, register_zoo_model
+
+    monkeypatch.setattr(zoo_mod, "ZOO", dict(ZOO))  # a private copy: the test's entries vanish afterwards
+    base = get_zoo_entry("resnet20_cifar10")
+    assert base is zoo_mod.ZOO["resnet20_cifar10"] and base.load is None
+    torch.manual_seed(1)
+    trained = base.builder()  # stands in for a network a study trained and cached
+    calls = []
+
+    def load() -> torch.nn.Module:
+        calls.append(1)
+        return trained
+
+    entry = dataclasses.replace(base, name="resnet20_study", path="", sha256="", load=load)
+    assert register_zoo_model(entry) is entry and get_zoo_entry("resnet20_study") is entry
+    assert tuple(zoo_mod.ZOO)[-1] == "resnet20_study"
+    model, got = load_zoo_model("resnet20_study", root="/nonexistent")  # no file is read
+    assert model is trained and got is entry and not model.training and calls == [1]
+    cand = create_candidate("zoo:resnet20_study")
+    assert torch.equal(cand.network.conv1.weight, trained.conv1.weight) and cand.spec == "zoo:resnet20_study"
+    assert cand.fingerprint.startswith("state:") and "built in process" in cand.provenance
+    rand = create_candidate("zoo:resnet20_study:random")  # the builder still gives the random control
+    assert not torch.equal(rand.network.conv1.weight, trained.conv1.weight)
+    with pytest.raises(TGuideError, match="'resnet20_study' is already registered; pass replace=True"):
+        register_zoo_model(entry)
+    assert register_zoo_model(dataclasses.replace(entry, params=1), replace=True).params == 1
+    with pytest.raises(TGuideError, match="needs a checkpoint .* or a load=callable"):
+        register_zoo_model(dataclasses.replace(base, name="nofile", path="", sha256=""))
+    with pytest.raises(TGuideError, match="unknown zoo model 'nope'; valid names: resnet20_cifar10.*resnet20_study"):
+        get_zoo_entry("nope")
+    bad = dataclasses.replace(entry, name="broken", load=lambda: "not a module")
+    register_zoo_model(bad)
+    with pytest.raises(TGuideError, match="'broken': load\\(\\) returned a str, not an nn.Module"):
+        load_zoo_model("broken")
 
 
 # ---------------------------------------------------------------------------- bad inputs
@@ -148,12 +189,12 @@ def test_sha256_is_cached_per_path_mtime_size(tmp_path: Path, models_root: Path)
     digest = file_sha256(f)
     assert digest == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     st = f.stat()
-    assert zoo_mod._HASH_CACHE[(str(f.resolve()), st.st_mtime_ns, st.st_size)] == digest
+    assert checkpoints_mod._HASH_CACHE[(str(f.resolve()), st.st_mtime_ns, st.st_size)] == digest
     f.write_bytes(b"abcd")
     assert file_sha256(f) != digest  # size changed: hashed again
     load_zoo_model("simplecnn_cifar10")
     real = (models_root / ZOO["simplecnn_cifar10"].path).resolve()
-    assert any(k[0] == str(real) for k in zoo_mod._HASH_CACHE)
+    assert any(k[0] == str(real) for k in checkpoints_mod._HASH_CACHE)
 
 
 # ---------------------------------------------------------------------------- transforms

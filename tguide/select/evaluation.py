@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from tguide.select.ranking import kendall, pearson, weighted_tau
+from tguide.select.correlation import kendall, pearson, weighted_tau
 
 __all__ = [
     "agreement",

@@ -188,7 +188,7 @@ def _finetune_all(cfg: Any, picks: list[Pick], seeds: Sequence[int], out: Path, 
 def guided_table(picks: Sequence[Mapping[str, Any]], source_accuracy: Mapping[str, Any] | None = None
                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """CSV rows (:data:`CSV_COLUMNS`) and the rank agreement of predicted score vs realised accuracy."""
-    from tguide.select.ranking import kendall, spearman
+    from tguide.select.correlation import kendall, spearman
 
     rows = []
     for p in picks:

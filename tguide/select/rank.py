@@ -3,7 +3,10 @@
 :func:`rank` is the library call; :func:`run` is the ``recipe=rank`` runner
 (``python -m tguide.fit recipe=rank rank.candidates=[...] data=image_folder data.root=PATH``).
 
-For each candidate (:func:`tguide.select.candidates.resolve_candidate`) the target images go
+:func:`rank` returns a :class:`~tguide.select.ranking_result.Ranking` (table, pick, baselines'
+picks, warnings, timings) in six steps: resolve the candidates
+(:func:`tguide.select.candidates.create_candidate`), check their layers, extract features, score,
+add nulls and baselines, pick. The target images go
 through the candidate's own transform and network once; the chosen layers are captured with
 forward hooks (:func:`tguide.features.extract_features`, pooled per layer) together with the
 network's output when it has a head (LEEP and NCE read its softmax). Features are cached on
@@ -30,12 +33,12 @@ from tguide.features import OUTPUT, describe_pool, extract_features, resolve_lay
 from tguide.metrics.registry import METRICS, MetricInfo, get_metric
 from tguide.select.cache import FeatureCache, cache_key
 from tguide.select.candidates import Candidate, resolve_candidates
+from tguide.select.ranking_result import COLUMNS, Ranking, best_pick, table_warnings
 
 __all__ = ["BASELINES", "DEFAULT_METRICS", "RankError", "rank", "run"]
 
 DEFAULT_METRICS = ("logme", "hscore_shrinkage", "transrate_comparable", "leep", "nce")
 BASELINES = ("source_accuracy", "knn", "linear_probe")
-COLUMNS = ["candidate", "layer", "metric", "kind", "score", "z", "null_mean", "null_std", "warning"]
 
 
 class RankError(TGuideError):
@@ -135,6 +138,109 @@ def _saturation(info: MetricInfo, feats: Tensor) -> str:
     return ""
 
 
+def _load_data(target: Any, max_samples: int | None, seed: int, root: Any) -> Any:
+    """The target (a subset of ``max_samples``, class-stratified and seeded); two classes at least."""
+    from tguide.data.targets import Target, load_target
+
+    if isinstance(target, Target):
+        data = target
+        if max_samples is not None and max_samples < len(data):
+            from tguide.metrics._subset import stratified_subset
+
+            data = data.subset(stratified_subset(data.labels, int(max_samples), seed))
+    else:
+        data = load_target(target, root=root, max_samples=max_samples, seed=seed)
+    if len(set(data.labels.tolist())) < 2:
+        raise RankError(f"target {data.name!r} has one class only; a target task needs at least two")
+    return data
+
+
+def _check_candidates(cands: list[Candidate], infos: list[MetricInfo], metrics: list[str]) -> None:
+    """Refuse a request no candidate can answer (every metric needs a head the candidate lacks, or source samples)."""
+    head_only = all(i.needs_source_probs or i.needs_source_samples for i in infos)
+    for cand in cands:
+        if head_only and not cand.head and all(i.needs_source_probs for i in infos):
+            raise RankError(f"candidate {cand.name} has no classifier head, but every requested metric "
+                            f"({', '.join(metrics)}) needs one; add a feature metric such as logme")
+    if all(i.needs_source_samples for i in infos):
+        raise RankError("otce_sim compares source and target samples, which ranking does not have; "
+                        "use a feature metric (logme, hscore_shrinkage, transrate_comparable, ...)")
+
+
+def _row(cand: Candidate, layer: str, info: MetricInfo, score: float = math.nan, z: float = math.nan,
+         mu: float = math.nan, sd: float = math.nan, warning: str = "") -> dict[str, Any]:
+    return dict(candidate=cand.name, layer=layer, metric=info.name, kind="baseline" if info.baseline else "score",
+                score=score, z=z, null_mean=mu, null_std=sd, warning=warning)
+
+
+def _head_inputs(cand: Candidate, info: MetricInfo, feats: Mapping[str, Tensor], labels: Tensor
+                 ) -> tuple[list[tuple[str, tuple[Any, ...]]], dict[str, Any] | None]:
+    """``([(OUTPUT, args)], None)`` for a score of the source head, or ``([], NaN row)`` when it does not apply."""
+    if not cand.head:
+        return [], _row(cand, OUTPUT, info, warning=f"not applicable: {info.name} needs a classifier head; "
+                                                    f"{cand.name} has none")
+    logits = feats[OUTPUT].double()
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        return [], _row(cand, OUTPUT, info, warning=f"not applicable: output shape {tuple(logits.shape)} is not logits")
+    return [(OUTPUT, info.arguments(labels=labels, source_probs=torch.softmax(logits, dim=1)))], None
+
+
+def _score_layer(cand: Candidate, layer: str, info: MetricInfo, args: tuple[Any, ...], null: int, seed: int,
+                 kwargs: Mapping[str, Any], pooled: dict[str, list[tuple[int, Any]]], index: int) -> dict[str, Any]:
+    """One row; a pool-normalised score (NCTI, ETran) leaves its terms in ``pooled`` for later."""
+    warn = _saturation(info, args[0]) if not info.needs_source_probs else ""
+    score, z, mu, sd = math.nan, math.nan, math.nan, math.nan
+    try:
+        if info.pool_normalised and info.load_pool() is not None:
+            terms_fn, _ = info.load_pool()  # type: ignore[misc]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                terms = terms_fn(*args, **{**info.default_kwargs, **kwargs})
+            pooled.setdefault(info.name, []).append((index, terms))
+        else:
+            score, z, mu, sd = _score(info, args, null, seed, kwargs)
+    except (ValueError, RuntimeError) as err:
+        warn = "; ".join(w for w in (warn, f"failed: {str(err).splitlines()[0]}") if w)
+    return _row(cand, layer, info, score, z, mu, sd, warn)
+
+
+def _score_candidate(cand: Candidate, feats: Mapping[str, Tensor], labels: Tensor, layers: list[str],
+                     infos: list[MetricInfo], null: int, seed: int, kwargs: Mapping[str, Mapping[str, Any]],
+                     pooled: dict[str, list[tuple[int, Any]]], rows: list[dict[str, Any]]) -> None:
+    """Append the rows of every score and registry baseline of one candidate to ``rows``."""
+    for info in infos:
+        if info.needs_source_samples:
+            rows.append(_row(cand, "", info, warning=f"not applicable: {info.name} needs source samples"))
+            continue
+        if info.needs_source_probs:
+            inputs, nan_row = _head_inputs(cand, info, feats, labels)
+            if nan_row is not None:
+                rows.append(nan_row)
+                continue
+        else:
+            inputs = [(layer, info.arguments(feats[layer], labels)) for layer in layers]
+        for layer, args in inputs:
+            rows.append(_score_layer(cand, layer, info, args, null, seed, kwargs.get(info.name, {}), pooled, len(rows)))
+
+
+def _source_accuracy_row(cand: Candidate) -> dict[str, Any]:
+    acc = cand.source_accuracy
+    return dict(candidate=cand.name, layer="", metric="source_accuracy", kind="baseline",
+                score=float(acc) if acc is not None else math.nan, z=math.nan, null_mean=math.nan, null_std=math.nan,
+                warning="" if acc is not None else "source accuracy unknown")
+
+
+def _normalise_pools(pooled: Mapping[str, list[tuple[int, Any]]], rows: list[dict[str, Any]]) -> None:
+    """NCTI / ETran: min-max normalise each score's terms across the whole pool of candidate × layer rows."""
+    for name, entries in pooled.items():
+        _, combine = get_metric(name).load_pool()  # type: ignore[misc]
+        scores = combine([t for _, t in entries])
+        note = f"pool-normalised over {len(entries)} candidate×layer rows"
+        for (i, _), s in zip(entries, scores.tolist()):
+            rows[i]["score"] = float(s)
+            rows[i]["warning"] = "; ".join(w for w in (rows[i]["warning"], note) if w)
+
+
 def rank(
     candidates: Sequence[str | Candidate | torch.nn.Module],
     target: Any,
@@ -152,13 +258,15 @@ def rank(
     metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     root: str | os.PathLike[str] | None = None,
     progress: bool | str = "auto",
-) -> Any:
-    """Rank ``candidates`` for ``target``; a long-format ``pandas.DataFrame``.
+) -> Ranking:
+    """Rank ``candidates`` for ``target``: resolve them, check the layers, extract features (through
+    the cache), score, add nulls and baselines, pick.
 
     Args:
-        candidates: specs (``zoo:NAME``, ``torchvision:ARCH[:WEIGHTS]``, ``timm:NAME``,
-            ``ckpt:PATH``, ``file:PATH#ARCH``), :class:`Candidate` objects or modules.
-        target: a :class:`~tguide.data.image_folder.TargetData`, a named target
+        candidates: specs of any registered source (``zoo:NAME``, ``torchvision:ARCH[:WEIGHTS]``,
+            ``timm:NAME``, ``ckpt:PATH``, ``file:PATH#ARCH``, see
+            :func:`tguide.select.candidates.create_candidate`), :class:`Candidate` objects or modules.
+        target: a :class:`~tguide.data.targets.Target`, a named target
             (``cifar10``, ``office31_webcam``, ...) or an image folder.
         layers: ``"auto"`` (each candidate's stage outputs + penultimate), a list of layer names
             (applied to every candidate), or ``{candidate name: [layers]}``.
@@ -179,136 +287,58 @@ def rank(
             terminal).
 
     Returns:
-        DataFrame with columns ``candidate, layer, metric, kind ("score"|"baseline"), score, z,
-        warning``; ``.attrs["pick"]`` = ``{"candidate", "layer", "metric", "score", "reason"}``
-        (best candidate × layer by the first metric), ``.attrs["baseline_picks"]``,
-        ``.attrs["timing"]`` (seconds per candidate: extraction, scoring), ``.attrs["target"]``.
+        a :class:`~tguide.select.ranking_result.Ranking`: the long table (``candidate, layer,
+        metric, kind, score, z, null_mean, null_std, warning``), the pick by the first metric with
+        its reason, the baselines' picks, the warnings and the timings.
     """
     import pandas as pd
 
-    from tguide.data.targets import Target as TargetData
-    from tguide.data.targets import load_target
-
+    start = time.perf_counter()
     metrics, baselines = list(metrics), list(baselines)
     if progress == "auto":
         import sys
 
         progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
-    progress = bool(progress)
     if not metrics:
         raise RankError("`metrics` is empty; name at least one, e.g. metrics=['logme']")
     infos = _check_metrics(metrics, baselines)
-    if isinstance(target, TargetData):
-        data = target
-        if max_samples is not None and max_samples < len(data):
-            from tguide.metrics._subset import stratified_subset
-
-            data = data.subset(stratified_subset(data.labels, int(max_samples), seed))
-    else:
-        data = load_target(target, root=root, max_samples=max_samples, seed=seed)
-    if len(set(data.labels.tolist())) < 2:
-        raise RankError(f"target {data.name!r} has one class only; a target task needs at least two")
+    data = _load_data(target, max_samples, seed, root)
     cands = resolve_candidates(candidates)
-    head_only = all(i.needs_source_probs or i.needs_source_samples for i in infos)
-    for cand in cands:
-        if head_only and not cand.head and all(i.needs_source_probs for i in infos):
-            raise RankError(f"candidate {cand.name} has no classifier head, but every requested metric "
-                            f"({', '.join(metrics)}) needs one; add a feature metric such as logme")
-    if all(i.needs_source_samples for i in infos):
-        raise RankError("otce_sim compares source and target samples, which ranking does not have; "
-                        "use a feature metric (logme, hscore_shrinkage, transrate_comparable, ...)")
+    _check_candidates(cands, infos, metrics)
     plan = {c.name: _layers_for(c, layers) for c in cands}  # all layer names checked before any work
-    cache = FeatureCache(cache_dir)
-    dev = _device(device)
+    cache, dev = FeatureCache(cache_dir), _device(device)
     extra = [get_metric(b) for b in baselines if b != "source_accuracy"]
     kwargs = {k: dict(v) for k, v in (metric_kwargs or {}).items()}
+    needs_head = any(i.needs_source_probs for i in infos)
     rows: list[dict[str, Any]] = []
     pooled: dict[str, list[tuple[int, Any]]] = {}
-    timing: dict[str, dict[str, float]] = {}
-    needs_head = any(i.needs_source_probs for i in infos)
+    timings: dict[str, float] = {}
     for cand in cands:
         want = plan[cand.name] + ([OUTPUT] if needs_head and cand.head and OUTPUT not in plan[cand.name] else [])
-        feats, labels, t_extract = _features(cand, data, want, cache, dev, batch_size, num_workers, progress)
-        start = time.perf_counter()
-        for info in [*infos, *extra]:
-            kind = "baseline" if info.baseline else "score"
-            if info.needs_source_samples:
-                rows.append(dict(candidate=cand.name, layer="", metric=info.name, kind=kind, score=math.nan,
-                                 z=math.nan, warning=f"not applicable: {info.name} needs source samples"))
-                continue
-            if info.needs_source_probs:
-                if not cand.head:
-                    rows.append(dict(candidate=cand.name, layer=OUTPUT, metric=info.name, kind=kind, score=math.nan,
-                                     z=math.nan, warning=f"not applicable: {info.name} needs a classifier head; "
-                                                         f"{cand.name} has none"))
-                    continue
-                logits = feats[OUTPUT].double()
-                if logits.ndim != 2 or logits.shape[1] < 2:
-                    rows.append(dict(candidate=cand.name, layer=OUTPUT, metric=info.name, kind=kind, score=math.nan,
-                                     z=math.nan, warning=f"not applicable: output shape {tuple(logits.shape)} is not logits"))
-                    continue
-                targets = [(OUTPUT, info.arguments(labels=labels, source_probs=torch.softmax(logits, dim=1)))]
-            else:
-                targets = [(layer, info.arguments(feats[layer], labels)) for layer in plan[cand.name]]
-            for layer, args in targets:
-                warn = _saturation(info, args[0]) if not info.needs_source_probs else ""
-                score, z, mu, sd = math.nan, math.nan, math.nan, math.nan
-                try:
-                    if info.pool_normalised and info.load_pool() is not None:
-                        terms_fn, _ = info.load_pool()  # type: ignore[misc]
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            terms = terms_fn(*args, **{**info.default_kwargs, **kwargs.get(info.name, {})})
-                        pooled.setdefault(info.name, []).append((len(rows), terms))
-                    else:
-                        score, z, mu, sd = _score(info, args, null, seed, kwargs.get(info.name, {}))
-                except (ValueError, RuntimeError) as err:
-                    warn = "; ".join(w for w in (warn, f"failed: {str(err).splitlines()[0]}") if w)
-                rows.append(dict(candidate=cand.name, layer=layer, metric=info.name, kind=kind, score=score, z=z,
-                                 null_mean=mu, null_std=sd, warning=warn))
+        feats, labels, timings[f"extract/{cand.name}"] = _features(cand, data, want, cache, dev, batch_size,
+                                                                   num_workers, bool(progress))
+        t_score = time.perf_counter()
+        _score_candidate(cand, feats, labels, plan[cand.name], [*infos, *extra], int(null or 0), seed, kwargs,
+                         pooled, rows)
         if "source_accuracy" in baselines:
-            acc = cand.source_accuracy
-            rows.append(dict(candidate=cand.name, layer="", metric="source_accuracy", kind="baseline",
-                             score=float(acc) if acc is not None else math.nan, z=math.nan,
-                             warning="" if acc is not None else "source accuracy unknown"))
-        timing[cand.name] = {"extract_s": t_extract, "score_s": time.perf_counter() - start}
-    for name, entries in pooled.items():  # NCTI / ETran: min-max across the whole pool
-        _, combine = get_metric(name).load_pool()  # type: ignore[misc]
-        scores = combine([t for _, t in entries])
-        note = f"pool-normalised over {len(entries)} candidate×layer rows"
-        for (i, _), s in zip(entries, scores.tolist()):
-            rows[i]["score"] = float(s)
-            rows[i]["warning"] = "; ".join(w for w in (rows[i]["warning"], note) if w)
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs["pick"] = _pick(df, metrics[0])
-    df.attrs["baseline_picks"] = {b: _pick(df, b) for b in baselines}
-    df.attrs["timing"] = timing
-    df.attrs["target"] = {"name": data.name, "samples": len(data), "classes": len(data.classes)}
-    df.attrs["metrics"] = metrics
-    df.attrs["null"] = int(null or 0)
-    df.attrs["cache"] = {"hits": cache.hits, "misses": cache.misses}
-    df.attrs["candidates"] = {c.name: {"provenance": c.provenance, "num_params": int(c.num_params), "head": c.head,
-                                       "source_accuracy": c.source_accuracy, "layers": plan[c.name]} for c in cands}
-    return df
-
-
-def _pick(df: Any, metric: str) -> dict[str, Any] | None:
-    """Best candidate × layer by ``metric`` (higher is better), with a sentence saying why."""
-    sub = df[(df.metric == metric) & df.score.notna()]
-    if sub.empty:
-        return None
-    sub = sub.sort_values("score", ascending=False, kind="stable")
-    best = sub.iloc[0]
-    others = sub[sub.candidate != best.candidate]
-    where = f" on layer {best.layer}" if best.layer else ""
-    reason = f"highest {metric} ({best.score:.4g}){where}"
-    if not others.empty:
-        runner = others.iloc[0]
-        reason += f"; next best candidate {runner.candidate} scores {runner.score:.4g}"
-    if not math.isnan(float(best.z)):
-        reason += f"; z = {best.z:.1f} against the label-shuffle null"
-    return {"candidate": best.candidate, "layer": best.layer, "metric": metric, "score": float(best.score),
-            "reason": reason}
+            rows.append(_source_accuracy_row(cand))
+        timings[f"score/{cand.name}"] = time.perf_counter() - t_score
+    _normalise_pools(pooled, rows)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    specs = {c.name: c.spec for c in cands}
+    pick = best_pick(table, metrics[0], specs)
+    baseline_picks = {b: p for b in baselines if (p := best_pick(table, b, specs)) is not None}
+    notes = table_warnings(table) + ([] if pick else [f"no pick: {metrics[0]} has no finite score"])
+    timings["extract"] = sum(v for k, v in timings.items() if k.startswith("extract/"))
+    timings["score"] = sum(v for k, v in timings.items() if k.startswith("score/"))
+    timings["total"] = time.perf_counter() - start
+    return Ranking(
+        table=table, pick=pick, baseline_picks=baseline_picks, warnings=notes, timings=timings, metrics=metrics,
+        target={"name": data.name, "samples": len(data), "classes": len(data.classes)},
+        candidates={c.name: {"spec": c.spec, "provenance": c.provenance, "num_params": int(c.num_params),
+                             "head": c.head, "source_accuracy": c.source_accuracy, "layers": plan[c.name]}
+                    for c in cands},
+        null=int(null or 0), cache={"hits": cache.hits, "misses": cache.misses})
 
 
 def peak_rss_mb() -> float:
@@ -316,12 +346,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(cfg: Any) -> Any:
+def run(cfg: Any) -> Ranking:
     """The ``recipe=rank`` runner: rank ``rank.candidates`` on the target and write the reports."""
     from omegaconf import OmegaConf
 
     from tguide.runs import prepare_run
-    from tguide.select.report import write_reports
 
     rk, run_dir = prepare_run(cfg, "rank", "recipe=rank")
     target = rk.get("target")
@@ -338,16 +367,13 @@ def run(cfg: Any) -> Any:
     cache_dir = rk.get("cache_dir") or (output_root / "feature_cache")
     if str(cache_dir).lower() in ("none", "false", "off"):
         cache_dir = None
-    start = time.perf_counter()
-    df = rank(candidates, target, layers=rk.get("layers", "auto"), metrics=rk.get("metrics") or DEFAULT_METRICS,
-              baselines=rk.get("baselines") if rk.get("baselines") is not None else BASELINES,
-              null=int(rk.get("null_perm") or 0), max_samples=rk.get("max_samples"), cache_dir=cache_dir,
-              seed=int(rk.get("seed", cfg.get("seed", 0)) or 0), device=rk.get("device"),
-              batch_size=int(rk.get("batch_size") or 64), num_workers=int(rk.get("num_workers") or 0),
-              metric_kwargs=rk.get("metric_kwargs") or None, root=rk.get("root"),
-              progress=rk.get("progress", "auto"))
-    df.attrs["seconds"] = time.perf_counter() - start
-    df.attrs["peak_rss_mb"] = peak_rss_mb()
+    ranking = rank(candidates, target, layers=rk.get("layers", "auto"), metrics=rk.get("metrics") or DEFAULT_METRICS,
+                   baselines=rk.get("baselines") if rk.get("baselines") is not None else BASELINES,
+                   null=int(rk.get("null_perm") or 0), max_samples=rk.get("max_samples"), cache_dir=cache_dir,
+                   seed=int(rk.get("seed", cfg.get("seed", 0)) or 0), device=rk.get("device"),
+                   batch_size=int(rk.get("batch_size") or 64), num_workers=int(rk.get("num_workers") or 0),
+                   metric_kwargs=rk.get("metric_kwargs") or None, root=rk.get("root"),
+                   progress=rk.get("progress", "auto"))
     wandb_run = None
     logger_cfg = cfg.get("logger")
     if logger_cfg and "_target_" in logger_cfg and "Wandb" in str(logger_cfg.get("_target_")):
@@ -355,9 +381,10 @@ def run(cfg: Any) -> Any:
 
         logger = instantiate(logger_cfg)
         wandb_run = logger.experiment
-    paths = write_reports(df, run_dir, wandb_run=wandb_run)
+    paths = ranking.write_report(run_dir, wandb_run=wandb_run)
     if wandb_run is not None:
         wandb_run.finish()
-    print((run_dir / "ranking.md").read_text(), flush=True)
-    print(f"tguide.fit: wrote {', '.join(p.name for p in paths)}; run folder {run_dir.resolve()}", flush=True)
-    return df
+    print(paths["ranking.md"].read_text(), flush=True)
+    print(f"tguide.fit: wrote {', '.join(paths)}; run folder {run_dir.resolve()}; peak memory {peak_rss_mb():.0f} MB",
+          flush=True)
+    return ranking

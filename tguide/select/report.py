@@ -1,4 +1,5 @@
-"""Reports of a ranking: ``ranking.csv``, ``ranking.md``, a self-contained ``report.html``, W&B tables.
+"""Reports of a :class:`~tguide.select.ranking_result.Ranking`: ``ranking.csv``, ``ranking.md``, a
+self-contained ``report.html``, W&B tables.
 
 ``report.html`` is one page with no external assets and no JavaScript: matplotlib plots are
 embedded as base64 PNG. It shows the pick and why, one table row per candidate (its best
@@ -20,11 +21,13 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-__all__ = ["baseline_sentences", "render_html", "render_markdown", "summary_table", "write_reports"]
+if TYPE_CHECKING:  # the Ranking calls this module; this module only reads its fields
+    from tguide.select.ranking_result import Ranking
 
-_CSV_COLUMNS = ["candidate", "layer", "metric", "kind", "score", "z", "null_mean", "null_std", "warning"]
+__all__ = ["baseline_sentences", "ranking_csv", "render_html", "render_markdown", "summary_table", "write_atomic",
+           "write_reports"]
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -37,12 +40,13 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
-def summary_table(df: Any) -> Any:
+def summary_table(ranking: Ranking) -> Any:
     """One row per candidate: the best layer by the first metric, and each metric's / baseline's
     best score over the layers (a wide DataFrame, in ranking order of the first metric)."""
     import pandas as pd
 
-    metrics: list[str] = list(df.attrs.get("metrics") or [m for m in df.metric.unique()])
+    df = ranking.table
+    metrics: list[str] = list(ranking.metrics or [m for m in df.metric.unique()])
     first = metrics[0]
     rows = []
     for cand in dict.fromkeys(df.candidate):
@@ -59,49 +63,49 @@ def summary_table(df: Any) -> Any:
     return out.sort_values(first, ascending=False, kind="stable", na_position="last").reset_index(drop=True)
 
 
-def baseline_sentences(df: Any) -> list[str]:
+def baseline_sentences(ranking: Ranking) -> list[str]:
     """Where the first metric's pick differs from, or loses to, a baseline's pick (one sentence each)."""
-    pick = df.attrs.get("pick")
-    if not pick:
+    pick, df = ranking.pick, ranking.table
+    if pick is None:
         return []
     out = []
-    for name, bp in (df.attrs.get("baseline_picks") or {}).items():
-        if not bp:
+    for name, bp in ranking.baseline_picks.items():
+        if bp is None:
             continue
-        if bp["candidate"] == pick["candidate"]:
-            out.append(f"{name} agrees: it also picks {pick['candidate']}.")
+        if bp.candidate == pick.candidate:
+            out.append(f"{name} agrees: it also picks {pick.candidate}.")
             continue
-        mine = df[(df.candidate == pick["candidate"]) & (df.metric == name) & df.score.notna()]
-        theirs = f"{bp['score']:.4g}"
+        mine = df[(df.candidate == pick.candidate) & (df.metric == name) & df.score.notna()]
+        theirs = f"{bp.score:.4g}"
         if mine.empty:
-            out.append(f"{name} would pick {bp['candidate']} ({theirs}) instead of {pick['candidate']}, "
+            out.append(f"{name} would pick {bp.candidate} ({theirs}) instead of {pick.candidate}, "
                        f"for which {name} is not available.")
         else:
             own = float(mine.score.max())
-            verdict = "loses to" if own < bp["score"] else "ties with"
-            out.append(f"{name} would pick {bp['candidate']} instead: {pick['metric']}'s pick {pick['candidate']} "
+            verdict = "loses to" if own < bp.score else "ties with"
+            out.append(f"{name} would pick {bp.candidate} instead: {pick.metric}'s pick {pick.candidate} "
                        f"{verdict} it on {name} ({own:.4g} vs {theirs}).")
     return out
 
 
-def render_markdown(df: Any) -> str:
+def render_markdown(ranking: Ranking) -> str:
     """``ranking.md``: target, pick and why, the per-candidate table, baselines, warnings."""
-    t = df.attrs.get("target", {})
-    pick = df.attrs.get("pick")
+    t = ranking.target
+    pick = ranking.pick
     lines = [f"# Ranking on {t.get('name', '?')} ({t.get('samples', '?')} samples, {t.get('classes', '?')} classes)", ""]
     if pick:
-        lines += [f"**Pick: {pick['candidate']}**" + (f", layer `{pick['layer']}`" if pick["layer"] else "")
-                  + f" — {pick['reason']}.", ""]
+        lines += [f"**Pick: {pick.candidate}**" + (f", layer `{pick.layer}`" if pick.layer else "")
+                  + f" — {pick.reason}.", ""]
     else:
         lines += ["**No pick**: the first metric has no finite score.", ""]
-    table = summary_table(df)
+    table = summary_table(ranking)
     cols = list(table.columns)
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "|".join("---" if c in ("candidate", "best layer", "warnings") else "---:" for c in cols) + "|")
     for _, r in table.iterrows():
         lines.append("| " + " | ".join(_fmt(r[c]) if c not in ("candidate", "best layer", "warnings")
                                        else str(r[c]).replace("|", "/") for c in cols) + " |")
-    sentences = baseline_sentences(df)
+    sentences = baseline_sentences(ranking)
     if sentences:
         lines += ["", "Baselines:", ""] + [f"- {s}" for s in sentences]
     lines += ["", "Long format: `ranking.csv` (candidate, layer, metric, kind, score, z, ...).", ""]
@@ -117,16 +121,17 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _plots(df: Any) -> list[tuple[str, str]]:
+def _plots(ranking: Ranking) -> list[tuple[str, str]]:
     """``[(caption, base64 png)]``: scores per candidate with the null band; score vs layer depth."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    metrics = list(df.attrs.get("metrics") or [])
+    df = ranking.table
+    metrics = list(ranking.metrics)
     out: list[tuple[str, str]] = []
-    table = summary_table(df)
+    table = summary_table(ranking)
     first = metrics[0] if metrics else None
     if first is not None and table[first].notna().any():
         fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(table) + 2), 3.2))
@@ -148,7 +153,7 @@ def _plots(df: Any) -> list[tuple[str, str]]:
         ax.set_title(f"{first} per candidate (best layer)")
         ax.legend(fontsize=8)
         out.append((f"{first} of each candidate at its best layer" + (" with the label-shuffle null band"
-                                                                      if df.attrs.get("null") else ""), _png(fig)))
+                                                                      if ranking.null else ""), _png(fig)))
     layered = [m for m in metrics if ((df.metric == m) & (df.layer != "") & (df.layer != "@output")).any()]
     if layered:
         n = len(layered)
@@ -173,26 +178,26 @@ td.l,th.l{text-align:left}tr.pick{background:#eef6ee}.warn{color:#8a5a00;font-si
 img{max-width:100%}.why{font-size:1.05em}"""
 
 
-def render_html(df: Any, title: str | None = None) -> str:
+def render_html(ranking: Ranking, title: str | None = None) -> str:
     """``report.html``: one self-contained page (inline CSS, base64 PNG plots, no scripts)."""
-    t = df.attrs.get("target", {})
-    pick = df.attrs.get("pick")
+    t = ranking.target
+    pick = ranking.pick
     title = title or f"tguide ranking on {t.get('name', '?')}"
-    table = summary_table(df)
+    table = summary_table(ranking)
     cols = list(table.columns)
-    cands = df.attrs.get("candidates") or {}
+    cands = ranking.candidates
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p>Target: {html.escape(str(t.get('name', '?')))} — {t.get('samples', '?')} samples, "
-             f"{t.get('classes', '?')} classes. Metrics: {html.escape(', '.join(df.attrs.get('metrics') or []))}"
-             + (f"; null: {df.attrs.get('null')} label shuffles" if df.attrs.get("null") else "") + ".</p>"]
+             f"{t.get('classes', '?')} classes. Metrics: {html.escape(', '.join(ranking.metrics))}"
+             + (f"; null: {ranking.null} label shuffles" if ranking.null else "") + ".</p>"]
     if pick:
-        parts.append(f"<p class=\"why\" id=\"pick\"><b>Pick: {html.escape(pick['candidate'])}</b>"
-                     + (f", layer <code>{html.escape(pick['layer'])}</code>" if pick["layer"] else "")
-                     + f" — {html.escape(pick['reason'])}.</p>")
+        parts.append(f"<p class=\"why\" id=\"pick\"><b>Pick: {html.escape(pick.candidate)}</b>"
+                     + (f", layer <code>{html.escape(pick.layer)}</code>" if pick.layer else "")
+                     + f" — {html.escape(pick.reason)}.</p>")
     else:
         parts.append("<p class=\"why\" id=\"pick\"><b>No pick</b>: the first metric has no finite score.</p>")
-    sentences = baseline_sentences(df)
+    sentences = baseline_sentences(ranking)
     if sentences:
         parts.append("<h2>Baselines</h2><ul id=\"baselines\">" + "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
                      + "</ul>")
@@ -202,7 +207,7 @@ def render_html(df: Any, title: str | None = None) -> str:
                  + "<th class=\"l\">provenance</th><th>params</th></tr></thead><tbody>")
     for _, r in table.iterrows():
         info = cands.get(r.candidate, {})
-        cls = "candidate-row pick" if pick and r.candidate == pick["candidate"] else "candidate-row"
+        cls = "candidate-row pick" if pick and r.candidate == pick.candidate else "candidate-row"
         cells = []
         for c in cols:
             if c == "warnings":
@@ -215,10 +220,10 @@ def render_html(df: Any, title: str | None = None) -> str:
                      + f"<td class=\"l\">{html.escape(str(info.get('provenance', '')))}</td>"
                      + f"<td>{info.get('num_params', '')}</td></tr>")
     parts.append("</tbody></table>")
-    for caption, png in _plots(df):
+    for caption, png in _plots(ranking):
         parts.append(f"<figure><img alt=\"{html.escape(caption)}\" src=\"data:image/png;base64,{png}\">"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    timing = df.attrs.get("timing") or {}
+    timing = ranking.candidate_timings()
     if timing:
         parts.append("<h2>Cost</h2><table id=\"timing\"><tr><th class=\"l\">candidate</th><th>extract s</th>"
                      "<th>score s</th></tr>" + "".join(
@@ -234,7 +239,7 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(files: Sequence[tuple[Path, bytes]]) -> None:
+def write_atomic(files: Sequence[tuple[Path, bytes]]) -> None:
     """Write every file to a temporary sibling first, then ``os.replace`` them all."""
     tmps: list[tuple[str, Path]] = []
     try:
@@ -252,24 +257,27 @@ def _atomic_write(files: Sequence[tuple[Path, bytes]]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def write_reports(df: Any, out_dir: str | os.PathLike[str], *, wandb_run: Any = None,
+def ranking_csv(ranking: Ranking) -> bytes:
+    """``ranking.csv``: the long table as it is (columns :data:`~tguide.select.ranking_result.COLUMNS`), no index."""
+    return ranking.table.to_csv(index=False).encode()
+
+
+def write_reports(ranking: Ranking, out_dir: str | os.PathLike[str], *, wandb_run: Any = None,
                   title: str | None = None) -> list[Path]:
     """Write ``ranking.csv``, ``ranking.md`` and ``report.html`` into ``out_dir`` (atomically)
     and, given a W&B run, log ``rank/table`` and ``rank/summary`` tables. Returns the paths."""
     out = Path(out_dir)
-    cols = [c for c in _CSV_COLUMNS if c in df.columns]
-    csv_bytes = df[cols].to_csv(index=False).encode()
-    md = render_markdown(df).encode()
-    page = render_html(df, title).encode()
+    df = ranking.table
+    csv_bytes = ranking_csv(ranking)
+    md = render_markdown(ranking).encode()
+    page = render_html(ranking, title).encode()
     paths = [out / "ranking.csv", out / "ranking.md", out / "report.html"]
-    _atomic_write(list(zip(paths, (csv_bytes, md, page))))
+    write_atomic(list(zip(paths, (csv_bytes, md, page))))
     if wandb_run is not None:
         import wandb
 
-        summary = summary_table(df)
-        wandb_run.log({"rank/table": wandb.Table(dataframe=df[cols]),
-                       "rank/summary": wandb.Table(dataframe=summary)})
-        pick = df.attrs.get("pick")
-        if pick:
-            wandb_run.summary["rank/pick"] = f"{pick['candidate']} {pick['layer']}".strip()
+        wandb_run.log({"rank/table": wandb.Table(dataframe=df),
+                       "rank/summary": wandb.Table(dataframe=summary_table(ranking))})
+        if ranking.pick is not None:
+            wandb_run.summary["rank/pick"] = f"{ranking.pick.candidate} {ranking.pick.layer}".strip()
     return paths

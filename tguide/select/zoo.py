@@ -36,7 +36,6 @@ returns the model in eval mode. Every failure is a one-line :class:`~tguide.erro
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +51,14 @@ from tguide.nets.captum_cnn import CaptumCifarCNN
 from tguide.nets.cifar_resnet import CifarResNet
 from tguide.nets.efficientnet_lite import efficientnet_lite
 from tguide.nets.shufflenetv2 import ShuffleNetV2Trunk
+from tguide.select.checkpoints import file_sha256, load_state_dict_checked  # re-exported
 
 ENV_VAR = "TGUIDE_MODELS"
 DEFAULT_ROOT = Path("..") / "shared" / "models"
 
 __all__ = ["DEFAULT_ROOT", "ENV_VAR", "InputSpec", "RESIZE_POLICIES", "ZOO", "ZooEntry", "file_sha256",
-           "load_state_dict_checked", "load_zoo_model", "models_root", "zoo_names", "zoo_transform"]
+           "get_zoo_entry", "load_state_dict_checked", "load_zoo_model", "models_root", "register_zoo_model",
+           "zoo_names", "zoo_transform"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class ZooEntry:
         has_head: whether ``forward`` returns class logits (else pooled features).
         state_dict_key: key of the state dict inside the file's dict, if any.
         strip_prefix: prefix removed from every key (``"module."`` for DataParallel files).
+        load: ``() -> nn.Module`` with its weights, for an entry that has no file (``path`` and
+            ``sha256`` empty): a random control, or a source a study trains and caches.
+            :func:`load_zoo_model` calls it instead of reading a checkpoint.
     """
 
     name: str
@@ -97,6 +101,7 @@ class ZooEntry:
     has_head: bool
     state_dict_key: str | None = None
     strip_prefix: str = ""
+    load: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
 
 
 _CIFAR_IMAGENET_NORM = InputSpec(32, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "stretch")
@@ -183,10 +188,37 @@ _ENTRIES: tuple[ZooEntry, ...] = (
           "Office-31 webcam plausible-set top-1 71.0%, top-5 92.0% (100 images)"),
 )
 
-ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
+ZOO: dict[str, ZooEntry] = {}  # name -> entry, in registration order: the one zoo every part reads
 
-# (resolved path, mtime_ns, size) -> sha256 hex digest of a file already hashed in this process
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+def register_zoo_model(entry: ZooEntry, *, replace: bool = False) -> ZooEntry:
+    """Add ``entry`` to :data:`ZOO` (so ``zoo:NAME`` names it everywhere) and return it.
+
+    An entry either names a checkpoint file (``path`` under the models root and its ``sha256``)
+    or has a ``load`` callable and no file. Raises :class:`TGuideError` for a name already taken
+    (unless ``replace``), or an entry with neither a file nor ``load``.
+    """
+    if not isinstance(entry, ZooEntry):
+        raise TGuideError(f"register_zoo_model takes a ZooEntry, got {type(entry).__name__}")
+    if not entry.name or ":" in entry.name:
+        raise TGuideError(f"a zoo name must be non-empty and without ':', got {entry.name!r}")
+    if entry.load is None and not (entry.path and len(entry.sha256) == 64):
+        raise TGuideError(f"zoo entry {entry.name!r} needs a checkpoint (path and its 64-digit sha256) or a "
+                          "load=callable returning the model")
+    if entry.load is not None and not callable(entry.load):
+        raise TGuideError(f"zoo entry {entry.name!r}: load must be callable, got {type(entry.load).__name__}")
+    if not callable(entry.builder):
+        raise TGuideError(f"zoo entry {entry.name!r}: builder must be callable (() -> untrained nn.Module)")
+    if entry.name in ZOO and not replace:
+        raise TGuideError(f"zoo model {entry.name!r} is already registered; pass replace=True to replace it")
+    ZOO[entry.name] = entry
+    return entry
+
+
+for _e in _ENTRIES:
+    register_zoo_model(_e)
+del _e
+
 
 
 def zoo_names() -> tuple[str, ...]:
@@ -194,12 +226,15 @@ def zoo_names() -> tuple[str, ...]:
     return tuple(ZOO)
 
 
-def _entry(name: str | ZooEntry) -> ZooEntry:
-    if isinstance(name, ZooEntry):
-        return name
+def get_zoo_entry(name: str) -> ZooEntry:
+    """The registered entry ``name``; an unknown name is a one-line :class:`TGuideError` listing the names."""
     if name not in ZOO:
         raise TGuideError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO)}")
     return ZOO[name]
+
+
+def _entry(name: str | ZooEntry) -> ZooEntry:
+    return name if isinstance(name, ZooEntry) else get_zoo_entry(name)
 
 
 def models_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -213,54 +248,11 @@ def models_root(root: str | os.PathLike[str] | None = None) -> Path:
     return DEFAULT_ROOT.resolve()
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of a file, remembered per (path, mtime, size) for this process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_mtime_ns, st.st_size)
-    cached = _HASH_CACHE.get(key)
-    if cached is not None:
-        return cached
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    _HASH_CACHE[key] = digest
-    return digest
-
-
-def _shorten(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def load_state_dict_checked(model: nn.Module, state: Mapping[str, Any], what: str = "checkpoint") -> None:
-    """``model.load_state_dict(state, strict=True)``, with a mismatch reported as one-line
-    :class:`TGuideError` that summarises missing / unexpected keys and shape clashes."""
-    try:
-        model.load_state_dict(state, strict=True)
-        return
-    except RuntimeError:
-        pass
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s) [{_shorten(missing)}]")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s) [{_shorten(unexpected)}]")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es) [{_shorten(shapes, 3)}]")
-    detail = "; ".join(parts) or "load_state_dict(strict=True) refused it"
-    raise TGuideError(f"{what} does not fit {type(model).__name__}: {detail}")
-
-
 def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None = None,
                    verify: bool = True) -> tuple[nn.Module, ZooEntry]:
     """Build the zoo model ``name``, load its pretrained weights strictly, return ``(model.eval(), entry)``.
+
+    An entry with ``load`` (no file) is built by calling it; ``root`` and ``verify`` do not apply.
 
     Args:
         name: a key of :data:`ZOO` (or a :class:`ZooEntry`).
@@ -272,6 +264,8 @@ def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None 
             that does not fit the architecture.
     """
     entry = _entry(name)
+    if entry.load is not None:
+        return _load_built(entry), entry
     base = models_root(root)
     path = base / entry.path
     if not path.is_file():
@@ -306,6 +300,21 @@ def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None 
     model = entry.builder()
     load_state_dict_checked(model, state, f"zoo model {entry.name!r} ({str(path)!r})")
     return model.eval(), entry
+
+
+def _load_built(entry: ZooEntry) -> nn.Module:
+    """The model of an entry without a file, from its ``load`` callable."""
+    assert entry.load is not None
+    try:
+        model = entry.load()
+    except TGuideError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a study's loader may fail in any way; say which entry
+        raise TGuideError(f"zoo model {entry.name!r}: its load() failed: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}") from err
+    if not isinstance(model, nn.Module):
+        raise TGuideError(f"zoo model {entry.name!r}: load() returned a {type(model).__name__}, not an nn.Module")
+    return model.eval()
 
 
 def zoo_transform(entry: str | ZooEntry, resize: str | None = None) -> Callable[[Any], torch.Tensor]:

@@ -21,7 +21,7 @@ import numpy as np
 from tguide.studies.metric_quality.scores import PARTS
 from tguide.metrics import fit_otce_weights
 from tguide.stats import mean_ci
-from tguide.select.ranking import summarise
+from tguide.select.correlation import summarise
 
 MEASURES = ("pearson", "spearman", "kendall", "weighted_tau", "top1", "regret")
 
@@ -179,7 +179,7 @@ def write_report(records: list[dict[str, Any]], score_rows: list[dict[str, Any]]
 
 def layer_selection(gt: dict, values: dict, scores: Sequence[str]) -> dict[str, Any]:
     """Per (target, source) with ≥ 2 fine-tuned layers: does the best-scored layer have the best accuracy?"""
-    from tguide.select.ranking import kendall, regret, top1
+    from tguide.select.correlation import kendall, regret, top1
 
     res: dict[str, dict[str, list[float]]] = {s: defaultdict(list) for s in scores}
     base_top, base_reg, pairs = [], [], 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tguide.select.ranking import kendall, pearson, rankdata, regret, spearman, summarise, top1, weighted_tau
+from tguide.select.correlation import kendall, pearson, rankdata, regret, spearman, summarise, top1, weighted_tau
 
 REFERENCE = {
     pearson: lambda a, b: stats.pearsonr(a, b)[0],

@@ -1,0 +1,141 @@
+"""What :func:`tguide.select.rank.rank` returns: a typed :class:`Ranking` with its :class:`Pick`.
+
+The long table keeps one row per (candidate, layer, metric) with the columns of :data:`COLUMNS`;
+the pick, the baselines' picks, the warnings and the timings are fields of the result (not
+``DataFrame.attrs``, which pandas drops on most operations). ``to_csv``, ``to_markdown`` and
+``write_report`` render through :mod:`tguide.select.report`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["COLUMNS", "Pick", "Ranking", "best_pick", "table_warnings"]
+
+COLUMNS = ["candidate", "layer", "metric", "kind", "score", "z", "null_mean", "null_std", "warning"]
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The best (candidate, layer) by one selector (a score or a baseline; higher is better).
+
+    Attributes:
+        candidate: the candidate's name.
+        spec: the spec that ``create_candidate(spec)`` makes the candidate from again (``""`` for
+            an in-memory module).
+        layer: the layer whose score won (``"@output"`` for head scores, ``""`` for per-model
+            baselines such as source accuracy).
+        metric: the selector that made the pick.
+        score: its score there.
+        reason: one sentence a person reads.
+    """
+
+    candidate: str
+    spec: str
+    layer: str
+    metric: str
+    score: float
+    reason: str
+
+
+@dataclass
+class Ranking:
+    """The result of :func:`tguide.rank`.
+
+    Attributes:
+        table: long form, one row per (candidate, layer, metric): columns :data:`COLUMNS`
+            (``kind`` is ``"score"`` or ``"baseline"``; ``z``, ``null_mean``, ``null_std`` are NaN
+            without a null).
+        pick: the best (candidate, layer) by the first metric, ``None`` when it has no finite score.
+        baseline_picks: what each baseline would pick instead (``source_accuracy``, ``knn``,
+            ``linear_probe`` when available).
+        warnings: one line each (``candidate / layer / metric: what``), in table order.
+        timings: seconds: ``total``, ``extract`` and ``score`` summed over the candidates, and
+            ``extract/NAME``, ``score/NAME`` per candidate.
+        metrics: the scores asked for, in order (the first one picks).
+        target: ``{"name", "samples", "classes"}`` of the target the features came from.
+        candidates: name → ``{"spec", "provenance", "num_params", "head", "source_accuracy", "layers"}``.
+        null: label shuffles per score (0: none).
+        cache: ``{"hits", "misses"}`` of the feature cache.
+    """
+
+    table: Any  # pandas.DataFrame
+    pick: Pick | None
+    baseline_picks: dict[str, Pick]
+    warnings: list[str]
+    timings: dict[str, float]
+    metrics: list[str] = field(default_factory=list)
+    target: dict[str, Any] = field(default_factory=dict)
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    null: int = 0
+    cache: dict[str, int] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        pick = (f"{self.pick.candidate}" + (f" @ {self.pick.layer}" if self.pick.layer else "") + f" by {self.pick.metric}"
+                if self.pick is not None else "none")
+        return (f"Ranking(target={self.target.get('name', '?')!r}, candidates={len(self.candidates)}, "
+                f"rows={len(self.table)}, pick={pick}, warnings={len(self.warnings)})")
+
+    def candidate_timings(self) -> dict[str, dict[str, float]]:
+        """``{candidate: {"extract_s", "score_s"}}`` from :attr:`timings`."""
+        out: dict[str, dict[str, float]] = {}
+        for key, seconds in self.timings.items():
+            part, sep, name = key.partition("/")
+            if sep and part in ("extract", "score"):
+                out.setdefault(name, {"extract_s": 0.0, "score_s": 0.0})[f"{part}_s"] = float(seconds)
+        return out
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write the long table to ``path`` (atomically; columns :data:`COLUMNS`); returns the path."""
+        from tguide.select.report import ranking_csv, write_atomic
+
+        out = Path(path)
+        write_atomic([(out, ranking_csv(self))])
+        return out
+
+    def to_markdown(self) -> str:
+        """``ranking.md``'s text: the target, the pick and why, one row per candidate, the baselines."""
+        from tguide.select.report import render_markdown
+
+        return render_markdown(self)
+
+    def write_report(self, out_dir: str | os.PathLike[str], *, wandb_run: Any = None) -> dict[str, Path]:
+        """Write ``ranking.csv``, ``ranking.md`` and a self-contained ``report.html`` into ``out_dir``
+        (atomically); returns ``{file name: path}``. Given a W&B run, also logs the tables."""
+        from tguide.select.report import write_reports
+
+        return {p.name: p for p in write_reports(self, out_dir, wandb_run=wandb_run)}
+
+
+def best_pick(table: Any, metric: str, specs: Mapping[str, str] | None = None) -> Pick | None:
+    """Best candidate × layer by ``metric`` (higher is better; ties go to the earlier row), with a
+    sentence saying why; ``None`` when ``metric`` has no finite score in ``table``."""
+    sub = table[(table.metric == metric) & table.score.notna()]
+    if sub.empty:
+        return None
+    sub = sub.sort_values("score", ascending=False, kind="stable")
+    best = sub.iloc[0]
+    others = sub[sub.candidate != best.candidate]
+    where = f" on layer {best.layer}" if best.layer else ""
+    reason = f"highest {metric} ({best.score:.4g}){where}"
+    if not others.empty:
+        runner = others.iloc[0]
+        reason += f"; next best candidate {runner.candidate} scores {runner.score:.4g}"
+    if not math.isnan(float(best.z)):
+        reason += f"; z = {best.z:.1f} against the label-shuffle null"
+    return Pick(candidate=str(best.candidate), spec=str((specs or {}).get(best.candidate, "")), layer=str(best.layer),
+                metric=metric, score=float(best.score), reason=reason)
+
+
+def table_warnings(table: Any) -> list[str]:
+    """The table's non-empty warnings, one line each (``candidate / layer / metric: warning``)."""
+    out = []
+    for row in table.itertuples(index=False):
+        if isinstance(row.warning, str) and row.warning:
+            where = " / ".join(str(p) for p in (row.candidate, row.layer, row.metric) if p)
+            out.append(f"{where}: {row.warning}")
+    return out
