@@ -154,3 +154,16 @@ def test_otce_pretune_is_a_callback_of_the_otce_path():
     assert isinstance(cb, OTCEPretune) and cb.options["steps"] == 2 and cb.options["reg"] == 0.1
     with pytest.raises(TGuideError, match="unknown pretune option"):
         OTCEPretune("zoo:simplecnn_cifar10", options={"stepz": 3})
+
+
+def test_finetune_function_learns_and_keeps_the_best_checkpoint(tmp_path, tiny_digits):
+    from tguide.select.finetune import FineTuneResult, finetune
+
+    res = finetune("zoo:lenet5_mnist", str(tiny_digits), epochs=2, lr=1e-3, seed=0, batch_size=8, out_dir=tmp_path)
+    assert isinstance(res, FineTuneResult) and res.candidate == "lenet5_mnist"
+    assert 0.0 <= res.test_acc <= 1.0 and 0.0 <= res.val_acc <= 1.0
+    assert res.checkpoint is not None and res.checkpoint.is_file() and res.pretune_history == ()
+    # 3 digit classes: the MNIST LeNet's features carry over, so one beats chance (1/3) clearly
+    assert res.test_acc > 0.5
+    with pytest.raises(TGuideError, match="epochs"):
+        finetune("zoo:lenet5_mnist", str(tiny_digits), epochs=0)

@@ -39,7 +39,9 @@ Recipe::
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -51,7 +53,7 @@ from tguide.select.backbone import Backbone
 from tguide.select.pretune_callback import PRETUNE_DEFAULTS, OTCEPretune
 from tguide.select.target_data import OFFLINE_SOURCES, input_shape as _input_shape, resolve as _resolve
 
-__all__ = ["FineTuner", "PRETUNE_DEFAULTS", "build_finetuner"]
+__all__ = ["FineTuneResult", "FineTuner", "PRETUNE_DEFAULTS", "build_finetuner", "finetune"]
 
 PRETUNE = (None, "otce")
 
@@ -225,3 +227,59 @@ def build_finetuner(candidate: Any, layer: str | None = None, num_classes: int |
 
         kwargs["pretune_options"] = OmegaConf.to_container(opts, resolve=True)
     return FineTuner(candidate, layer, num_classes, **kwargs)
+
+
+@dataclass(frozen=True)
+class FineTuneResult:
+    """What :func:`finetune` returns: accuracies on the target's val and test parts, the best
+    checkpoint (by ``val/acc``; ``None`` without ``out_dir``), the cut layer and the W_T history of
+    the OTCE pre-fine-tune (empty without it)."""
+
+    candidate: str
+    layer: str | None
+    val_acc: float
+    test_acc: float
+    checkpoint: Path | None
+    pretune_history: tuple[float, ...] = ()
+
+
+def finetune(candidate: Any, target: Any, *, layer: str | None = None, epochs: int = 10, lr: float = 1e-3,
+             lr_head: float | None = None, seed: int = 0, pretune: str | None = None, pretune_source: str | None = None,
+             batch_size: int = 64, out_dir: str | Path | None = None, data_root: Any = None,
+             **options: Any) -> FineTuneResult:
+    """Fine-tune ``candidate`` cut at ``layer`` (+ a new head) on ``target``; a plain function, no config.
+
+    Args:
+        candidate: a candidate spec (``zoo:NAME`` …), a Candidate or an ``nn.Module`` with a transform.
+        target: a named target or an image folder (:func:`tguide.select.target_data.target_datamodule`).
+        layer: the cut (default: the candidate's penultimate features).
+        epochs, lr, lr_head: training length, backbone learning rate, head learning rate (default ``10·lr``).
+        seed: seeds the head, the split of a folder and the batch order.
+        pretune: ``None`` or ``"otce"`` (the :class:`~tguide.select.pretune_callback.OTCEPretune` callback).
+        out_dir: where the best checkpoint (``checkpoints/best.ckpt``) and ``pretune.json`` go (default: nothing kept).
+        options: further :class:`FineTuner` options (``freeze_backbone``, ``freeze_bn``, ``weight_decay`` …).
+    """
+    import tempfile
+
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tguide.select.target_data import target_datamodule
+
+    if epochs < 1:
+        raise TGuideError(f"epochs must be ≥ 1, got {epochs}")
+    L.seed_everything(int(seed), workers=True, verbose=False)
+    model = FineTuner(candidate, layer, None, lr_backbone=float(lr), lr_head=float(10 * lr if lr_head is None else lr_head),
+                      pretune=pretune, pretune_source=pretune_source, **options)
+    dm = target_datamodule(target, candidate=model.candidate, batch_size=batch_size, seed=int(seed), data_root=data_root)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(out_dir) if out_dir is not None else Path(tmp)
+        ckpt = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor="val/acc", mode="max")
+        trainer = L.Trainer(max_epochs=int(epochs), default_root_dir=str(root), callbacks=[ckpt], logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, deterministic=False)
+        trainer.fit(model, datamodule=dm)
+        val = trainer.validate(model, datamodule=dm, ckpt_path="best", verbose=False)[0]["val/acc"]
+        test = trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False)[0]["test/acc"]
+        best = Path(ckpt.best_model_path) if out_dir is not None and ckpt.best_model_path else None
+    return FineTuneResult(model.candidate.name, model.layer, float(val), float(test), best,
+                          tuple(model.pretune_history))
