@@ -9,7 +9,8 @@ import torch
 
 from tguide.errors import TGuideError
 from tguide.fit import compose, fit
-from tguide.select.finetune import FineTuner, source_samples, target_datamodule
+from tguide.select.finetune import FineTuner
+from tguide.select.target_data import source_samples, target_datamodule
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -142,3 +143,27 @@ def test_source_samples_and_named_targets():
     dm = target_datamodule("usps", candidate="zoo:lenet5_mnist", train_per_class=2, batch_size=100)
     x, y = next(iter(dm.train_dataloader()))
     assert dm.num_classes == 10 and x.shape == (20, 1, 28, 28) and sorted(y.tolist()) == sorted(list(range(10)) * 2)
+
+
+def test_otce_pretune_is_a_callback_of_the_otce_path():
+    from tguide.select.pretune_callback import OTCEPretune
+
+    assert FineTuner("zoo:simplecnn_cifar10", "relu3", 3).configure_callbacks() == []
+    (cb,) = FineTuner("zoo:simplecnn_cifar10", "relu3", 3, pretune="otce",
+                      pretune_options={"steps": 2}).configure_callbacks()
+    assert isinstance(cb, OTCEPretune) and cb.options["steps"] == 2 and cb.options["reg"] == 0.1
+    with pytest.raises(TGuideError, match="unknown pretune option"):
+        OTCEPretune("zoo:simplecnn_cifar10", options={"stepz": 3})
+
+
+def test_finetune_function_learns_and_keeps_the_best_checkpoint(tmp_path, tiny_digits):
+    from tguide.select.finetune import FineTuneResult, finetune
+
+    res = finetune("zoo:lenet5_mnist", str(tiny_digits), epochs=2, lr=1e-3, seed=0, batch_size=8, out_dir=tmp_path)
+    assert isinstance(res, FineTuneResult) and res.candidate == "lenet5_mnist"
+    assert 0.0 <= res.test_acc <= 1.0 and 0.0 <= res.val_acc <= 1.0
+    assert res.checkpoint is not None and res.checkpoint.is_file() and res.pretune_history == ()
+    # 3 digit classes: the MNIST LeNet's features carry over, so one beats chance (1/3) clearly
+    assert res.test_acc > 0.5
+    with pytest.raises(TGuideError, match="epochs"):
+        finetune("zoo:lenet5_mnist", str(tiny_digits), epochs=0)

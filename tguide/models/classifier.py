@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import lightning as L
-import torch
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., Any]
+from tguide.models.classification import ClassificationModule, OptimizerFactory, SchedulerFactory
+
+__all__ = ["Classifier", "OptimizerFactory", "SchedulerFactory"]
 
 
-class Classifier(L.LightningModule):
+class Classifier(ClassificationModule):
     """Train ``net`` with cross-entropy; log ``{train,val,test}/loss`` and ``{train,val,test}/acc``.
 
     Args:
@@ -32,43 +28,9 @@ class Classifier(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes, optimizer=optimizer, scheduler=scheduler, scheduler_interval="epoch")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.loss = nn.CrossEntropyLoss()
-        # one accuracy state per stage (ModuleDict keys may not shadow Module.train)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
-
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = self.loss(logits, y)
-        acc = getattr(self, f"{stage}_acc")
-        acc(logits, y)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "train",
-                 sync_dist=True, batch_size=y.shape[0])
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}

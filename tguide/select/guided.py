@@ -257,7 +257,7 @@ def _train_part(cfg: Any, target: Any) -> Any:
     """The target's training split (TargetData), as the fine-tunes will see it."""
     from omegaconf import OmegaConf
 
-    from tguide.select.finetune import target_datamodule
+    from tguide.select.target_data import target_datamodule
 
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     for key in ("_target_", "candidate", "transform", "root"):

@@ -1,18 +1,15 @@
 """The regime grid of the OTCE few-shot study: fixed grid, disjoint validation/test classes,
-paired statistics, and the --quick run of bench/fewshot_regimes.py (< 60 s)."""
+paired statistics, and the --quick run of ``python -m tguide.studies.fewshot`` (< 60 s)."""
 
 import csv
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tguide.studies.fewshot import regimes as R
 
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "fewshot_regimes.py"
 
 
 def test_grid_is_fixed_and_documented():
@@ -80,9 +77,8 @@ def test_loo_pays_rule_cannot_predict_a_lone_paying_cell():
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("fewshot_regimes_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from tguide.studies.fewshot import regimes_run as mod
+
     out = tmp_path_factory.mktemp("regimes")
     from tests.conftest import _data_root
 

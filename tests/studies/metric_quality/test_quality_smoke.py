@@ -6,23 +6,16 @@ nothing, and that a newly registered score is computed alone from the cached fea
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "quality"
-
 
 def _load_run():
-    spec = importlib.util.spec_from_file_location("quality_bench_run", BENCH / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    from tguide.studies.metric_quality import run
+
+    return run
 
 
 def test_quick_run_resumes_and_extends(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@
 Ground truth of a (source, target) pair: the mean test accuracy over seeds (and Omniglot episodes)
 after the fixed fine-tuning budget, with a 95% Student-t interval over seeds. A score's value for a
 pair: its value on the penultimate layer (mean over episodes). Agreement per target:
-:func:`tguide.select.ranking.summarise`. ``otce_fitted``: λ from
+:func:`tguide.select.correlation.summarise`. ``otce_fitted``: λ from
 :func:`tguide.metrics.fit_otce_weights` on the pairs of the *other* targets (leave-one-target-out),
 so no evaluation pair is used to fit its own score.
 """

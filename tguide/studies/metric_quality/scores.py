@@ -8,7 +8,7 @@ Adding a score is one entry::
     def my_score(p: PairInputs) -> float:
         return float(...)               # higher = more transferable
 
-and rerunning ``bench/quality/run.py`` (or keep the entries in a file of your own and pass it with
+and rerunning ``python -m tguide.studies.metric_quality`` (or keep the entries in a file of your own and pass it with
 ``--extra-scores FILE.py``, as ``calibrated.py`` does for the calibrated scores): features are cached, so only the new score is computed
 for every (source, target, layer) and the tables get a new row. Entries in :data:`LAYER_FREE`
 use only the source model's final outputs (LEEP, NCE), so they are left out of layer selection.

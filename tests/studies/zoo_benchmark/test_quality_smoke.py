@@ -1,22 +1,16 @@
-"""Smoke run of the zoo benchmark's scoring and report (bench/zoo_quality.py --quick)."""
+"""Smoke run of the zoo benchmark's scoring and report (``python -m tguide.studies.zoo_benchmark quality --quick``)."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "zoo_quality.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("zoo_quality_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from tguide.studies.zoo_benchmark import quality
+
+    return quality
 
 
 def test_quick_scores_resume_and_report(tmp_path: Path, data_root: Path) -> None:

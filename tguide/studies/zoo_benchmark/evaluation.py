@@ -1,7 +1,7 @@
 r"""How well does a transferability score pick models? The evaluation protocol of the zoo benchmark.
 
 A score is judged against a ground truth (fine-tuned or linear-probe accuracy of every
-candidate on a target) with the measures of :mod:`tguide.select.ranking` — weighted Kendall
+candidate on a target) with the measures of :mod:`tguide.select.correlation` — weighted Kendall
 :math:`\tau_w` (Vigna 2015, as ``scipy.stats.weightedtau``), Kendall :math:`\tau_b`, Pearson —
 and by what following it gains:
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tguide.select.evaluation import (agreement, bootstrap_ci, leave_one_target_out, relative_top_accuracy,
+from tguide.studies.zoo_benchmark.evaluation import (agreement, bootstrap_ci, leave_one_target_out, relative_top_accuracy,
                                       setup_stability, subpools, topk_hit, zscore_mean)
 
 
