@@ -304,9 +304,10 @@ def run(cfg: Any) -> dict[str, Any]:
         cache_dir = None
     t0 = time.perf_counter()
     ranking_path = out / "ranking.json"
-    table = rank(cands, train, layers=layers, metrics=metrics, baselines=["source_accuracy"],
+    ranking = rank(cands, train, layers=layers, metrics=metrics, baselines=["source_accuracy"],
                  max_samples=gd.get("max_samples"), cache_dir=cache_dir, seed=int(gd.get("rank_seed", 0)),
                  device=gd.get("device"), progress=verbose)
+    table = ranking.table
     records = _records(table)
     ranking_path.write_text(json.dumps(records, indent=1, default=str) + "\n")
     rank_seconds = time.perf_counter() - t0
@@ -317,15 +318,14 @@ def run(cfg: Any) -> dict[str, Any]:
     _finetune_all(cfg, picks, seeds, out, verbose)
     rows, agree = guided_table(picks, src_acc)
     _write_csv(out / "guided.csv", rows)
-    attrs = getattr(table, "attrs", {}) or {}
     info = {"target": target, "metric": metrics[0], "top_k": int(gd.get("top_k", 2)),
             "baselines": list(gd.get("baselines") or []), "seeds": seeds, "rank_samples": len(train),
             "budget": f"{cfg.trainer.get('max_epochs')} epochs", "rank_seconds": rank_seconds,
-            "pick_reason": (attrs.get("pick") or {}).get("reason")}
+            "pick_reason": ranking.pick.reason if ranking.pick is not None else None}
     (out / "guided.md").write_text(markdown(rows, agree, info))
     (out / "guided.json").write_text(json.dumps({"info": info, "agreement": agree, "rows": rows}, indent=2,
                                                 default=str) + "\n")
     if verbose:
         print((out / "guided.md").read_text(), flush=True)
         print(f"tguide.fit: wrote guided.csv, guided.md; run folder {out.resolve()}", flush=True)
-    return {"rows": rows, "agreement": agree, "picks": picks, "ranking": table}
+    return {"rows": rows, "agreement": agree, "picks": picks, "ranking": ranking}
