@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from tguide.features import OUTPUT, FeatureSet, Unpack, extract_features, resolve_layers
 from tguide.metrics.registry import METRICS as REGISTRY
 from tguide.metrics.registry import MetricInfo
-from tguide.pixel_features import extract_pixel_features
+from tguide.features.pixels import extract_pixel_features
 
 __all__ = ["METRICS", "DEFAULT_METRIC_KWARGS", "MetricSpec", "resolve_metric", "check_metric_kwargs",
            "transferability_scores"]

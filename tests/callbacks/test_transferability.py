@@ -441,7 +441,7 @@ def test_pixel_mode_for_segmentation_masks():
     out = transferability_scores(model, loader, ["enc", "dec"], ["hscore"], pixels_per_image=50, max_samples=10)
     again = transferability_scores(model, loader, ["enc", "dec"], ["hscore"], pixels_per_image=50, max_samples=10)
     assert out == again and set(out) == {"transfer/hscore/enc", "transfer/hscore/dec"}
-    from tguide.pixel_features import extract_pixel_features
+    from tguide.features.pixels import extract_pixel_features
 
     idx = torch.sort(torch.randperm(12, generator=torch.Generator().manual_seed(0))[:10]).values
     fs = extract_pixel_features(model, DataLoader(TensorDataset(x[idx], masks[idx]), batch_size=3), ["enc"],

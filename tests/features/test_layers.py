@@ -1,0 +1,35 @@
+"""Layer names: resolution, typos, duplicates, "auto" and the output pseudo-layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tguide.features import extract_features, resolve_layers
+from tguide.nets.lenet import LeNet5
+
+
+def test_unknown_duplicate_empty_layers(lenet):
+    with pytest.raises(ValueError, match=r"no module named 'fc4'.*Did you mean.*fc1.*named_modules"):
+        resolve_layers(lenet, ["fc4"])
+    with pytest.raises(ValueError, match=r"more than once"):
+        resolve_layers(lenet, ["fc1", "fc1"])
+    with pytest.raises(ValueError, match=r"`layers` is empty"):
+        resolve_layers(lenet, [])
+
+
+def test_layer_typo_suggests_and_auto_layers():
+    from torchvision.models import resnet18
+
+    from tguide.features import OUTPUT, auto_layers
+
+    with pytest.raises(ValueError, match=r"no module named 'layer5'.*Did you mean"):
+        resolve_layers(resnet18(), ["layer5"])
+    assert auto_layers(resnet18()) == ["layer1", "layer2", "layer3", "layer4", "avgpool"]
+    net = LeNet5()
+    loader = DataLoader(TensorDataset(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 0, 1])), batch_size=2)
+    fs = extract_features(net, loader, ["fc2", OUTPUT])
+    assert fs.features[OUTPUT].shape == (4, 10)
