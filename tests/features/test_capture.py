@@ -81,3 +81,62 @@ def test_eval_mode_context_restores_on_error():
             assert not model.training and not model[1].training
             raise KeyError("boom")
     assert model.training and model[1].training and not model[0].training
+
+
+# -- stop after the captured layers (the cut of Backbone), modules entered --------------------
+
+def test_stop_ends_the_forward_after_the_captured_layers(lenet):
+    ran = []
+    handle = lenet.fc1.register_forward_pre_hook(lambda m, a: ran.append("fc1"))
+    x = torch.randn(3, 1, 28, 28)
+    try:
+        with LayerCapture(lenet, ["conv2"], pool="none", stop=True) as cap:
+            assert cap.run(x) is None  # stopped: no model output
+            assert not ran  # the modules after conv2 never ran
+            cap.check_ran_once()
+        with torch.no_grad():  # conv2's own output, by hand
+            conv2 = lenet.conv2(lenet.pool1(torch.relu(lenet.conv1(x))))
+        torch.testing.assert_close(cap.outputs["conv2"], conv2)
+        with LayerCapture(lenet, ["conv2", "fc2"], pool="avg", stop=True) as cap:
+            assert cap.run(x) is None and set(cap.outputs) == {"conv2", "fc2"}  # stops after the last of them
+        assert ran == ["fc1"] and _hooks(lenet) == 0
+        with LayerCapture(lenet, ["conv2"]) as cap:  # without stop, run returns the output and runs all
+            out = cap.run(x)
+        assert out.shape == (3, 10) and ran == ["fc1", "fc1"]
+    finally:
+        handle.remove()
+
+
+def test_stop_of_an_inner_capture_is_not_caught_by_an_outer_one(lenet):
+    x = torch.randn(2, 1, 28, 28)
+    with LayerCapture(lenet, ["fc3"]) as outer, LayerCapture(lenet, ["conv1"], stop=True) as inner:
+        assert outer.run(x, forward=lambda m, v: inner.run(v)) is None  # the inner run caught its own stop
+    assert "conv1" in inner.outputs and "fc3" not in outer.outputs
+    with LayerCapture(lenet, ["conv1"], stop=True) as cap:  # called without run(): the stop escapes
+        with pytest.raises(Exception, match="stopped after the captured layers"):
+            lenet(x)
+    assert _hooks(lenet) == 0
+
+
+def test_modules_entered_lists_the_modules_a_pass_runs():
+    from tguide.features import modules_entered
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with modules_entered(net) as ran:
+        net[:2](torch.zeros(1, 3))  # a slice: the last Linear never runs
+    assert net[0] in ran and net[1] in ran and net[2] not in ran
+    assert sum(len(m._forward_pre_hooks) for m in net.modules()) == 0
+
+
+@pytest.mark.parametrize("layer,pool", [("conv2", "avg"), ("pool2", "flatten"), ("fc1", "avg")])
+def test_backbone_and_extract_features_give_identical_tensors(lenet, loader, layer, pool):
+    from tguide.select.backbone import Backbone
+
+    fs = extract_features(lenet, loader, [layer], pool=pool)
+    bb = Backbone(lenet, layer, pool=pool, input_shape=(1, 28, 28), freeze_unused=False)
+    x, _ = loader.dataset.tensors
+    with eval_mode(bb), torch.no_grad():
+        cut = torch.cat([bb(x[i:i + 8]) for i in range(0, len(x), 8)])  # the loader's batches
+    assert cut.shape == fs.features[layer].shape and bb.feature_dim == cut.shape[1]
+    assert torch.equal(cut, fs.features[layer])  # bit for bit: one capture, one pooling
+    assert _hooks(lenet) == 0

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tguide.features import extract_features, resolve_layers
+from tguide.features import auto_layers, extract_features, resolve_layers
 from tguide.nets.lenet import LeNet5
 
 
@@ -33,3 +33,26 @@ def test_layer_typo_suggests_and_auto_layers():
     loader = DataLoader(TensorDataset(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 0, 1])), batch_size=2)
     fs = extract_features(net, loader, ["fc2", OUTPUT])
     assert fs.features[OUTPUT].shape == (4, 10)
+
+
+def test_auto_layers_of_a_features_sequential_are_the_resolution_ends():
+    from torchvision.models import mobilenet_v2
+
+    net = mobilenet_v2()
+    net.train()
+    bn = net.features[0][1]
+    before = bn.running_mean.clone()
+    names = auto_layers(net)
+    # independent reference: the spatial size after every block, by hand, at 64 px
+    sizes, x = [], torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        net.eval()
+        for block in net.features:
+            x = block(x)
+            sizes.append(x.shape[-1])
+        net.train()
+    ends = [i for i in range(len(sizes)) if i + 1 == len(sizes) or sizes[i + 1] != sizes[i]]
+    assert names == [f"features.{i}" for i in ends[1:]]
+    assert names == ["features.3", "features.6", "features.13", "features.18"]  # 16, 8, 4 and 2 px stages
+    assert net.training and bn.training and torch.equal(bn.running_mean, before)  # probe left no trace
+    assert sum(len(m._forward_hooks) for m in net.modules()) == 0

@@ -66,3 +66,24 @@ def test_token_and_channels_last_pools_match_explicit_computation():
         extract_features(net, loader, ["patch"], pool="cls")
     with pytest.raises(ValueError, match=r"not among the layers.*Did you mean 'tokens'"):
         extract_features(net, loader, ["tokens"], pool={"tokenz": "cls"})
+
+
+def test_pool_specs_per_layer(lenet):
+    from tguide.features import check_pool, describe_pool, pool_for
+
+    with pytest.raises(ValueError, match=r"`pool` must be one of"):
+        LayerCapture(lenet, ["fc1"], pool="max")
+    with pytest.raises(ValueError, match=r"`pool\['fc1'\]` must be one of"):
+        check_pool({"fc1": "max"})
+    spec = {"conv1": "flatten", "*": "none"}
+    assert pool_for(spec, "conv1") == "flatten" and pool_for(spec, "fc1") == "none"
+    assert pool_for({"conv1": "flatten"}, "fc1") == "avg" and pool_for("cls", "any") == "cls"
+
+    def halve(out):
+        return out[:, ::2]
+
+    assert describe_pool({"fc1": halve}, "fc1").endswith("halve") and describe_pool(spec, "conv1") == "flatten"
+    x = torch.randn(2, 1, 28, 28)
+    with LayerCapture(lenet, ["conv1", "fc1"], pool={"conv1": "flatten", "fc1": halve}) as cap:
+        lenet(x)
+    assert cap.outputs["conv1"].shape == (2, 6 * 28 * 28) and cap.outputs["fc1"].shape == (2, 60)
