@@ -26,8 +26,9 @@ from __future__ import annotations
 import csv
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -149,7 +150,7 @@ class TransferabilityMonitor(Callback):
         if isinstance(spec, DataLoader):
             return spec
         if isinstance(spec, str):
-            for owner in (trainer.datamodule, pl_module):
+            for owner in (getattr(trainer, "datamodule", None), pl_module):
                 method = getattr(owner, spec, None) if owner is not None else None
                 if callable(method):
                     return method()
@@ -192,7 +193,8 @@ class TransferabilityMonitor(Callback):
                 max_samples=self.max_samples, source_max_samples=self.source_max_samples, seed=self.seed,
                 metric_kwargs=self.metric_kwargs,
                 pixels_per_image=self.pixels_per_image, ignore_index=self.ignore_index,
-                pixel_sampling=self.pixel_sampling, null=self.null, device=pl_module.device, unpack=self.unpack, on_error=self.on_error)
+                pixel_sampling=self.pixel_sampling, null=self.null, device=pl_module.device, unpack=self.unpack,
+                on_error=self.on_error)
         seconds = time.perf_counter() - start
         # every rank holds the same scores; sync_dist only keeps Lightning's DDP bookkeeping quiet
         for key, value in scores.items():

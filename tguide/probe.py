@@ -23,7 +23,8 @@ a fixed probe subset:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from tguide.features.extract import FeatureSet, Unpack, dataset_labels, extract_features
 from tguide.features.layers import OUTPUT, resolve_layers
 from tguide.features.pixels import extract_pixel_features
+from tguide.features.pooling import PoolSpec
 from tguide.metrics._subset import stratified_subset
 from tguide.metrics.registry import METRICS, MetricInfo
 
@@ -94,10 +96,10 @@ def _probe_share(loader: DataLoader, max_samples: int | None, seed: int, rank: i
     ``TensorDataset``, a ``Subset`` of those). Otherwise the labels could only be known by running
     the loader over every sample, so the subset is a seeded uniform draw instead, and a warning
     says so once per dataset type. ``stratify=False`` (segmentation: an image holds many classes)
-    draws the uniform subset of images without a warning. Its indices are sorted; rank ``r`` of ``world`` reads positions
-    ``r, r+world, ...`` (every rank draws the same subset). The loader does not shuffle and owns
-    its generator, so probing never draws from the global RNG (training with and without the
-    monitor sees the same random numbers).
+    draws the uniform subset of images without a warning. Its indices are sorted; rank ``r`` of
+    ``world`` reads positions ``r, r+world, ...`` (every rank draws the same subset). The loader
+    does not shuffle and owns its generator, so probing never draws from the global RNG (training
+    with and without the monitor sees the same random numbers).
     """
     if not isinstance(loader, DataLoader):
         raise ValueError(f"`{what}` must give a torch DataLoader, got {type(loader).__name__}.")
@@ -144,7 +146,7 @@ def _device_for_backend() -> torch.device:
     return torch.device("cpu")
 
 
-def _extract(model: nn.Module, share: DataLoader, ids: Tensor, layers: Sequence[str], pool: str,
+def _extract(model: nn.Module, share: DataLoader, ids: Tensor, layers: Sequence[str], pool: PoolSpec,
              pixels_per_image: int | None, ignore_index: int | None, seed: int, device: Any,
              unpack: Unpack | None, pixel_sampling: Mapping[str, Any] | None = None) -> FeatureSet | None:
     if len(ids) == 0:  # this rank's share is empty (fewer probe samples than ranks)
@@ -250,7 +252,7 @@ def transferability_scores(
     metrics: Sequence[str] = ("otce_sim", "hscore", "transrate"),
     source: DataLoader | None = None,
     *,
-    pool: str = "avg",
+    pool: PoolSpec = "avg",
     max_samples: int | None = 1000,
     source_max_samples: int | None = 1000,
     seed: int = 0,
@@ -308,7 +310,8 @@ def transferability_scores(
     target = _gather(target, layers, world)
     # fail-safe: rank 0 catches every exception while scoring and broadcasts (ok, payload), so
     # that every rank returns the same scores or raises the same error (never one rank hanging)
-    ok, payload = True, {}
+    ok: bool = True
+    payload: Any = {}  # the scores, or the portable error when ok is False
     if rank == 0:
         assert target is not None
         try:

@@ -112,7 +112,7 @@ def test_stop_of_an_inner_capture_is_not_caught_by_an_outer_one(lenet):
     with LayerCapture(lenet, ["fc3"]) as outer, LayerCapture(lenet, ["conv1"], stop=True) as inner:
         assert outer.run(x, forward=lambda m, v: inner.run(v)) is None  # the inner run caught its own stop
     assert "conv1" in inner.outputs and "fc3" not in outer.outputs
-    with LayerCapture(lenet, ["conv1"], stop=True) as cap:  # called without run(): the stop escapes
+    with LayerCapture(lenet, ["conv1"], stop=True):  # called without run(): the stop escapes
         with pytest.raises(Exception, match="stopped after the captured layers"):
             lenet(x)
     assert _hooks(lenet) == 0

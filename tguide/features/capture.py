@@ -12,8 +12,9 @@ eval mode and restores every submodule's mode.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle

@@ -15,8 +15,9 @@ Pixel-level mode, for segmentation (one row per sampled pixel): :mod:`tguide.fea
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -94,7 +95,8 @@ def integer_labels(y: Tensor, name: str) -> Tensor:
     """``y`` as int64 class ids; ``ValueError`` naming ``name`` if it holds non-integer values."""
     if y.is_floating_point():
         if not bool(torch.all(y == torch.round(y))):
-            raise ValueError(f"`{name}` holds non-integer values; pass integer class ids (a mask of 0/1 or class indices).")
+            raise ValueError(f"`{name}` holds non-integer values; pass integer class ids "
+                             "(a mask of 0/1 or class indices).")
     return y.to(torch.int64)
 
 
@@ -104,8 +106,8 @@ def run_batches(
     unpack: Unpack,
     device: torch.device | str | None,
     forward: Callable[[nn.Module, Tensor], Any] | None,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(inputs, labels)`` per batch after ``cap``'s model has run on it (outputs in ``cap``);
+) -> Iterator[Tensor]:
+    """Yield each batch's labels after ``cap``'s model has run on its inputs (outputs in ``cap``);
     checks that every hooked layer ran exactly once (:meth:`LayerCapture.check_ran_once`)."""
     for batch in loader:
         x, y = unpack(batch)
@@ -113,7 +115,7 @@ def run_batches(
             x = x.to(device, non_blocking=True)
         cap.run(x, forward)
         cap.check_ran_once()
-        yield x, torch.as_tensor(y)
+        yield torch.as_tensor(y)
 
 
 def dataset_labels(dataset: Any) -> Tensor | None:
@@ -126,8 +128,8 @@ def dataset_labels(dataset: Any) -> Tensor | None:
         inner = dataset_labels(dataset.dataset)
         return None if inner is None else inner[torch.as_tensor(list(dataset.indices), dtype=torch.int64)]
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        y = dataset.tensors[1]
-        return y.reshape(-1) if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1) else None
+        second = dataset.tensors[1]
+        return second.reshape(-1) if second.ndim == 1 or (second.ndim == 2 and second.shape[1] == 1) else None
     for attr in ("targets", "labels"):
         y = getattr(dataset, attr, None)
         if y is not None and not callable(y):
@@ -232,7 +234,7 @@ def extract_features(
         batches = tqdm(loader, total=total, desc=progress if isinstance(progress, str) else "features",
                        unit="batch", leave=False, dynamic_ncols=True)
     with LayerCapture(model, layers, pool=pool) as cap, eval_mode(model), torch.no_grad():
-        for x, y in run_batches(batches, cap, unpack, device, forward):
+        for y in run_batches(batches, cap, unpack, device, forward):
             if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
                 raise ValueError(
                     f"labels of a batch have shape {tuple(y.shape)}; image-level features need one class id "

@@ -10,7 +10,7 @@ classifier's logits, which LEEP and NCE read) is captured like any layer.
 from __future__ import annotations
 
 import difflib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -94,8 +94,9 @@ def auto_layers(model: nn.Module) -> list[str]:
     if stages:
         return list(stages)
     net = getattr(model, "net", None)
-    if isinstance(net, nn.Module) and getattr(net, "STAGES", None):
-        return [f"net.{s}" for s in net.STAGES]
+    net_stages = getattr(net, "STAGES", None) if isinstance(net, nn.Module) else None
+    if net_stages:
+        return [f"net.{s}" for s in net_stages]
     modules = dict(model.named_modules())
     info = getattr(model, "feature_info", None)
     if info is not None:

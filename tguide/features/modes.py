@@ -6,8 +6,8 @@ the "auto" layer probe, the cut of :class:`tguide.select.backbone.Backbone`) and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from torch import nn
 

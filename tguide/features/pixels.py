@@ -14,7 +14,8 @@ where at least two classes meet. Layer capture itself is :mod:`tguide.features.c
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -134,7 +135,7 @@ def extract_pixel_features(
     row_ids: list[Tensor] = []
     seen = 0
     with LayerCapture(model, layers, pool="none") as cap, eval_mode(model), torch.no_grad():
-        for x, masks in run_batches(loader, cap, unpack, device, forward):
+        for masks in run_batches(loader, cap, unpack, device, forward):
             if masks.ndim == 4 and masks.shape[1] == 1:
                 masks = masks[:, 0]
             if masks.ndim != 3:
@@ -158,7 +159,8 @@ def extract_pixel_features(
                 if sampling == "boundary":
                     valid = boundary_band(masks[i], band, ignore_index)
                 else:
-                    valid = masks[i] != ignore_index if ignore_index is not None else torch.ones_like(masks[i], dtype=torch.bool)
+                    valid = (masks[i] != ignore_index if ignore_index is not None
+                             else torch.ones_like(masks[i], dtype=torch.bool))
                 flat = sample_pixels(valid, pixels_per_image, gen)
                 rows, cols = (flat // width), (flat % width)
                 for name, out in cap.outputs.items():
@@ -171,8 +173,8 @@ def extract_pixel_features(
             if max_samples is not None and seen >= max_samples:
                 break
     if not labels or sum(t.numel() for t in labels) == 0:
-        raise ValueError("no labelled pixels were found; check `loader` and `ignore_index`"
-                         + (" (sampling='boundary' needs images whose masks hold two classes)." if sampling == "boundary" else "."))
+        hint = " (sampling='boundary' needs images whose masks hold two classes)." if sampling == "boundary" else "."
+        raise ValueError("no labelled pixels were found; check `loader` and `ignore_index`" + hint)
     first = next(iter(chunks.values()))[0]
     return FeatureSet(
         features={name: torch.cat(chunks[name]) for name in cap.modules},

@@ -26,7 +26,8 @@ callable              any                           ``pool(output)`` must be ``(
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 from torch import Tensor
 

@@ -31,14 +31,15 @@ names are ``network.<name>``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tguide.features.capture import LayerCapture, modules_entered
-from tguide.features.modes import eval_mode
 from tguide.features.layers import resolve_layers
+from tguide.features.modes import eval_mode
 from tguide.features.pooling import check_pool, reduce_output
 
 __all__ = ["Backbone", "guess_input_shape"]
