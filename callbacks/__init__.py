@@ -3,8 +3,6 @@
 from tguide.callbacks.invariance import InvarianceMonitor, per_class_ekld
 from tguide.callbacks.transferability import (
     DEFAULT_METRIC_KWARGS,
-    METRICS,
-    MetricSpec,
     TransferabilityMonitor,
     resolve_metric,
     transferability_scores,
@@ -14,8 +12,6 @@ __all__ = [
     "InvarianceMonitor",
     "per_class_ekld",
     "DEFAULT_METRIC_KWARGS",
-    "METRICS",
-    "MetricSpec",
     "TransferabilityMonitor",
     "resolve_metric",
     "transferability_scores",

@@ -4,10 +4,11 @@
 :func:`tguide.probe.transferability_scores`, which is usable without a Trainer. A run:
 
 1. draws a fixed probe subset (seeded, the same every epoch) of the target loader and, for
-   OTCE, of the source loader; under DDP every rank reads its share of it;
+   OTCE, of the source loader (class-stratified when the dataset exposes its labels, see
+   :func:`tguide.probe.transferability_scores`); under DDP every rank reads its share of it;
 2. runs the model in eval mode under ``torch.no_grad()`` and captures the named layers with
-   forward hooks (:mod:`tguide.features`); the previous train/eval mode of every submodule
-   is restored;
+   the one forward-hook capture (:mod:`tguide.features`); the previous train/eval mode of
+   every submodule is restored;
 3. gathers every rank's rows (``all_gather`` with padding, so unequal shares do not hang)
    and puts them back in the one-process order;
 4. rank 0 calls the functions of :mod:`tguide.metrics` (no formula lives here) and
@@ -25,20 +26,22 @@ from __future__ import annotations
 import csv
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from tguide.features import OUTPUT, PoolSpec, Unpack, check_pool, resolve_layers
 from tguide.errors import ConfigError
-from tguide.probe import (DEFAULT_METRIC_KWARGS, METRICS, MetricSpec, check_metric_kwargs, resolve_metric,
-                          transferability_scores)
+from tguide.features.extract import Unpack
+from tguide.features.layers import OUTPUT, resolve_layers
+from tguide.features.pooling import PoolSpec, check_pool
+from tguide.metrics.registry import METRICS
+from tguide.probe import DEFAULT_METRIC_KWARGS, check_metric_kwargs, resolve_metric, transferability_scores
 
-__all__ = ["METRICS", "DEFAULT_METRIC_KWARGS", "MetricSpec", "resolve_metric", "transferability_scores",
-           "TransferabilityMonitor"]
+__all__ = ["DEFAULT_METRIC_KWARGS", "resolve_metric", "transferability_scores", "TransferabilityMonitor"]
 
 HOOKS = ("train_epoch_end", "validation_epoch_end")
 LoaderSpec = DataLoader | str | Callable[[], DataLoader]
@@ -51,13 +54,15 @@ class TransferabilityMonitor(Callback):
         probe: target samples: a DataLoader, the name of a datamodule (or LightningModule)
             method returning one (``"val_dataloader"``), or a zero-argument callable.
         layers: module names in the LightningModule's ``named_modules()`` (``"net.fc1"``).
-        metrics: names in :data:`METRICS` (the one registry, :mod:`tguide.metrics.registry`:
+        metrics: names in :data:`tguide.metrics.registry.METRICS` (the one registry:
             ``otce_sim``, ``hscore``, ``hscore_shrinkage``, ``transrate``, ``transrate_comparable``,
             ``logme``, ``leep``, ``nce``, ...). LEEP and NCE read the module's output as the source
             head's logits and are logged once per run as ``transfer/<metric>/@output``.
         source: source samples, as ``probe``; needed by ``otce_sim``.
         every_n_epochs: run after epochs ``n-1, 2n-1, ...`` (0-based).
-        max_samples: probe subset size, fixed for the whole fit; ``None`` = all.
+        max_samples: probe subset size, fixed for the whole fit: a seeded, class-stratified
+            random subset when the dataset exposes its labels (``targets``/``labels``, a
+            ``TensorDataset``), else a uniform one (with a warning); ``None`` = all.
         source_max_samples: source subset size (only OTCE reads it), likewise.
         on: ``"train_epoch_end"`` (after that epoch's validation, always runs) or
             ``"validation_epoch_end"`` (skipped during the sanity check).
@@ -70,7 +75,7 @@ class TransferabilityMonitor(Callback):
             plots; the first one present is used for the scatter.
         pixels_per_image, ignore_index: per-pixel features for segmentation masks.
         pixel_sampling: extra keyword arguments of
-            :func:`tguide.features.extract_pixel_features` (how pixels are drawn).
+            :func:`tguide.features.pixels.extract_pixel_features` (how pixels are drawn).
         null: number of probe-label shuffles; also logs ``transfer/<metric>_z/<layer>``, the
             score's z against its label-shuffle null (``None``: raw scores only).
         seed: draws the probe subsets (and the pixels).
@@ -103,7 +108,7 @@ class TransferabilityMonitor(Callback):
         self.metrics = [str(m) for m in metrics]
         if not self.metrics:
             raise ValueError("`metrics` is empty; name at least one of " + ", ".join(METRICS) + ".")
-        needing = [m for m in self.metrics if resolve_metric(m).needs_source]
+        needing = [m for m in self.metrics if resolve_metric(m).needs_source_samples]
         if needing and source is None:
             raise ValueError(f"`source`: {needing} compare source and target features; pass source= "
                              "(e.g. source='train_dataloader') or drop them from `metrics`.")
@@ -145,7 +150,7 @@ class TransferabilityMonitor(Callback):
         if isinstance(spec, DataLoader):
             return spec
         if isinstance(spec, str):
-            for owner in (trainer.datamodule, pl_module):
+            for owner in (getattr(trainer, "datamodule", None), pl_module):
                 method = getattr(owner, spec, None) if owner is not None else None
                 if callable(method):
                     return method()
@@ -188,7 +193,8 @@ class TransferabilityMonitor(Callback):
                 max_samples=self.max_samples, source_max_samples=self.source_max_samples, seed=self.seed,
                 metric_kwargs=self.metric_kwargs,
                 pixels_per_image=self.pixels_per_image, ignore_index=self.ignore_index,
-                pixel_sampling=self.pixel_sampling, null=self.null, device=pl_module.device, unpack=self.unpack, on_error=self.on_error)
+                pixel_sampling=self.pixel_sampling, null=self.null, device=pl_module.device, unpack=self.unpack,
+                on_error=self.on_error)
         seconds = time.perf_counter() - start
         # every rank holds the same scores; sync_dist only keeps Lightning's DDP bookkeeping quiet
         for key, value in scores.items():

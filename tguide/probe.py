@@ -1,13 +1,17 @@
 """Transferability of a probe set, per layer: the Trainer-free core of the transferability callback.
 
-:func:`transferability_scores` scores every metric of :data:`METRICS` on every named layer for a
-fixed probe subset:
+:func:`transferability_scores` scores metrics of the one registry
+(:data:`tguide.metrics.registry.METRICS`, shared with model selection) on every named layer for
+a fixed probe subset:
 
 1. draws a fixed probe subset (seeded, the same every call) of the target loader and, for
-   OTCE, of the source loader; under DDP every rank reads its share of it;
+   OTCE, of the source loader: ``max_samples`` is a class-stratified random subset
+   (:func:`tguide.metrics._subset.stratified_subset`) whenever the dataset exposes its labels
+   (:func:`tguide.features.extract.dataset_labels`), else a uniform one (see :func:`_probe_share`);
+   under DDP every rank reads its share of it;
 2. runs the model in eval mode under ``torch.no_grad()`` and captures the named layers with
-   forward hooks (:mod:`tguide.features`, :mod:`tguide.pixel_features`); the previous
-   train/eval mode of every submodule is restored;
+   the one forward-hook capture (:mod:`tguide.features.extract`, :mod:`tguide.features.pixels`);
+   the previous train/eval mode of every submodule is restored;
 3. gathers every rank's rows (``all_gather`` with padding, so unequal shares do not hang)
    and puts them back in the one-process order;
 4. rank 0 calls the functions of :mod:`tguide.metrics` (no formula lives here) and
@@ -19,38 +23,34 @@ fixed probe subset:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-from tguide.features import OUTPUT, FeatureSet, Unpack, extract_features, resolve_layers
-from tguide.metrics.registry import METRICS as REGISTRY
-from tguide.metrics.registry import MetricInfo
-from tguide.pixel_features import extract_pixel_features
+from tguide.features.extract import FeatureSet, Unpack, dataset_labels, extract_features
+from tguide.features.layers import OUTPUT, resolve_layers
+from tguide.features.pixels import extract_pixel_features
+from tguide.features.pooling import PoolSpec
+from tguide.metrics._subset import stratified_subset
+from tguide.metrics.registry import METRICS, MetricInfo
 
-__all__ = ["METRICS", "DEFAULT_METRIC_KWARGS", "MetricSpec", "resolve_metric", "check_metric_kwargs",
-           "transferability_scores"]
-
-
-# The one registry (tguide.metrics.registry), shared with model selection. ``MetricSpec`` and
-# ``METRICS`` stay importable from here for compatibility: entries have ``target``,
-# ``needs_source`` and ``load()`` (``MetricSpec.function()`` became ``load()``).
-MetricSpec = MetricInfo
-METRICS: dict[str, MetricInfo] = REGISTRY
+__all__ = ["DEFAULT_METRIC_KWARGS", "resolve_metric", "check_metric_kwargs", "transferability_scores"]
 
 
 # Exact OT is quadratic in the samples (5k × 5k: ~10 s on a CPU core): by default OTCE scores a
 # seeded subsample of 1000 per side (otce_sim's own `max_samples`); override in `metric_kwargs`.
 DEFAULT_METRIC_KWARGS: dict[str, dict[str, Any]] = {
-    name: dict(info.default_kwargs) for name, info in REGISTRY.items() if info.default_kwargs
+    name: dict(info.default_kwargs) for name, info in METRICS.items() if info.default_kwargs
 }
 
 
 def resolve_metric(name: str) -> MetricInfo:
-    """The registry entry for ``name``; ``ValueError`` listing the valid names otherwise."""
+    """The entry of ``name`` in :data:`tguide.metrics.registry.METRICS`; ``ValueError`` listing the
+    valid names otherwise (a configuration error, not a missing key)."""
     if name not in METRICS:
         raise ValueError(f"`metrics`: unknown metric {name!r}; valid names: {', '.join(METRICS)}.")
     return METRICS[name]
@@ -62,14 +62,44 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+_UNIFORM_WARNED: set[str] = set()  # datasets (by type) already warned about a uniform probe subset
+
+
+def _probe_ids(dataset: Any, n: int, max_samples: int | None, seed: int, what: str, stratify: bool) -> Tensor:
+    """The sorted dataset positions of the probe subset: all ``n``, a stratified or a uniform draw."""
+    if max_samples is None or max_samples >= n:
+        return torch.arange(n)
+    labels = dataset_labels(dataset) if stratify else None
+    if labels is not None and labels.numel() == n:
+        try:
+            return stratified_subset(labels, max_samples, seed).cpu()
+        except ValueError as err:
+            raise ValueError(f"`{what}` max_samples: {err}") from err
+    kind = type(dataset).__name__
+    if stratify and kind not in _UNIFORM_WARNED:
+        _UNIFORM_WARNED.add(kind)
+        warnings.warn(f"`{what}`: {kind} does not expose its labels (no `targets`/`labels` attribute), so the "
+                      f"max_samples={max_samples} probe subset is drawn uniformly, not stratified by class; give the "
+                      "dataset a `targets` attribute for a class-stratified subset.", UserWarning, stacklevel=4)
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.sort(torch.randperm(n, generator=gen)[:max_samples]).values
+
+
 def _probe_share(loader: DataLoader, max_samples: int | None, seed: int, rank: int, world: int,
-                 what: str) -> tuple[DataLoader, Tensor]:
+                 what: str, stratify: bool = True) -> tuple[DataLoader, Tensor]:
     """This rank's share of a fixed probe subset of ``loader.dataset``: ``(loader, dataset ids)``.
 
-    The subset is ``max_samples`` indices drawn with a private seeded generator (all of them
-    when ``None``), sorted; rank ``r`` of ``world`` reads positions ``r, r+world, ...``. The
-    loader does not shuffle and owns its generator, so probing never draws from the global RNG
-    (training with and without the monitor sees the same random numbers).
+    The subset (all samples when ``max_samples`` is ``None``) is the seeded, class-stratified
+    random subset of ``max_samples`` (:func:`tguide.metrics._subset.stratified_subset`, every
+    class keeps one sample at least) when the dataset exposes its labels without reading its
+    inputs (:func:`tguide.features.extract.dataset_labels`: ``targets``/``labels`` attributes, a
+    ``TensorDataset``, a ``Subset`` of those). Otherwise the labels could only be known by running
+    the loader over every sample, so the subset is a seeded uniform draw instead, and a warning
+    says so once per dataset type. ``stratify=False`` (segmentation: an image holds many classes)
+    draws the uniform subset of images without a warning. Its indices are sorted; rank ``r`` of
+    ``world`` reads positions ``r, r+world, ...`` (every rank draws the same subset). The loader
+    does not shuffle and owns its generator, so probing never draws from the global RNG (training
+    with and without the monitor sees the same random numbers).
     """
     if not isinstance(loader, DataLoader):
         raise ValueError(f"`{what}` must give a torch DataLoader, got {type(loader).__name__}.")
@@ -77,15 +107,10 @@ def _probe_share(loader: DataLoader, max_samples: int | None, seed: int, rank: i
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         raise ValueError(f"`{what}`: the loader's dataset must be map-style (with __len__ and indexing), "
                          f"not {type(dataset).__name__}, so that a fixed probe subset can be drawn.")
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)
     if n == 0:
         raise ValueError(f"`{what}`: the loader's dataset is empty.")
-    gen = torch.Generator().manual_seed(int(seed))
-    if max_samples is None or max_samples >= n:
-        ids = torch.arange(n)
-    else:
-        ids = torch.sort(torch.randperm(n, generator=gen)[:max_samples]).values
-    ids = ids[rank::world]
+    ids = _probe_ids(dataset, n, max_samples, seed, what, stratify)[rank::world]
     batch_size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 64
     share = DataLoader(Subset(dataset, ids.tolist()), batch_size=batch_size, shuffle=False,
                        num_workers=loader.num_workers, collate_fn=loader.collate_fn,
@@ -121,7 +146,7 @@ def _device_for_backend() -> torch.device:
     return torch.device("cpu")
 
 
-def _extract(model: nn.Module, share: DataLoader, ids: Tensor, layers: Sequence[str], pool: str,
+def _extract(model: nn.Module, share: DataLoader, ids: Tensor, layers: Sequence[str], pool: PoolSpec,
              pixels_per_image: int | None, ignore_index: int | None, seed: int, device: Any,
              unpack: Unpack | None, pixel_sampling: Mapping[str, Any] | None = None) -> FeatureSet | None:
     if len(ids) == 0:  # this rank's share is empty (fewer probe samples than ranks)
@@ -154,7 +179,7 @@ def _compute(target: FeatureSet, source: FeatureSet | None, layers: Sequence[str
         for layer in ([OUTPUT] if spec.needs_source_probs else [lay for lay in layers if lay != OUTPUT]):
             if spec.needs_source_probs:
                 args = spec.arguments(labels=target.labels, source_probs=_softmax(target.features[OUTPUT], metric))
-            elif spec.needs_source:
+            elif spec.needs_source_samples:
                 assert source is not None
                 args = (source.features[layer], source.labels, target.features[layer], target.labels)
             else:
@@ -227,7 +252,7 @@ def transferability_scores(
     metrics: Sequence[str] = ("otce_sim", "hscore", "transrate"),
     source: DataLoader | None = None,
     *,
-    pool: str = "avg",
+    pool: PoolSpec = "avg",
     max_samples: int | None = 1000,
     source_max_samples: int | None = 1000,
     seed: int = 0,
@@ -246,9 +271,11 @@ def transferability_scores(
     (call it on all ranks): each rank extracts its share, the rows are gathered, rank 0
     computes and broadcasts, and all ranks return the same dict, equal to the one-process
     result. ``max_samples`` and ``source_max_samples`` cap the probe and source subsets (``None``
-    = all), drawn with ``seed`` and ``seed + 1``; ``metric_kwargs`` go to the metric functions,
+    = all), drawn with ``seed`` and ``seed + 1``: seeded, class-stratified random subsets when the
+    datasets expose their labels, uniform ones otherwise (with a one-time warning) and in pixel
+    mode, where they cap the images (see :func:`_probe_share`); ``metric_kwargs`` go to the metric functions,
     over :data:`DEFAULT_METRIC_KWARGS`. ``pixels_per_image`` switches to per-pixel features of
-    segmentation masks (:func:`tguide.features.extract_pixel_features`), with ``pixel_sampling``
+    segmentation masks (:func:`tguide.features.pixels.extract_pixel_features`), with ``pixel_sampling``
     as its extra keyword arguments (e.g. ``{"sampling": "boundary", "band": 3}``). ``null=P``
     also scores ``P`` shuffles of the probe labels (:func:`tguide.metrics.null.label_shuffle_null`,
     seeded by ``seed``) and adds ``transfer/<metric>_z/<layer>``, the score's z against that null
@@ -262,27 +289,29 @@ def transferability_scores(
     check_metric_kwargs(metric_kwargs)
     if on_error not in ("raise", "warn"):
         raise ValueError(f"`on_error` must be 'raise' or 'warn', got {on_error!r}.")
-    if any(resolve_metric(m).needs_source for m in metrics) and source is None:
-        needing = [m for m in metrics if resolve_metric(m).needs_source]
+    if any(resolve_metric(m).needs_source_samples for m in metrics) and source is None:
+        needing = [m for m in metrics if resolve_metric(m).needs_source_samples]
         raise ValueError(f"`source`: {needing} compare source and target features; pass source= "
                          "(a loader of source samples) or drop them from `metrics`.")
     layers = list(resolve_layers(model, layers))
     if any(resolve_metric(m).needs_source_probs for m in metrics) and OUTPUT not in layers:
         layers.append(OUTPUT)  # the model's output = the source head's logits (LEEP, NCE)
     rank, world = _world()
-    share, ids = _probe_share(probe, max_samples, seed, rank, world, "probe")
+    per_image = pixels_per_image is None  # stratify images by class; pixel mode draws images uniformly
+    share, ids = _probe_share(probe, max_samples, seed, rank, world, "probe", per_image)
     target = _extract(model, share, ids, layers, pool, pixels_per_image, ignore_index, seed, device, unpack,
                       pixel_sampling)
     src = None
-    if source is not None and any(resolve_metric(m).needs_source for m in metrics):
-        share, ids = _probe_share(source, source_max_samples, seed + 1, rank, world, "source")
+    if source is not None and any(resolve_metric(m).needs_source_samples for m in metrics):
+        share, ids = _probe_share(source, source_max_samples, seed + 1, rank, world, "source", per_image)
         src = _extract(model, share, ids, layers, pool, pixels_per_image, ignore_index, seed + 1, device, unpack,
                        pixel_sampling)
         src = _gather(src, layers, world)
     target = _gather(target, layers, world)
     # fail-safe: rank 0 catches every exception while scoring and broadcasts (ok, payload), so
     # that every rank returns the same scores or raises the same error (never one rank hanging)
-    ok, payload = True, {}
+    ok: bool = True
+    payload: Any = {}  # the scores, or the portable error when ok is False
     if rank == 0:
         assert target is not None
         try:

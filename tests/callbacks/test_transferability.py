@@ -19,7 +19,9 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tguide.callbacks import METRICS, TransferabilityMonitor, resolve_metric, transferability_scores
+from tguide.callbacks import TransferabilityMonitor, resolve_metric, transferability_scores
+from tguide.metrics._subset import stratified_subset
+from tguide.metrics.registry import METRICS
 
 REPO = Path(__file__).resolve().parents[2]
 QUIET = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
@@ -221,9 +223,11 @@ def test_functional_equals_callback_and_subset_is_fixed():
     c = transferability_scores(model, val, ["net.conv", "net.fc"], ["hscore"], max_samples=33, seed=2)
     assert a == b and a != c
     assert model.training and model.net.fc.training and not model.net.conv.training
-    # independent check of the subset rule: 33 sorted indices of a seeded permutation
-    idx = torch.sort(torch.randperm(60, generator=torch.Generator().manual_seed(1))[:33]).values
+    # the subset rule: the seeded, class-stratified subset of max_samples (the one helper)
     x, y = val.dataset.tensors
+    idx = stratified_subset(y, 33, seed=1)
+    counts, share = torch.bincount(y[idx] - 10, minlength=3), torch.bincount(y - 10, minlength=3) * 33 / 60
+    assert int(counts.sum()) == 33 and bool(((counts - share).abs() < 1).all())  # each class its share
     with torch.no_grad():
         fc = model.net.fc(model.net.pool(torch.relu(model.net.conv(x[idx]))).flatten(1)).numpy()
     assert a["transfer/hscore/net.fc"] == pytest.approx(numpy_hscore(fc, y[idx].numpy()), rel=1e-5)
@@ -441,7 +445,7 @@ def test_pixel_mode_for_segmentation_masks():
     out = transferability_scores(model, loader, ["enc", "dec"], ["hscore"], pixels_per_image=50, max_samples=10)
     again = transferability_scores(model, loader, ["enc", "dec"], ["hscore"], pixels_per_image=50, max_samples=10)
     assert out == again and set(out) == {"transfer/hscore/enc", "transfer/hscore/dec"}
-    from tguide.pixel_features import extract_pixel_features
+    from tguide.features.pixels import extract_pixel_features
 
     idx = torch.sort(torch.randperm(12, generator=torch.Generator().manual_seed(0))[:10]).values
     fs = extract_pixel_features(model, DataLoader(TensorDataset(x[idx], masks[idx]), batch_size=3), ["enc"],
@@ -464,7 +468,7 @@ def test_null_adds_z_scores_next_to_unchanged_raw_scores(tmp_path):
     for key, value in plain.items():
         assert with_null[key] == pytest.approx(value)
     # the z of one entry, recomputed by hand from the same probe subset and permutation seed
-    ids = torch.sort(torch.randperm(60, generator=torch.Generator().manual_seed(3))[:50]).values
+    ids = stratified_subset(val.dataset.tensors[1], 50, seed=3)
     fs = extract_features(model, DataLoader(torch.utils.data.Subset(val.dataset, ids.tolist()), batch_size=16),
                           ["net.fc"], ids=ids)
     ref = label_shuffle_null(transrate_comparable, fs.features["net.fc"], fs.labels, n_perm=15, seed=3)
@@ -480,3 +484,55 @@ def test_null_adds_z_scores_next_to_unchanged_raw_scores(tmp_path):
     assert "transfer/hscore_z/net.fc" in trainer.callback_metrics
     rows = read_csv(Path(trainer.loggers[0].log_dir) / "transferability.csv")
     assert {r["metric"] for r in rows} == {"hscore", "hscore_z"}
+
+
+# -- the probe subset: class-stratified whenever the labels can be read -----------------------
+
+class _NoLabels(torch.utils.data.Dataset):
+    """A map-style dataset that does not expose its labels (only reading a sample gives one)."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.data[i]
+
+
+def test_probe_subset_is_stratified_on_a_class_sorted_dataset_and_ranks_split_it():
+    import tguide.probe as probe
+
+    y = torch.arange(4).repeat_interleave(25)  # sorted by class, 25 each
+    data = TensorDataset(torch.randn(100, 3), y)
+    loader = DataLoader(data, batch_size=16)
+    _, ids = probe._probe_share(loader, 12, 7, 0, 1, "probe")
+    assert torch.bincount(y[ids], minlength=4).tolist() == [3, 3, 3, 3]  # a uniform draw rarely is
+    assert torch.equal(ids, stratified_subset(y, 12, seed=7))
+    shares = [probe._probe_share(loader, 12, 7, r, 3, "probe")[1] for r in range(3)]
+    assert torch.equal(torch.sort(torch.cat(shares)).values, ids)  # DDP shares partition the one subset
+    # a Subset of a TensorDataset and a `targets` attribute expose their labels too
+    sub = torch.utils.data.Subset(data, list(range(0, 100, 2)))
+    _, ids_sub = probe._probe_share(DataLoader(sub, batch_size=8), 8, 0, 0, 1, "probe")
+    assert torch.bincount(y[::2][ids_sub], minlength=4).tolist() == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match=r"`probe` max_samples: .*smaller than the 4 classes"):
+        probe._probe_share(loader, 3, 0, 0, 1, "probe")
+
+
+def test_probe_subset_falls_back_to_uniform_with_one_warning(recwarn):
+    import tguide.probe as probe
+
+    probe._UNIFORM_WARNED.discard("_NoLabels")
+    y = torch.arange(4).repeat_interleave(25)
+    loader = DataLoader(_NoLabels(TensorDataset(torch.randn(100, 3), y)), batch_size=16)
+    with pytest.warns(UserWarning, match=r"_NoLabels does not expose its labels.*drawn uniformly"):
+        _, ids = probe._probe_share(loader, 12, 7, 0, 1, "probe")
+    expected = torch.sort(torch.randperm(100, generator=torch.Generator().manual_seed(7))[:12]).values
+    assert torch.equal(ids, expected)  # the documented uniform rule
+    recwarn.clear()
+    _, again = probe._probe_share(loader, 12, 7, 0, 1, "probe")
+    assert torch.equal(again, ids) and not [w for w in recwarn if "expose its labels" in str(w.message)]  # once
+    model = nn.Sequential(nn.Linear(3, 4))
+    out = transferability_scores(model, loader, ["0"], ["hscore"], max_samples=12, seed=7)
+    assert set(out) == {"transfer/hscore/0"}

@@ -39,7 +39,7 @@ def test_arguments_follow_the_calling_convention():
 
 
 def test_register_metric_is_seen_by_the_probe():
-    from tguide.probe import METRICS as PROBE_METRICS
+    from tguide.metrics.registry import METRICS as PROBE_METRICS
     from tguide.probe import resolve_metric
 
     try:

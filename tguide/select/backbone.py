@@ -1,9 +1,10 @@
 r"""A network cut at a named layer: the feature extractor of fine-tuning and of the OTCE pre-fine-tune.
 
 :class:`Backbone` runs ``network`` only up to ``layer`` (a name from ``network.named_modules()``):
-a forward hook on that module stores its output and raises a private exception, which
-:meth:`Backbone.forward` catches, so the layers after the cut are never run (they cost
-nothing, and under DDP they hold no parameter that waits for a gradient). The stored output
+the one forward-hook capture (:class:`tguide.features.capture.LayerCapture` with
+``stop=True``) records that module's output and ends the forward pass there, so the layers
+after the cut are never run (they cost nothing, and under DDP they hold no parameter that
+waits for a gradient). The stored output
 is reduced to ``(B, D)`` by :func:`tguide.features.reduce_output`: global average pooling
 for a map ``(B, C, *spatial)`` (``pool="avg"``), flattening (``pool="flatten"``); ``(B, D)``
 passes through. Pooling per layout is that function's, so that the features fine-tuned here
@@ -30,20 +31,20 @@ names are ``network.<name>``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tguide.features import check_pool, eval_mode, reduce_output, resolve_layers
+from tguide.features.capture import LayerCapture, modules_entered
+from tguide.features.layers import resolve_layers
+from tguide.features.modes import eval_mode
+from tguide.features.pooling import check_pool, reduce_output
 
 __all__ = ["Backbone", "guess_input_shape"]
 
 _PROBE_SIZES = (32, 28, 64, 224)
-
-
-class _StopForward(Exception):
-    """Raised by the cut layer's hook to end the forward pass there (never leaves :class:`Backbone`)."""
 
 
 def guess_input_shape(network: nn.Module) -> tuple[int, ...]:
@@ -111,37 +112,18 @@ class Backbone(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def _cut_module(self) -> nn.Module | None:
-        return None if self.layer is None else self.network.get_submodule(self.layer)
-
-    def _raw(self, x: Tensor) -> Any:
-        """The cut layer's output, unpooled (the network's output when ``layer`` is None)."""
-        module = self._cut_module()
-        if module is None:
-            return self.network(x)
-        box: list[Any] = []
-
-        def hook(_m: nn.Module, _args: Any, output: Any) -> None:
-            box.append(output)
-            raise _StopForward
-
-        handle = module.register_forward_hook(hook)
-        try:
-            self.network(x)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if not box:
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled features ``(B, feature_dim)`` of ``layer``; later layers are not run."""
+        if self.layer is None:
+            return reduce_output(self.network(x), self.pool, "output")
+        with LayerCapture(self.network, [self.layer], pool=self.pool, detach=False, stop=True) as cap:
+            cap.run(x)
+        if self.layer not in cap.outputs:
             raise ValueError(
                 f"layer {self.layer!r} did not run in {type(self.network).__name__}'s forward pass; "
                 "cut at a module that the forward pass calls."
             )
-        return box[0]
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Pooled features ``(B, feature_dim)`` of ``layer``; later layers are not run."""
-        return reduce_output(self._raw(x), self.pool, self.layer or "output")
+        return cap.outputs[self.layer]
 
     # ------------------------------------------------------------------ construction
 
@@ -160,17 +142,12 @@ class Backbone(nn.Module):
             device, dtype = torch.device("cpu"), torch.float32
         errors: list[str] = []
         for shape in shapes:
-            ran: list[nn.Module] = []
-            handles = [m.register_forward_pre_hook(lambda m, _a: ran.append(m)) for m in self.network.modules()]
             try:
-                with eval_mode(self.network), torch.no_grad():
+                with modules_entered(self.network) as ran, eval_mode(self.network), torch.no_grad():
                     out = self(torch.zeros(2, *shape, device=device, dtype=dtype))
             except RuntimeError as err:  # shape mismatch at this input size: try the next one
                 errors.append(f"{shape}: {str(err).splitlines()[0]}")
                 continue
-            finally:
-                for h in handles:
-                    h.remove()
             if out.ndim != 2:
                 raise ValueError(
                     f"layer {self.layer!r} gives features of shape {tuple(out.shape)} with pool={self.pool!r}; "

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tguide.features import LayerCapture
-from tguide.pixel_features import extract_pixel_features
+from tguide.features.pixels import extract_pixel_features
 from tguide.studies.segmentation.segmenter import Segmenter, build_unet, dice_bce_loss, prediction_panel
 
 

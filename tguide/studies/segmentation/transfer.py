@@ -161,7 +161,7 @@ def pixel_scores(model: nn.Module, source: Pairs, target: Pairs, *, layer: str =
     the target pixels, and ``seconds`` (the whole call). Target images give
     ``target_pixels_per_image`` pixels each (default ``pixels_per_image``).
     """
-    from tguide.pixel_features import extract_pixel_features
+    from tguide.features.pixels import extract_pixel_features
     from tguide.metrics.functional.hscore import hscore
     from tguide.metrics.functional.otce import otce_sim
     from tguide.metrics.functional.transrate import transrate

@@ -9,27 +9,21 @@ segmentation ("sample pixels near segmentation boundaries"), within a band aroun
 boundaries (``sampling="boundary"``, :func:`boundary_band`): the pixels whose
 ``(2·band+1)²`` square neighbourhood holds a labelled pixel of another class, i.e. a
 morphological dilation of every class by a square of width ``band`` on each side, intersected
-where at least two classes meet. Layer capture itself is :mod:`tguide.features`.
+where at least two classes meet. Layer capture itself is :mod:`tguide.features.capture`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tguide.features import (
-    FeatureSet,
-    LayerCapture,
-    Unpack,
-    _batch_ids,
-    _integer_labels,
-    _run_batches,
-    default_unpack,
-    eval_mode,
-)
+from tguide.features.capture import LayerCapture
+from tguide.features.extract import FeatureSet, Unpack, batch_ids, default_unpack, integer_labels, run_batches
+from tguide.features.modes import eval_mode
 
 __all__ = ["SAMPLINGS", "sample_pixels", "boundary_band", "extract_pixel_features"]
 
@@ -141,7 +135,7 @@ def extract_pixel_features(
     row_ids: list[Tensor] = []
     seen = 0
     with LayerCapture(model, layers, pool="none") as cap, eval_mode(model), torch.no_grad():
-        for x, masks in _run_batches(model, loader, cap, unpack, device, forward):
+        for masks in run_batches(loader, cap, unpack, device, forward):
             if masks.ndim == 4 and masks.shape[1] == 1:
                 masks = masks[:, 0]
             if masks.ndim != 3:
@@ -149,7 +143,7 @@ def extract_pixel_features(
                     f"masks of a batch have shape {tuple(masks.shape)}; pixel features need label masks "
                     "(B, H, W) or (B, 1, H, W)."
                 )
-            masks = _integer_labels(masks, "masks")
+            masks = integer_labels(masks, "masks")
             b, height, width = masks.shape
             for name, out in cap.outputs.items():
                 if out.ndim != 4 or out.shape[0] != b:
@@ -157,15 +151,16 @@ def extract_pixel_features(
                         f"layer {name!r} output has shape {tuple(out.shape)}; pixel features need conv maps "
                         f"(B, C, h, w) with B={b}."
                     )
-            batch_ids = _batch_ids(id_tensor, seen, b)
+            image_ids = batch_ids(id_tensor, seen, b)
             for i in range(b):
                 if max_samples is not None and seen >= max_samples:
                     break
-                gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(batch_ids[i]))
+                gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(image_ids[i]))
                 if sampling == "boundary":
                     valid = boundary_band(masks[i], band, ignore_index)
                 else:
-                    valid = masks[i] != ignore_index if ignore_index is not None else torch.ones_like(masks[i], dtype=torch.bool)
+                    valid = (masks[i] != ignore_index if ignore_index is not None
+                             else torch.ones_like(masks[i], dtype=torch.bool))
                 flat = sample_pixels(valid, pixels_per_image, gen)
                 rows, cols = (flat // width), (flat % width)
                 for name, out in cap.outputs.items():
@@ -173,13 +168,13 @@ def extract_pixel_features(
                     chunks.setdefault(name, []).append(
                         _sample_map(fmap, rows.to(fmap.device), cols.to(fmap.device), height, width, mode))
                 labels.append(masks[i].flatten().cpu()[flat])
-                row_ids.append(torch.full((flat.numel(),), int(batch_ids[i]), dtype=torch.int64))
+                row_ids.append(torch.full((flat.numel(),), int(image_ids[i]), dtype=torch.int64))
                 seen += 1
             if max_samples is not None and seen >= max_samples:
                 break
     if not labels or sum(t.numel() for t in labels) == 0:
-        raise ValueError("no labelled pixels were found; check `loader` and `ignore_index`"
-                         + (" (sampling='boundary' needs images whose masks hold two classes)." if sampling == "boundary" else "."))
+        hint = " (sampling='boundary' needs images whose masks hold two classes)." if sampling == "boundary" else "."
+        raise ValueError("no labelled pixels were found; check `loader` and `ignore_index`" + hint)
     first = next(iter(chunks.values()))[0]
     return FeatureSet(
         features={name: torch.cat(chunks[name]) for name in cap.modules},
