@@ -47,13 +47,13 @@ def _smaller_gram(z: Tensor) -> Tensor:
 def _eigen(stats: GramStatistics) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Label-independent part, cached on the statistics: ``(lam, vecs, gram, z)``.
 
-    Kept rows (N ≤ D): ``z`` the centred rows, ``gram = ZZᵀ`` and ``eigh(gram/N)`` (sample
+    Kept rows with N < D: ``z`` the centred rows, ``gram = ZZᵀ`` and ``eigh(gram/N)`` (sample
     space). Otherwise: ``gram = ZᵀZ`` (the centred Gram of the statistics), ``eigh(gram/N)``
     and ``z = None``. ``lam`` is clamped at 0.
     """
     hit = stats.feature_cache.get("hscore_eigen")
     if hit is None:
-        if stats.rows is not None:
+        if stats.rows is not None and stats.n < stats.rows[0].shape[1]:  # N = D: the D×D route
             x = stats.rows[0]
             z = x - x.mean(dim=0, keepdim=True)
             gram = _smaller_gram(z)
