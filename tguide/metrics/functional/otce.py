@@ -286,6 +286,9 @@ def otce(
     coupling (W_T gets a gradient w.r.t. the features through the Sinkhorn iterations;
     with ``"emd"`` only W_D has one, by the envelope theorem).
 
+    Sample path: OTCE needs the samples themselves (an optimal-transport coupling between the
+    source and target rows); it is not computed from sufficient statistics.
+
     Args:
         source_features: ``(Ns, D)`` source features.
         source_labels: ``(Ns,)`` source classes (any integers, one class allowed: then
@@ -423,6 +426,8 @@ def fit_otce_weights(
 
     over K ≥ 3 auxiliary source→target tasks with known transfer accuracy (float64,
     ``numpy.linalg.lstsq``).
+
+    Sample path: needs the samples themselves (the coupling between them).
 
     Args:
         domain_distances: ``(K,)`` W_D of the auxiliary tasks (``OTCEResult.domain_distance``).
