@@ -7,6 +7,7 @@ Run by hand (each measurement runs in a fresh subprocess, one BLAS thread)::
     python bench/scale.py --cells all     # N ∈ {10k, 100k, 1M} × D ∈ {512, 2048} × C ∈ {10, 1000}
     python bench/scale.py --otce          # large-N OTCE (lazy Sinkhorn) at 10k / 50k / 100k
     python bench/scale.py --import-cost   # `import tguide.metrics` vs `import torch`
+    python bench/scale.py --functional-vs-class   # functional vs class, 50k × 1024 × 10, 10 batches
 
 Methods per metric (float32 features, as a network gives them; generated in chunks of 10k rows
 with their own seeds, so every method sees the same data):
@@ -34,7 +35,7 @@ import subprocess
 import sys
 import time
 
-CHUNK = 10_000
+CHUNK = int(os.environ.get("SCALE_CHUNK", "10000"))  # rows per streamed batch
 METHODS = {
     "gram": ("floor64", "floor32"),
     "hscore": ("stream", "inmem", "numpy"),
@@ -242,6 +243,24 @@ def _load() -> str:
     return "load %.1f %.1f %.1f" % os.getloadavg()
 
 
+def functional_vs_class(n: int, d: int, c: int, batches: int, timeout: float) -> None:
+    """The functional (all rows at once) next to its class fed the same rows in ``batches`` batches."""
+    os.environ["SCALE_CHUNK"] = str(n // batches)
+    print(f"# functional vs class, N={n} D={d} C={c}, {batches} batches, 1 thread, {_load()} at start\n")
+    print("| metric | functional s | class s | functional / class | same value | load |")
+    print("|---|---|---|---|---|---|")
+    for metric in ("hscore", "hscore_shrinkage", "transrate", "logme"):
+        f = _run_child([str(n), str(d), str(c), metric, "inmem"], timeout)
+        k = _run_child([str(n), str(d), str(c), metric, "stream"], timeout)
+        if "error" in f or "error" in k:
+            print(f"| {metric} | {f.get('error', '')} | {k.get('error', '')} | | | {os.getloadavg()[0]:.1f} |")
+            continue
+        same = abs(f["value"] - k["value"]) <= 1e-9 * max(1.0, abs(k["value"]))
+        print(f"| {metric} | {f['seconds']:.2f} | {k['seconds']:.2f} | {f['seconds'] / k['seconds']:.2f} | "
+              f"{'yes' if same else 'NO'} | {os.getloadavg()[0]:.1f} |", flush=True)
+    print(f"\n{_load()} at end")
+
+
 def grid(cells, timeout: float) -> None:
     print(f"# scale benchmark, 1 thread, {_load()} at start\n")
     print("| N | D | C | metric | method | s | ×floor | peak RSS MB | data MB | value | load |")
@@ -349,11 +368,16 @@ def main() -> None:
     p.add_argument("--otce-dim", type=int, default=16)
     p.add_argument("--otce-max-iter", type=int, default=2000, help="cap (a few iterations: time per iteration)")
     p.add_argument("--import-cost", action="store_true")
+    p.add_argument("--functional-vs-class", nargs="*", type=int, metavar="N D C BATCHES",
+                   help="the functional next to its class (default 50000 1024 10 10)")
     p.add_argument("--no-pin", action="store_true", help="leave glibc's mmap threshold alone (RSS then "
                    "includes memory the allocator keeps after frees)")
     args = p.parse_args()
     if args.import_cost:
         import_cost()
+        return
+    if args.functional_vs_class is not None:
+        functional_vs_class(*(args.functional_vs_class or [50_000, 1024, 10, 10]), timeout=args.timeout)
         return
     if args.otce is not None:
         otce_rows(args.otce or [10_000, 50_000], args.otce_dim, args.timeout, args.otce_max_iter)

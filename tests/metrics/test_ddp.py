@@ -191,7 +191,8 @@ def test_streaming_bytes_per_process_are_o_c_d2(ddp_results):
     d, c = STREAM_D, 3  # each process sees 3 classes
     f8 = 8
     for res in ddp_results:
-        # global (key, n, mean, Gram) + per class (key, n, mean)
-        assert res["bytes/hscore"] == f8 * ((1 + 1 + d + d * d) + c * (1 + 1 + d))
+        # global (key, n, mean, Gram, Σ‖a‖²a, Σ‖a‖⁴: GramStatistics serves H-score, its shrinkage form
+        # and LogME) + per class (key, n, mean)
+        assert res["bytes/hscore"] == f8 * ((1 + 1 + d + d * d + d + 1) + c * (1 + 1 + d))
         # per class (key, n, mean, Gram)
         assert res["bytes/transrate"] == f8 * c * (1 + 1 + d + d * d)

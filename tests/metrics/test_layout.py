@@ -56,7 +56,7 @@ OTHERS = {"label_shuffle_null", "NullCalibrated", "OTCEResult", "OTCEConvergence
 HELPERS = {"kl_rows", "coding_rate", "calibrate", "label_permutations", "residual_patches", "task_distance",
            "otce_coupling", "comparable_features", "ledoit_wolf_shrinkage", "denoiser_residuals", "residual_distance",
            "score_denoiser", "squared_euclidean", "joint_labels", "task_distance_null", "miller_madow_correction",
-           "nce_table", "leep_table", "logme_columns", "CORRECTIONS", "stratified_subset"}
+           "CORRECTIONS", "stratified_subset"}
 OTHER_FAMILIES = {"ekld", "ekld_per_class", "EKLD", "denoising_transferability", "DenoisingTransferResult"}
 
 

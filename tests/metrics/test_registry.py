@@ -14,7 +14,8 @@ def test_core_entries_and_needs():
         assert info.higher_is_better and callable(info.load())
     assert get_metric("leep").needs_source_probs and get_metric("nce").needs_source_probs
     assert get_metric("otce_sim").needs_source_samples and not get_metric("logme").needs_source_probs
-    assert get_metric("hscore").load_streaming().__name__ == "HScore"
+    assert get_metric("hscore").load_statistics().__name__ == "GramStatistics"
+    assert get_metric("otce_sim").statistics is None and get_metric("leep").statistics is None
     for name in ("knn", "linear_probe"):
         if name in METRICS:
             assert METRICS[name].baseline and name in metric_names() and name not in metric_names(baselines=False)

@@ -13,11 +13,16 @@ CVPR 2021). NCTI and ETran are published min-max normalised across the model poo
 Baselines a score must beat: :func:`knn_accuracy` (leave-one-out) and
 :func:`linear_probe_accuracy` (cross-validated ridge probe).
 
+One formula per score: the scores that need only sufficient statistics (H-score, shrinkage
+H-score, LogME, TransRate and its comparable form, GBC, NCE; LEEP's joint table) have a
+statistics type in :mod:`tguide.metrics.statistics` (``from_samples``/``update``/``merge``) and
+one ``*_from_statistics`` function each; the functional, the class and the null all call it.
+
 Stateful (DDP-aware ``update``/``compute``, ``null=P`` for calibrated output), all subclasses
-of :class:`FeatureMetric`. Exact streaming (sufficient statistics, memory O(C·D²) whatever N,
-:class:`StreamingMetric`): :class:`HScore`, :class:`HScoreShrinkage`, :class:`TransRate`,
-:class:`TransRateComparable`, :class:`LogME`, :class:`GBC`, :class:`NCE`. Sample path:
-:class:`LEEP`, :class:`OTCE`. Large-N OTCE without the N×N coupling:
+of :class:`FeatureMetric` (:mod:`tguide.metrics.stateful`). Statistics-backed (memory
+O(C·D²) whatever N, :class:`StreamingMetric`): :class:`HScore`, :class:`HScoreShrinkage`,
+:class:`TransRate`, :class:`TransRateComparable`, :class:`LogME`, :class:`GBC`, :class:`NCE`.
+Sample path: :class:`LEEP`, :class:`OTCE`. Large-N OTCE without the N×N coupling:
 :func:`tguide.metrics.functional.otce_large.otce_large` (POT's lazy Sinkhorn).
 
 Calibration: :func:`label_shuffle_null` (→ :class:`NullCalibrated`: z-score, p-value and the

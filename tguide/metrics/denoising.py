@@ -57,7 +57,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tguide._deprecation import renamed_arguments
 from tguide.metrics._subset import check_max_samples, stratified_subset
 
 __all__ = ["DenoisingTransferResult", "residual_patches", "residual_distance", "denoising_transferability",
@@ -114,10 +113,6 @@ def _subsample(x: Tensor, k: int | None, seed: int) -> Tensor:
     return x[stratified_subset(torch.zeros(x.shape[0], dtype=torch.int64), k, seed).to(x.device)]
 
 
-_RENAMED = {"res_a": "source_residuals", "res_b": "target_residuals", "max_samples": "max_patches"}
-
-
-@renamed_arguments(**_RENAMED)
 def residual_distance(source_residuals: Tensor, target_residuals: Tensor, *, method: str = "sliced",
                       patch: int = 8, n_projections: int = 128, max_patches: int | None = 8192,
                       seed: int = 0) -> Tensor:
@@ -150,7 +145,6 @@ def residual_distance(source_residuals: Tensor, target_residuals: Tensor, *, met
     return torch.as_tensor(d, dtype=torch.float64)
 
 
-@renamed_arguments(**_RENAMED)
 def denoising_transferability(source_residuals: Tensor, target_residuals: Tensor, *, method: str = "sliced",
                               patch: int = 8, n_projections: int = 128, max_patches: int | None = 8192,
                               seed: int = 0, return_result: bool = False) -> "Tensor | DenoisingTransferResult":
@@ -212,7 +206,6 @@ def denoiser_residuals(model: Callable[[Tensor], Tensor], noisy: "Tensor | list[
             model.train()
 
 
-@renamed_arguments(held_out_a="source_images", noisy_b="target_images", res_a="source_residuals")
 def score_denoiser(model: Callable[[Tensor], Tensor], source_images: "Tensor | list[Tensor]",
                    target_images: "Tensor | list[Tensor]", *, source_residuals: Tensor | None = None,
                    patch: int = 8, **kwargs) -> DenoisingTransferResult:

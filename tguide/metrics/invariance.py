@@ -34,13 +34,11 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from tguide._deprecation import renamed_arguments
 from tguide.metrics._validate import _check_finite, as_tensor
 
 __all__ = ["kl_rows", "ekld", "ekld_per_class", "EKLD"]
 
 
-_RENAMED = {"logits_x": "logits", "logits_tx": "transformed_logits"}
 
 
 def _check_logits(logits: Any, transformed_logits: Any) -> tuple[Tensor, Tensor]:
@@ -63,7 +61,6 @@ def _check_logits(logits: Any, transformed_logits: Any) -> tuple[Tensor, Tensor]
     return a.to(torch.float64), b.to(torch.float64)
 
 
-@renamed_arguments(**_RENAMED)
 def kl_rows(logits: Any, transformed_logits: Any) -> Tensor:
     r"""Per-sample :math:`\mathrm{KL}(\mathrm{softmax}(a_i)\,\|\,\mathrm{softmax}(b_i))`, ``(N,)`` float64.
 
@@ -77,7 +74,6 @@ def kl_rows(logits: Any, transformed_logits: Any) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).clamp_min(0.0)
 
 
-@renamed_arguments(**_RENAMED)
 def ekld(logits: Any, transformed_logits: Any) -> Tensor:
     r"""eKLD: the mean over samples of :math:`\mathrm{KL}(\hat P(\cdot\mid x)\,\|\,\hat P(\cdot\mid T(x)))`.
 
@@ -96,7 +92,6 @@ def ekld(logits: Any, transformed_logits: Any) -> Tensor:
     return kl_rows(logits, transformed_logits).mean()
 
 
-@renamed_arguments(**_RENAMED)
 def ekld_per_class(logits: Any, transformed_logits: Any, labels: Any, num_classes: int) -> Tensor:
     """Per-class eKLD ``(num_classes,)`` float64: the mean KL over the samples of each class
     (``labels (N,)`` in ``0..num_classes-1``); ``nan`` for a class with no sample."""
@@ -151,7 +146,6 @@ class EKLD(Metric):
         self.add_state("kl_sum", default=torch.zeros(self.num_classes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(self.num_classes, dtype=torch.float64), dist_reduce_fx="sum")
 
-    @renamed_arguments(**_RENAMED)
     def update(self, logits: Tensor, transformed_logits: Tensor, labels: Tensor | None = None) -> None:
         """Add a batch: ``logits (B, C)``, ``transformed_logits (B, C)`` and optional ``labels (B,)``."""
         kl = kl_rows(logits, transformed_logits).to(self.kl_sum.device)

@@ -9,16 +9,16 @@ and class counts on one scale), the one-sided permutation p-value and the bias-c
 see :mod:`tguide.metrics.functional.permutation` for the formulas).
 
 Cheap by construction: every metric here has a part that depends on the features only,
-computed once, and a part that depends on the labels, recomputed per permutation:
+computed once, and a part that depends on the labels, recomputed per permutation. For the
+scores computed from sufficient statistics (H-score, shrinkage H-score, LogME, TransRate and
+its comparable form, GBC, NCE, LEEP's joint table) the null is the score's own
+``*_from_statistics`` function on :meth:`~tguide.metrics.statistics.Statistics.relabel`-ed
+statistics: the label-independent part (the global Gram and its eigendecomposition, the
+principal axes of the comparable TransRate, the PCA of GBC) is shared, only the per-class
+statistics are recomputed.
 
 - OTCE / OTCE_sim: the coupling (one OT solve); each permutation re-tabulates P̂(y_s, y_t)
   (:func:`~tguide.metrics.functional.task_distance.task_distance_null`).
-- H-score and shrinkage H-score: one eigendecomposition; the score is
-  ``Σ_k w_k Σ_c (Σ_{i∈c} u_ik)² / n_c`` over the unit eigenvectors ``u_k`` in sample space
-  (``w_k = 1``, resp. ``(1-α)λ_k / ((1-α)λ_k + α tr S/D)``), one ``index_add`` per permutation.
-- LogME: one eigendecomposition for the one-hot columns of all permutations at once.
-- TransRate: the global coding rate once; class coding rates per permutation.
-- LEEP / NCE: one joint table per permutation from the fixed source predictions.
 
 Any other callable works too (the target labels must be its last positional argument); it is
 then simply called ``P + 1`` times.
@@ -35,12 +35,16 @@ import torch
 from torch import Tensor
 
 from tguide.metrics._validate import check_features, check_labels, check_probs, check_same_length
+from tguide.metrics.functional import gbc as _gbc
 from tguide.metrics.functional import hscore as _hs
 from tguide.metrics.functional import leep as _leep
 from tguide.metrics.functional import logme as _logme
 from tguide.metrics.functional import otce as _otce
 from tguide.metrics.functional import transrate as _tr
+from tguide.metrics.functional.ncti import pca_scores
 from tguide.metrics.functional.permutation import NullCalibrated, calibrate, label_permutations
+from tguide.metrics.statistics import (ClassGramStatistics, ClassVarianceStatistics, GramStatistics, LabelPairCounts,
+                                       LEEPJointTable, Statistics)
 
 __all__ = ["NullCalibrated", "label_shuffle_null"]
 
@@ -48,88 +52,69 @@ __all__ = ["NullCalibrated", "label_shuffle_null"]
 # ----------------------------------------------------------------------------- fast paths
 
 
-def _weighted_class_energy(u: Tensor, w: Tensor, codes: Tensor, counts: Tensor, c: int, perms: Tensor) -> Tensor:
-    """``Σ_k w_k Σ_c (Σ_{i: y_i = c} u_ik)² / n_c`` for the labels of every permutation: ``(P,)``."""
-    out = torch.empty(perms.shape[0], dtype=u.dtype, device=u.device)
-    for p in range(perms.shape[0]):
-        sums = torch.zeros(c, u.shape[1], dtype=u.dtype, device=u.device).index_add_(0, codes[perms[p]], u)
-        out[p] = ((sums**2 / counts[:, None]).sum(dim=0) * w).sum()
-    return out
+def _relabelled_scores(stats: Statistics, x: Tensor, codes: Tensor, perms: Tensor,
+                       score: Callable[[Statistics], Tensor]) -> tuple[Tensor, Tensor]:
+    """``score`` of the statistics and of their relabelling by every permutation: ``(score, (P,))``."""
+    observed = score(stats)
+    null = torch.stack([score(stats.relabel(x, codes[p])) for p in perms.to(codes.device)])
+    return observed, null
 
 
-def _hscore_null(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], shrink: bool) -> tuple[Tensor, Tensor]:
-    z, codes, counts, c = _hs._prepare(features, labels)
-    n, d = z.shape
-    score = _hs.hscore_shrinkage(z, codes) if shrink else _hs.hscore(z, codes)
-    gram = _hs._gram(z)
-    lam, vecs = torch.linalg.eigh(gram / n)
-    lam = lam.clamp_min(0)
-    keep = lam > _hs._rank_cut(lam, n, d)
-    if n >= d:  # u_k = Z v_k / sqrt(N λ_k), unit vectors in sample space
-        u = (z @ vecs[:, keep]) / torch.sqrt(n * lam[keep])[None, :]
-    else:
-        u = vecs[:, keep]
-    if shrink:
-        alpha = _hs.ledoit_wolf_shrinkage(z, gram)
-        shrunk = (1 - alpha) * lam + alpha * lam.sum() / d
-        w = ((1 - alpha) * lam / shrunk)[keep]
-    else:
-        w = torch.ones(int(keep.sum()), dtype=z.dtype, device=z.device)
-    return score, _weighted_class_energy(u, w, codes, counts, c, perms_fn(n).to(z.device))
+def _features_null(kind: type[Statistics], score: Callable[..., Tensor], features: Any, labels: Any,
+                   perms_fn: Callable[[int], Tensor], project: Callable[[Tensor], Tensor] | None = None,
+                   **kwargs: Any) -> tuple[Tensor, Tensor]:
+    """The null of a score of ``(features, labels)`` computed from statistics of type ``kind``.
+
+    ``project``: a label-independent map of the features done once (the comparable TransRate's
+    principal axes, GBC's PCA)."""
+    x = check_features(features, "features")
+    codes, _ = check_labels(labels, x.shape[0], "labels", min_classes=2)
+    codes = codes.to(x.device)
+    if project is not None:
+        x = project(x)
+    stats = kind.from_samples(x, codes)
+    return _relabelled_scores(stats, x, codes, perms_fn(x.shape[0]), lambda s: score(s, **kwargs))
 
 
-def _transrate_null(x: Tensor, codes: Tensor, c: int, eps: float, perms: Tensor) -> tuple[Tensor, Tensor]:
-    n = x.shape[0]
-    score = _tr._transrate(x, codes, c, eps)
-    z = x - x.mean(dim=0, keepdim=True)
-    whole = _tr.coding_rate(z, eps)
-    d = x.shape[1]
-    counts = torch.bincount(codes, minlength=c).tolist()
-    # classes smaller than D take the n_c × n_c route: cut their Gram out of one N × N Gram
-    sample_gram = z @ z.T if n <= 4096 and min(counts) < d else None
-    out = torch.empty(perms.shape[0], dtype=x.dtype, device=x.device)
-    for p in range(perms.shape[0]):
-        shuffled = codes[perms[p]]
-        cond = torch.zeros((), dtype=x.dtype, device=x.device)
-        for k, nc in enumerate(counts):
-            idx = torch.nonzero(shuffled == k).flatten()
-            if sample_gram is not None and nc < d:
-                rate = _tr._half_logdet_eye_plus(sample_gram[idx][:, idx], 1.0 / (nc * eps))
-            else:
-                rate = _tr.coding_rate(z[idx], eps)
-            cond = cond + (nc / n) * rate
-        out[p] = whole - cond
-    return score, out
+def _transrate_comparable_null(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], rank: int = 32,
+                               eps: float = 0.1) -> tuple[Tensor, Tensor]:
+    r = _tr._check_rank(rank)
+    _tr._check_eps(eps)
+    observed = _tr.transrate_comparable(features, labels, rank=r, eps=eps)
+    # TransRate of the projected features (r × r class Grams) is the comparable score
+    _, null = _features_null(ClassGramStatistics, _tr.transrate_from_statistics, features, labels, perms_fn,
+                             project=lambda x: _tr.comparable_features(x, r), eps=eps)
+    return observed, null
 
 
-def _logme_null(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], tol: float = 1e-7,
-                max_iter: int = 10_000) -> tuple[Tensor, Tensor]:
-    _logme._check_options(tol, max_iter)
-    f = check_features(features, "features")
-    codes, c = check_labels(labels, f.shape[0], "labels", min_classes=2)
-    codes = codes.to(f.device)
-    perms = perms_fn(f.shape[0]).to(f.device)
-    all_codes = torch.cat([codes[None, :], codes[perms]])  # (P + 1, N)
-    y = torch.nn.functional.one_hot(all_codes.T, c).to(f.dtype).reshape(f.shape[0], -1)  # (N, (P+1)·C)
-    per_column = _logme.logme_columns(f, y, tol, max_iter).view(-1, c).mean(dim=1)  # (P + 1,)
-    return per_column[0], per_column[1:]
+def _gbc_null(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], *, pca_dim: int | None = None,
+              **kwargs: Any) -> tuple[Tensor, Tensor]:
+    observed = _gbc.gbc(features, labels, pca_dim=pca_dim, **kwargs)
+    project = None if pca_dim is None else (lambda x: pca_scores(x, int(pca_dim))[0])
+    _, null = _features_null(ClassVarianceStatistics, _gbc.gbc_from_statistics, features, labels, perms_fn,
+                             project=project, **kwargs)
+    return observed, null
 
 
 def _leep_null(source_probs: Any, labels: Any, perms_fn: Callable[[int], Tensor]) -> tuple[Tensor, Tensor]:
     theta = check_probs(source_probs, "source_probs")
-    codes, c = check_labels(labels, theta.shape[0], "labels", min_classes=2)
+    codes, _ = check_labels(labels, theta.shape[0], "labels", min_classes=2)
     codes = codes.to(theta.device)
+
+    def score(y: Tensor) -> Tensor:
+        return _leep.leep_from_joint(LEEPJointTable.from_samples(theta, y), theta, y)
+
     perms = perms_fn(theta.shape[0]).to(theta.device)
-    return _leep.leep_table(theta, codes[None, :], c)[0], _leep.leep_table(theta, codes[perms], c)
+    return score(codes), torch.stack([score(codes[p]) for p in perms])
 
 
 def _nce_null(source_labels: Any, labels: Any, perms_fn: Callable[[int], Tensor]) -> tuple[Tensor, Tensor]:
-    y, c = check_labels(labels, None, "labels", min_classes=2)
-    z, cz = check_labels(source_labels, None, "source_labels", min_classes=1)
+    y, _ = check_labels(labels, None, "labels", min_classes=2)
+    z, _ = check_labels(source_labels, None, "source_labels", min_classes=1)
     check_same_length(z, y, "source_labels", "labels")
     z = z.to(y.device)
-    perms = perms_fn(y.shape[0]).to(y.device)
-    return _leep.nce_table(z, cz, y[None, :], c)[0], _leep.nce_table(z, cz, y[perms], c)
+    stats = LabelPairCounts.from_samples(z, y)
+    return _relabelled_scores(stats, z, y, perms_fn(y.shape[0]), _leep.nce_from_statistics)
 
 
 def _otce_null(source_features: Any, source_labels: Any, target_features: Any, target_labels: Any,
@@ -146,23 +131,16 @@ def _otce_null(source_features: Any, source_labels: Any, target_features: Any, t
 
 def _fast_path(fn: Callable[..., Any], n_perm: int, seed: int) -> Callable[..., tuple[Tensor, Tensor]] | None:
     """The permutation-reusing implementation of a known metric function, else ``None``."""
-    def transrate(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], eps: float = 1e-4) -> tuple[Tensor, Tensor]:
-        x, codes, c = _tr._prepare(features, labels, eps)
-        return _transrate_null(x, codes, c, float(eps), perms_fn(x.shape[0]).to(x.device))
-
-    def transrate_comparable(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], rank: int = 32,
-                             eps: float = 0.1) -> tuple[Tensor, Tensor]:
-        r = _tr._check_rank(rank)
-        x, codes, c = _tr._prepare(features, labels, eps)
-        xc = _tr.comparable_features(x, r)
-        return _transrate_null(xc, codes, c, float(eps), perms_fn(x.shape[0]).to(x.device))
+    def features_null(kind: type[Statistics], score: Callable[..., Tensor]) -> Callable[..., tuple[Tensor, Tensor]]:
+        return lambda f, y, pf, **kw: _features_null(kind, score, f, y, pf, **kw)
 
     table: dict[Callable[..., Any], Callable[..., tuple[Tensor, Tensor]]] = {
-        _hs.hscore: lambda f, y, pf: _hscore_null(f, y, pf, shrink=False),
-        _hs.hscore_shrinkage: lambda f, y, pf: _hscore_null(f, y, pf, shrink=True),
-        _tr.transrate: transrate,
-        _tr.transrate_comparable: transrate_comparable,
-        _logme.logme: _logme_null,
+        _hs.hscore: features_null(GramStatistics, _hs.hscore_from_statistics),
+        _hs.hscore_shrinkage: features_null(GramStatistics, _hs.hscore_shrinkage_from_statistics),
+        _logme.logme: features_null(GramStatistics, _logme.logme_from_statistics),
+        _tr.transrate: features_null(ClassGramStatistics, _tr.transrate_from_statistics),
+        _tr.transrate_comparable: _transrate_comparable_null,
+        _gbc.gbc: _gbc_null,
         _leep.leep: _leep_null,
         _leep.nce: _nce_null,
         _otce.otce: lambda *a, **k: _otce_null(*a, n_perm=n_perm, seed=seed, **k),
@@ -176,7 +154,7 @@ def label_shuffle_null(fn: Callable[..., Any], *args: Any, n_perm: int = 100, se
     """Score ``fn(*args, **kwargs)`` and its null over ``n_perm`` shuffles of the target labels.
 
     ``fn`` is a metric function of :mod:`tguide.metrics` (``hscore``, ``hscore_shrinkage``,
-    ``transrate``, ``transrate_comparable``, ``logme``, ``leep``, ``nce``, ``otce``,
+    ``transrate``, ``transrate_comparable``, ``logme``, ``gbc``, ``leep``, ``nce``, ``otce``,
     ``otce_sim``: these reuse their label-independent work across permutations, see the module
     doc) or any callable whose **last positional argument is the target labels** and whose
     result is a number, a 0-d tensor or has a ``.score``. Permutations come from

@@ -50,6 +50,11 @@ class MetricInfo:
             :class:`tguide.metrics.stateful.StreamingMetric` (H-score, TransRate, LogME, GBC, NCE)
             keep exact sufficient statistics (memory O(C·D²) whatever N); the others (LEEP,
             OTCE) keep the samples.
+        statistics: ``"module:attr"`` of the score's statistics type
+            (:mod:`tguide.metrics.statistics`: ``from_samples``/``update``/``merge``), when the
+            score is computed from sufficient statistics alone; ``None`` for the scores that
+            need the samples. :meth:`from_statistics` scores merged statistics (e.g. merged
+            across processes instead of gathering the features).
         source_input: with ``needs_source_probs``: ``"probs"`` (the probabilities) or
             ``"labels"`` (their argmax, the source's hard labels: NCE).
         pool_normalised: the published score is min-max normalised across the candidate pool
@@ -73,6 +78,7 @@ class MetricInfo:
     default_kwargs: Mapping[str, Any] = field(default_factory=dict)
     pool_terms: str | None = None
     pool_combine: str | None = None
+    statistics: str | None = None
 
     def __post_init__(self) -> None:
         if self.source_input not in ("probs", "labels"):
@@ -111,12 +117,17 @@ class MetricInfo:
             return None
         return tuple(_import(t) for t in (self.pool_terms, self.pool_combine))  # type: ignore[return-value]
 
-    def load_streaming(self) -> type | None:
-        """The streaming class, or ``None``."""
-        if self.streaming_class is None:
-            return None
-        module, attr = self.streaming_class.split(":")
-        return getattr(importlib.import_module(module), attr)
+    def load_statistics(self) -> type | None:
+        """The statistics type (:attr:`statistics`), or ``None`` for a sample-path score."""
+        return None if self.statistics is None else _import(self.statistics)  # type: ignore[return-value]
+
+    def from_statistics(self, stats: Any, **kwargs: Any) -> Any:
+        """The score of merged statistics: ``<function>_from_statistics(stats, **default_kwargs, **kwargs)``.
+
+        ``ValueError`` for a score without statistics (it needs the samples)."""
+        if self.statistics is None or not isinstance(self.function, str):
+            raise ValueError(f"{self.name} is not computed from sufficient statistics; it needs the samples.")
+        return _import(self.function + "_from_statistics")(stats, **{**self.default_kwargs, **kwargs})
 
     def arguments(self, features: Any = None, labels: Any = None, *, source_probs: Any = None,
                   source_features: Any = None, source_labels: Any = None) -> tuple[Any, ...]:
@@ -165,7 +176,8 @@ def register_metric(name: str, function: str | Callable[..., Any], *, needs_sour
                     streaming_class: str | None = None, source_input: str = "probs",
                     pool_normalised: bool = False, baseline: bool = False,
                     default_kwargs: Mapping[str, Any] | None = None, pool_terms: str | None = None,
-                    pool_combine: str | None = None, replace: bool = False) -> MetricInfo:
+                    pool_combine: str | None = None, statistics: str | None = None,
+                    replace: bool = False) -> MetricInfo:
     """Add a metric to :data:`METRICS` (for the monitor and for ranking alike); returns its entry.
 
     ``ValueError`` if ``name`` is taken (pass ``replace=True`` to override an entry).
@@ -179,7 +191,7 @@ def register_metric(name: str, function: str | Callable[..., Any], *, needs_sour
                       streaming_class=streaming_class, source_input=source_input,
                       pool_normalised=pool_normalised, baseline=baseline,
                       default_kwargs=dict(default_kwargs or {}), pool_terms=pool_terms,
-                      pool_combine=pool_combine)
+                      pool_combine=pool_combine, statistics=statistics)
     METRICS[name] = info
     return info
 
@@ -200,19 +212,24 @@ def metric_names(*, baselines: bool = True) -> tuple[str, ...]:
 
 _F = "tguide.metrics.functional"
 _S = "tguide.metrics.stateful"
+_ST = "tguide.metrics.statistics"
 # Exact OT is quadratic in the samples (5k × 5k: ~10 s on a CPU core): by default OTCE scores a
 # seeded stratified subsample of 1000 per side (otce_sim's own `max_samples`).
 register_metric("otce_sim", f"{_F}.otce:otce_sim", needs_source_samples=True, streaming_class=f"{_S}:OTCE",
                 default_kwargs={"max_samples": 1000})
-register_metric("hscore", f"{_F}.hscore:hscore", streaming_class=f"{_S}:HScore")
-register_metric("hscore_shrinkage", f"{_F}.hscore:hscore_shrinkage", streaming_class=f"{_S}:HScoreShrinkage")
-register_metric("transrate", f"{_F}.transrate:transrate", streaming_class=f"{_S}:TransRate")
+register_metric("hscore", f"{_F}.hscore:hscore", streaming_class=f"{_S}:HScore",
+                statistics=f"{_ST}:GramStatistics")
+register_metric("hscore_shrinkage", f"{_F}.hscore:hscore_shrinkage", streaming_class=f"{_S}:HScoreShrinkage",
+                statistics=f"{_ST}:GramStatistics")
+register_metric("transrate", f"{_F}.transrate:transrate", streaming_class=f"{_S}:TransRate",
+                statistics=f"{_ST}:ClassGramStatistics")
 register_metric("transrate_comparable", f"{_F}.transrate:transrate_comparable",
-                streaming_class=f"{_S}:TransRateComparable")
-register_metric("logme", f"{_F}.logme:logme", streaming_class=f"{_S}:LogME")
+                streaming_class=f"{_S}:TransRateComparable", statistics=f"{_ST}:ClassGramStatistics")
+register_metric("logme", f"{_F}.logme:logme", streaming_class=f"{_S}:LogME", statistics=f"{_ST}:GramStatistics")
+# LEEP's joint table is a statistic (LEEPJointTable) but its score needs every sample: no `statistics`
 register_metric("leep", f"{_F}.leep:leep", needs_source_probs=True, streaming_class=f"{_S}:LEEP")
 register_metric("nce", f"{_F}.leep:nce", needs_source_probs=True, source_input="labels",
-                streaming_class=f"{_S}:NCE")
+                streaming_class=f"{_S}:NCE", statistics=f"{_ST}:LabelPairCounts")
 
 # Metrics whose functional modules land separately: registered once their files exist.
 _OPTIONAL = (
@@ -222,7 +239,7 @@ _OPTIONAL = (
                               "pool_combine": f"{_F}.ncti:ncti_pool"}),
     ("etran", "etran", "etran", {"pool_normalised": True, "pool_terms": f"{_F}.etran:etran_terms",
                                  "pool_combine": f"{_F}.etran:etran_pool"}),
-    ("gbc", "gbc", "gbc", {"streaming_class": f"{_S}:GBC"}),
+    ("gbc", "gbc", "gbc", {"streaming_class": f"{_S}:GBC", "statistics": f"{_ST}:ClassVarianceStatistics"}),
     ("nleep", "nleep", "nleep", {}),
     ("knn", "knn", "knn_accuracy", {"baseline": True}),
     ("linear_probe", "linear_probe", "linear_probe_accuracy", {"baseline": True}),

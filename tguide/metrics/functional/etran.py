@@ -127,6 +127,9 @@ def etran(features: Any, labels: Any, **kwargs: Any) -> Tensor:
     model pool first (:func:`etran_pool`, the ranking layer's job). The raw terms live on
     different scales (``S_lda ∈ (0, 1]``, ``S_en`` in the units of the features), so
     compare models with :func:`etran_pool`. Keyword arguments go to :func:`etran_terms`.
+
+    Sample path: needs the samples themselves (per-sample terms of the rows); not computed
+    from sufficient statistics.
     """
     t = etran_terms(features, labels, **kwargs)
     return t.energy + t.lda

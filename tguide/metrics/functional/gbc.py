@@ -16,8 +16,9 @@ from torch import Tensor
 
 from tguide.metrics._validate import check_features, check_labels, check_min_per_class
 from tguide.metrics.functional.ncti import pca_scores
+from tguide.metrics.statistics import ClassVarianceStatistics
 
-__all__ = ["gbc"]
+__all__ = ["gbc", "gbc_from_statistics"]
 
 _GAUSSIANS = ("spherical", "diagonal")
 
@@ -57,6 +58,9 @@ def gbc(
     scaling while no variance hits the floor; the spherical variant (and any variant
     after PCA) also to orthogonal rotation of the features.
 
+    Without PCA the score is computed from sufficient statistics (:func:`gbc_from_statistics`:
+    per-class counts, means and per-dimension variances); the PCA needs the samples.
+
     Args:
         features: ``(N, D)`` float tensor or array.
         labels: ``(N,)`` integer class ids, any label set, at least 2 classes of at least
@@ -77,26 +81,43 @@ def gbc(
         >>> bool(gbc(noise + 5.0 * y[:, None], y) > gbc(noise + 0.5 * y[:, None], y))
         True
     """
-    if gaussian not in _GAUSSIANS:
-        raise ValueError(f"`gaussian` must be one of {_GAUSSIANS}, got {gaussian!r}.")
-    if not min_variance > 0:
-        raise ValueError(f"`min_variance` must be positive, got {min_variance!r}.")
+    _check_options(gaussian, min_variance)
     x = check_features(features, "features")
     codes, c = check_labels(labels, x.shape[0], "labels", min_classes=2)
     codes = codes.to(x.device)
-    counts = torch.bincount(codes, minlength=c)
-    check_min_per_class(counts, 2, "labels", why="GBC fits a Gaussian to each class")
+    check_min_per_class(torch.bincount(codes, minlength=c), 2, "labels", why="GBC fits a Gaussian to each class")
     if pca_dim is not None:
         if isinstance(pca_dim, bool) or int(pca_dim) < 1:
             raise ValueError(f"`pca_dim` must be None or a positive integer, got {pca_dim!r}.")
         x, _ = pca_scores(x, int(pca_dim))
-    n, d = x.shape
-    cnt = counts.to(x.dtype)[:, None]
-    xc = x - x.mean(dim=0, keepdim=True)
-    means = torch.zeros(c, d, dtype=x.dtype, device=x.device).index_add_(0, codes, xc) / cnt
-    resid = xc - means[codes]
-    var = torch.zeros(c, d, dtype=x.dtype, device=x.device).index_add_(0, codes, resid * resid) / cnt
-    var = var.clamp_min(min_variance)  # (C, D)
+    return gbc_from_statistics(ClassVarianceStatistics.from_samples(x, codes), gaussian=gaussian,
+                               min_variance=min_variance, reference_code=reference_code)
+
+
+def _check_options(gaussian: str, min_variance: float) -> None:
+    if gaussian not in _GAUSSIANS:
+        raise ValueError(f"`gaussian` must be one of {_GAUSSIANS}, got {gaussian!r}.")
+    if not min_variance > 0:
+        raise ValueError(f"`min_variance` must be positive, got {min_variance!r}.")
+
+
+def gbc_from_statistics(stats: ClassVarianceStatistics, *, gaussian: str = "spherical", min_variance: float = 1e-4,
+                        reference_code: bool = False) -> Tensor:
+    r"""GBC (:func:`gbc`, no PCA) from :class:`~tguide.metrics.statistics.ClassVarianceStatistics`.
+
+    From sufficient statistics only: the class means ``μ_c`` and per-dimension variances
+    ``σ²_cd = Σ_{i∈c} (x_id − μ_cd)² / n_c`` (floored at ``min_variance``) give every
+    Bhattacharyya distance ``D_B(i, j)``; ``GBC = −Σ_i Σ_{j≠i} exp(−D_B(i, j))``.
+    """
+    _check_options(gaussian, min_variance)
+    cls = stats.part("c")
+    check_min_per_class(cls["n"].to(torch.long), 2, "labels", why="GBC fits a Gaussian to each class")
+    c, d = cls["mean"].shape
+    if c < 2:
+        raise ValueError(f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
+                         "a transferability score is undefined for a single class. Add samples of other classes.")
+    means = cls["mean"] - (cls["n"][:, None] * cls["mean"]).sum(dim=0) / cls["n"].sum()  # centred: (C, D)
+    var = (cls["m2d"] / cls["n"][:, None]).clamp_min(min_variance)  # (C, D)
 
     spherical = gaussian == "spherical"
     s = var.mean(dim=1)  # (C,) spherical variances
@@ -118,5 +139,5 @@ def gbc(
             rows.append(mahal + 0.5 * logdet)
     db = torch.cat(rows, dim=0)
     bc = torch.exp(-db)
-    off = ~torch.eye(c, dtype=torch.bool, device=x.device)
+    off = ~torch.eye(c, dtype=torch.bool, device=db.device)
     return -bc[off].sum()

@@ -25,52 +25,87 @@ import torch
 from torch import Tensor
 
 from tguide.metrics._validate import check_features, check_labels
+from tguide.metrics.statistics import GramStatistics
 
-__all__ = ["hscore", "hscore_shrinkage", "ledoit_wolf_shrinkage"]
-
-
-def _prepare(features: Any, labels: Any) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Validate; return centred features ``z (N, D)``, label codes ``(N,)``, counts ``(C,)``, C."""
-    x = check_features(features, "features")
-    codes, c = check_labels(labels, x.shape[0], "labels", min_classes=2)
-    codes = codes.to(x.device)
-    z = x - x.mean(dim=0, keepdim=True)
-    counts = torch.bincount(codes, minlength=c).to(x.dtype)  # (C,)
-    return z, codes, counts, c
+__all__ = ["hscore", "hscore_shrinkage", "hscore_from_statistics", "hscore_shrinkage_from_statistics",
+           "ledoit_wolf_shrinkage"]
 
 
-def _gram(z: Tensor) -> Tensor:
+def _need_classes(stats: GramStatistics) -> None:
+    c = stats.num_classes()
+    if c < 2:
+        raise ValueError(f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
+                         "a transferability score is undefined for a single class. Add samples of other classes.")
+
+
+def _smaller_gram(z: Tensor) -> Tensor:
     """The smaller Gram matrix of ``z (N, D)``: ``ZᵀZ (D, D)`` if N ≥ D, else ``ZZᵀ (N, N)``."""
     g = z.T @ z if z.shape[0] >= z.shape[1] else z @ z.T
     return 0.5 * (g + g.T)
 
 
-def _spectrum(z: Tensor, gram: Tensor, codes: Tensor, counts: Tensor, c: int) -> tuple[Tensor, Tensor]:
+def _eigen(stats: GramStatistics) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Label-independent part, cached on the statistics: ``(lam, vecs, gram, z)``.
+
+    Kept rows with N < D: ``z`` the centred rows, ``gram = ZZᵀ`` and ``eigh(gram/N)`` (sample
+    space). Otherwise: ``gram = ZᵀZ`` (the centred Gram of the statistics), ``eigh(gram/N)``
+    and ``z = None``. ``lam`` is clamped at 0.
+    """
+    hit = stats.feature_cache.get("hscore_eigen")
+    if hit is None:
+        if stats.rows is not None and stats.n < stats.rows[0].shape[1]:  # N = D: the D×D route
+            x = stats.rows[0]
+            z = x - x.mean(dim=0, keepdim=True)
+            gram = _smaller_gram(z)
+        else:
+            z = None
+            m2 = stats.part("g")["m2"][0]
+            gram = 0.5 * (m2 + m2.T)
+        lam, vecs = torch.linalg.eigh(gram / stats.n)
+        hit = (lam.clamp_min(0), vecs, gram, z)
+        stats.feature_cache["hscore_eigen"] = hit
+    return hit
+
+
+def _spectrum(stats: GramStatistics) -> tuple[Tensor, Tensor, int, int]:
     """Eigenvalues of ``S = ZᵀZ/N`` and the between-class energy along each eigenvector.
 
-    Returns ``lam (K,)`` (clamped at 0, K = min(N, D)) and ``energy (K,)`` with
-    ``energy_k = v_kᵀ B v_k``, ``B = Σ_c (n_c/N) d_c d_cᵀ``, ``d_c`` the centred mean of
-    class ``c``. Eigenvectors of S outside the row space of Z carry no energy and are
-    left out when ``N < D``.
+    Returns ``lam (K,)`` (clamped at 0) and ``energy (K,)`` with ``energy_k = v_kᵀ B v_k``,
+    ``B = Σ_c (n_c/N) d_c d_cᵀ``, ``d_c`` the centred mean of class ``c``; and N, D. From the
+    D×D Gram: ``energy = Σ_c ((√(n_c/N) d_c)ᵀ v_k)²``. From kept rows (N×N Gram
+    ``ZZᵀ/N = U Λ Uᵀ``, ``v_k = Zᵀu_k/√(Nλ_k)``): ``energy_k = λ_k Σ_c (Σ_{i∈c} u_ik)²/n_c``.
     """
-    n, d = z.shape
-    if n >= d:
-        lam, v = torch.linalg.eigh(gram / n)  # S = ZᵀZ/N; v: (D, D)
-        sums = torch.zeros(c, d, dtype=z.dtype, device=z.device).index_add_(0, codes, z)
-        # rows sqrt(n_c/N) d_c, so that B = MᵀM; d_c = sums_c / n_c
-        m = sums / torch.sqrt(counts * n)[:, None]  # (C, D)
-        energy = ((m @ v) ** 2).sum(dim=0)
-    else:
-        lam, u = torch.linalg.eigh(gram / n)  # ZZᵀ/N; u: (N, N)
-        # v_k = Zᵀu_k / sqrt(N λ_k) gives v_kᵀ B v_k = λ_k Σ_c (Σ_{i∈c} u_ik)² / n_c
-        usum = torch.zeros(c, n, dtype=z.dtype, device=z.device).index_add_(0, codes, u)
-        energy = lam.clamp_min(0) * (usum**2 / counts[:, None]).sum(dim=0)
-    return lam.clamp_min(0), energy
+    lam, vecs, _, z = _eigen(stats)
+    n = stats.n
+    if z is not None:
+        codes, counts, c = stats.labels_codes()
+        usum = torch.zeros(c, n, dtype=vecs.dtype, device=vecs.device).index_add_(0, codes, vecs)
+        energy = lam * (usum**2 / counts[:, None]).sum(dim=0)
+        return lam, energy, n, z.shape[1]
+    glob, cls = stats.part("g"), stats.part("c")
+    m = (cls["mean"] - glob["mean"]) * torch.sqrt(cls["n"] / n)[:, None]  # rows √(n_c/N) d_c: B = MᵀM
+    energy = ((m @ vecs) ** 2).sum(dim=0)
+    return lam, energy, n, vecs.shape[0]
 
 
 def _rank_cut(lam: Tensor, n: int, d: int) -> Tensor:
     """Eigenvalues at or below ``λ_max · max(N, D) · ε₆₄`` count as zero (numpy's rank rule)."""
     return lam.max() * max(n, d) * torch.finfo(lam.dtype).eps
+
+
+def hscore_from_statistics(stats: GramStatistics) -> Tensor:
+    r"""The H-score (:func:`hscore`) from :class:`~tguide.metrics.statistics.GramStatistics`.
+
+    ``Σ_{λ_k > t} v_kᵀ B v_k / λ_k`` over the eigenpairs of ``S = ZᵀZ/N`` (the centred Gram of
+    the statistics, or the N×N Gram of the kept rows when N ≤ D), ``B = Σ_c (n_c/N) d_c d_cᵀ``
+    from the class counts and means, ``t = λ_max · max(N, D) · ε₆₄``. Computed from sufficient
+    statistics only (no samples): exact for merged batches and processes.
+    """
+    _need_classes(stats)
+    lam, energy, n, d = _spectrum(stats)
+    keep = lam > _rank_cut(lam, n, d)
+    ratio = torch.where(keep, energy / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam))
+    return ratio.sum()
 
 
 def hscore(features: Any, labels: Any) -> Tensor:
@@ -88,7 +123,9 @@ def hscore(features: Any, labels: Any) -> Tensor:
     ``t = λ_max · max(N, D) · ε₆₄`` (the tolerance of ``numpy.linalg.matrix_rank``), so
     directions without variance are dropped instead of blowing up. Computed as
     ``Σ_{λ_k > t} v_kᵀ B v_k / λ_k``, from ``eigh`` of the D×D covariance when N ≥ D and
-    of the N×N Gram matrix otherwise. Class means come from one ``index_add_``.
+    of the N×N Gram matrix otherwise. Computed from sufficient statistics
+    (:func:`hscore_from_statistics` of :class:`~tguide.metrics.statistics.GramStatistics`: the
+    count, mean and centred Gram of all rows, the counts and means of the classes).
 
     The score lies in ``[0, rank(S)]``; it reaches ``rank(S)`` exactly when each class
     is a single point (no within-class variance). Constant features give 0.
@@ -109,12 +146,13 @@ def hscore(features: Any, labels: Any) -> Tensor:
         >>> round(float(hscore(f, torch.tensor([5, 5, 7, 7, 9, 9]))), 6)
         2.0
     """
-    z, codes, counts, c = _prepare(features, labels)
-    n, d = z.shape
-    lam, energy = _spectrum(z, _gram(z), codes, counts, c)
-    keep = lam > _rank_cut(lam, n, d)
-    ratio = torch.where(keep, energy / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam))
-    return ratio.sum()
+    return hscore_from_statistics(_statistics(features, labels))
+
+
+def _statistics(features: Any, labels: Any) -> GramStatistics:
+    x = check_features(features, "features")
+    check_labels(labels, x.shape[0], "labels", min_classes=2)
+    return GramStatistics.from_samples(x, labels)
 
 
 def ledoit_wolf_shrinkage(z: Tensor, gram: Tensor | None = None) -> Tensor:
@@ -137,16 +175,47 @@ def ledoit_wolf_shrinkage(z: Tensor, gram: Tensor | None = None) -> Tensor:
     """
     n, d = z.shape
     sq = (z * z).sum(dim=1)  # (N,) squared row norms
-    trace = sq.sum() / n
     if gram is None:
-        gram = _gram(z)
-    s_fro2 = (gram * gram).sum() / n**2
+        gram = _smaller_gram(z)
+    return _lw_alpha(sq.sum() / n, (gram * gram).sum() / n**2, (sq * sq).sum() / n, n, d)
+
+
+def _lw_alpha(trace: Tensor, s_fro2: Tensor, q4: Tensor, n: int, d: int) -> Tensor:
+    """The Ledoit–Wolf intensity from ``tr S``, ``‖S‖_F²`` and ``(1/N) Σ‖z_i‖⁴`` (formula above)."""
     mu = trace / d
     delta = (s_fro2 - 2 * mu * trace + d * mu**2) / d
-    beta = ((sq * sq).sum() / n - s_fro2) / (d * n)
+    beta = (q4 - s_fro2) / (d * n)
     if float(delta) <= 0.0:
-        return torch.zeros((), dtype=z.dtype, device=z.device)
+        return torch.zeros((), dtype=trace.dtype, device=trace.device)
     return (torch.minimum(beta, delta) / delta).clamp(0.0, 1.0)
+
+
+def _lw_statistics(stats: GramStatistics) -> Tensor:
+    """Ledoit–Wolf intensity of the statistics: ``Σ‖z‖² = tr(ZᵀZ)``, ``‖S‖_F² = ‖Gram‖_F²/N²``
+    (either Gram) and ``Σ‖z‖⁴`` (``q4`` of the statistics, or the kept rows)."""
+    _, _, gram, z = _eigen(stats)
+    n = stats.n
+    if z is not None:
+        return ledoit_wolf_shrinkage(z, gram)
+    d = gram.shape[0]
+    return _lw_alpha(gram.diagonal().sum() / n, (gram * gram).sum() / n**2, stats.part("g")["q4"][0] / n, n, d)
+
+
+def hscore_shrinkage_from_statistics(stats: GramStatistics) -> Tensor:
+    r"""The shrinkage H-score (:func:`hscore_shrinkage`) from
+    :class:`~tguide.metrics.statistics.GramStatistics` (sufficient statistics, no samples).
+
+    ``Σ_{μ_k > t} (1-α) v_kᵀ B v_k / μ_k`` with ``μ_k = (1-α)λ_k + α tr(S)/D`` the eigenvalues
+    of the Ledoit–Wolf covariance and α from ``tr S``, ``‖S‖_F²`` and ``Σ‖z_i‖⁴``.
+    """
+    _need_classes(stats)
+    lam, energy, n, d = _spectrum(stats)
+    alpha = _lw_statistics(stats)
+    mu = lam.sum() / d  # tr(S)/D; the eigenvalues left out when N < D are 0
+    shrunk = (1 - alpha) * lam + alpha * mu
+    keep = shrunk > _rank_cut(shrunk, n, d)
+    denom = torch.where(keep, shrunk, torch.ones_like(shrunk))
+    return ((1 - alpha) * torch.where(keep, energy / denom, torch.zeros_like(shrunk))).sum()
 
 
 def hscore_shrinkage(features: Any, labels: Any) -> Tensor:
@@ -164,7 +233,8 @@ def hscore_shrinkage(features: Any, labels: Any) -> Tensor:
     shrinkage (see :func:`ledoit_wolf_shrinkage`, clipped to [0, 1]) and the between-class
     covariance also 1/N. ``Σ_LW`` shares the eigenvectors of ``S`` (eigenvalues
     ``(1-α)λ_k + α tr(S)/D``), so the same single eigendecomposition as :func:`hscore` is
-    reused; eigenvalues of ``Σ_LW`` below the relative cutoff of :func:`hscore` are
+    reused (computed from sufficient statistics, :func:`hscore_shrinkage_from_statistics`);
+    eigenvalues of ``Σ_LW`` below the relative cutoff of :func:`hscore` are
     dropped (this matters only when α = 0 and S is singular). Rotation invariant, like
     the H-score. Constant features give 0.
 
@@ -183,13 +253,4 @@ def hscore_shrinkage(features: Any, labels: Any) -> Tensor:
         >>> 0 < float(hscore_shrinkage(f, y)) < float(hscore(f, y))
         True
     """
-    z, codes, counts, c = _prepare(features, labels)
-    n, d = z.shape
-    gram = _gram(z)
-    alpha = ledoit_wolf_shrinkage(z, gram)
-    lam, energy = _spectrum(z, gram, codes, counts, c)
-    mu = lam.sum() / d  # tr(S)/D; the eigenvalues left out when N < D are 0
-    shrunk = (1 - alpha) * lam + alpha * mu
-    keep = shrunk > _rank_cut(shrunk, n, d)
-    denom = torch.where(keep, shrunk, torch.ones_like(shrunk))
-    return ((1 - alpha) * torch.where(keep, energy / denom, torch.zeros_like(shrunk))).sum()
+    return hscore_shrinkage_from_statistics(_statistics(features, labels))

@@ -50,6 +50,8 @@ def knn_accuracy(
     O(chunk_size · N), never N². Invariant to label renaming, sample order, orthogonal
     rotation and isotropic scaling of the features, and (Euclidean) to translation.
 
+    Sample path: needs the samples themselves (leave-one-out neighbours of every row).
+
     Args:
         features: ``(N, D)`` float tensor or array.
         labels: ``(N,)`` integer class ids, any label set, at least 2 classes.

@@ -16,8 +16,9 @@ from torch import Tensor
 
 from tguide.metrics._validate import check_labels, check_probs, check_same_length
 from tguide.metrics.functional.permutation import check_correction, label_permutations
+from tguide.metrics.statistics import LabelPairCounts, LEEPJointTable
 
-__all__ = ["leep", "leep_table", "nce", "nce_table"]
+__all__ = ["leep", "leep_from_joint", "nce", "nce_from_statistics"]
 
 
 def leep(source_probs: Any, labels: Any) -> Tensor:
@@ -30,8 +31,9 @@ def leep(source_probs: Any, labels: Any) -> Tensor:
         \hat P(y \mid z) = \frac{\hat P(y, z)}{\hat P(z)}, \quad
         \mathrm{LEEP} = \frac1N \sum_i \log \sum_z \hat P(y_i \mid z)\, \theta_{iz}
 
-    The joint is one ``index_add_`` of the rows of θ and the inner sums one ``(N, Cs) @
-    (Cs, C)`` product. A source class with
+    The joint is a sufficient statistic (:class:`~tguide.metrics.statistics.LEEPJointTable`);
+    the score needs the samples too (:func:`leep_from_joint`): the inner sums are one
+    ``(N, Cs) @ (Cs, C)`` product. A source class with
     ``P̂(z) = 0`` has ``θ_iz = 0`` for every sample, so it contributes nothing; its
     ``P̂(y|z)`` is set to 0 instead of 0/0. Every inner sum is at least
     ``Σ_z θ_iz² / N > 0``, so the score is finite, and it is ≤ 0.
@@ -51,26 +53,27 @@ def leep(source_probs: Any, labels: Any) -> Tensor:
         0.0
     """
     theta = check_probs(source_probs, "source_probs")  # (N, Cs) float64
-    y, c = check_labels(labels, theta.shape[0], "labels", min_classes=2)
-    return leep_table(theta, y.to(theta.device)[None, :], c)[0]
+    check_labels(labels, theta.shape[0], "labels", min_classes=2)
+    return leep_from_joint(LEEPJointTable.from_samples(theta, labels), theta, labels)
 
 
-def leep_table(theta: Tensor, ys: Tensor, c: int) -> Tensor:
-    """LEEP of source probabilities ``theta (N, Cs)`` against each row of target codes ``ys (P, N)``: ``(P,)``.
+def leep_from_joint(table: LEEPJointTable, source_probs: Any, labels: Any) -> Tensor:
+    r"""LEEP from its joint table (:class:`~tguide.metrics.statistics.LEEPJointTable`) and the samples.
 
-    The formula of :func:`leep` (no checks; codes in ``0..c-1``). The label-shuffle null of
-    :mod:`tguide.metrics.null` calls it with the permuted labels.
+    The joint ``P̂(y, z)`` is a sufficient statistic (mergeable across batches and processes),
+    but the score is a mean over the samples of ``log Σ_z P̂(y_i|z) θ_iz`` with the *final*
+    table: it needs every sample's ``θ_i`` and ``y_i`` (the sample path).
     """
-    n = theta.shape[0]
-    out = torch.empty(ys.shape[0], dtype=theta.dtype, device=theta.device)
-    for p, y in enumerate(ys):
-        joint = torch.zeros(c, theta.shape[1], dtype=theta.dtype, device=theta.device)
-        joint.index_add_(0, y, theta).div_(n)  # (C, Cs): P̂(y, z)
-        marginal = joint.sum(dim=0, keepdim=True)  # (1, Cs): P̂(z)
-        cond = torch.where(marginal > 0, joint / torch.where(marginal > 0, marginal, 1.0), 0.0)
-        eep = (theta @ cond.T).gather(1, y[:, None])[:, 0]  # (N,): Σ_z P̂(y_i|z) θ_iz
-        out[p] = torch.log(eep).mean()
-    return out
+    theta = check_probs(source_probs, "source_probs")
+    y, c = check_labels(labels, theta.shape[0], "labels", min_classes=2)
+    joint = table.joint()  # (C, Cs): P̂(y, z), classes in sorted label order (= the codes of y)
+    if joint.shape != (c, theta.shape[1]):
+        raise ValueError(f"the joint table is {tuple(joint.shape)} but the samples have {c} classes and "
+                         f"{theta.shape[1]} source classes; pass the samples the table was built from.")
+    marginal = joint.sum(dim=0, keepdim=True)  # (1, Cs): P̂(z)
+    cond = torch.where(marginal > 0, joint / torch.where(marginal > 0, marginal, 1.0), 0.0)
+    eep = (theta @ cond.T).gather(1, y.to(theta.device)[:, None])[:, 0]  # (N,): Σ_z P̂(y_i|z) θ_iz
+    return torch.log(eep).mean()
 
 
 def nce(source_labels: Any, labels: Any, *, correction: str = "none", n_perm: int = 100, seed: int = 0) -> Tensor:
@@ -113,25 +116,30 @@ def nce(source_labels: Any, labels: Any, *, correction: str = "none", n_perm: in
     z, cz = check_labels(source_labels, None, "source_labels", min_classes=1)
     check_same_length(z, y, "source_labels", "labels")
     z = z.to(y.device)
-    value = nce_table(z, cz, y[None, :], c)[0]
+    table = LabelPairCounts.from_samples(z, y)
+    value = nce_from_statistics(table)
     if correction == "miller_madow":
-        cells = int(torch.unique(z * c + y).numel())
+        cells = int(table.part("t")["n"].numel())
         return value - (cells - cz) / (2.0 * y.shape[0])
     if correction == "null":
         perms = label_permutations(y.shape[0], n_perm, seed, y.device)
-        return value - nce_table(z, cz, y[perms], c).mean()
+        null = torch.stack([nce_from_statistics(table.relabel(z, y[p])) for p in perms])
+        return value - null.mean()
     return value
 
 
-def nce_table(z: Tensor, cz: int, ys: Tensor, c: int) -> Tensor:
-    """NCE of source codes ``z (N,)`` against each row of target codes ``ys (P, N)``: ``(P,)``.
+def nce_from_statistics(table: LabelPairCounts) -> Tensor:
+    r"""NCE (:func:`nce`, no correction) from :class:`~tguide.metrics.statistics.LabelPairCounts`.
 
-    One ``bincount`` of all ``P`` joint tables at once (no checks; codes in ``0..cz-1``, ``0..c-1``).
+    From sufficient statistics only: ``Σ_{z,y} P̂(z, y) log(P̂(z, y)/P̂(z))`` from the counts of
+    the (source label, label) pairs.
     """
-    p, n = ys.shape
-    offsets = (torch.arange(p, device=ys.device) * (cz * c))[:, None]
-    counts = torch.bincount((z[None, :] * c + ys + offsets).flatten(), minlength=p * cz * c)
-    joint = counts.view(p, cz, c).to(torch.float64) / n  # (P, Cz, C)
-    marginal = joint.sum(dim=2, keepdim=True)  # (P, Cz, 1)
-    terms = torch.where(joint > 0, joint * torch.log(joint / torch.where(marginal > 0, marginal, 1.0)), 0.0)
-    return terms.sum(dim=(1, 2))
+    c = table.num_classes()
+    if c < 2:
+        raise ValueError(f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
+                         "a transferability score is undefined for a single class. Add samples of other classes.")
+    rec = table.part("t")
+    joint = rec["n"] / rec["n"].sum()
+    _, z = torch.unique(rec["key"][:, 0], return_inverse=True)
+    marginal = torch.zeros(int(z.max()) + 1, dtype=joint.dtype, device=joint.device).index_add_(0, z, joint)
+    return (joint * torch.log(joint / marginal[z])).sum()

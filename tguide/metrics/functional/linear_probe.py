@@ -90,6 +90,8 @@ def linear_probe_accuracy(
     to rotations (the standardisation is per feature); the split, hence the value,
     depends on the seed and on the sample order.
 
+    Sample path: needs the samples themselves (a cross-validated probe on the rows).
+
     Args:
         features: ``(N, D)`` float tensor or array.
         labels: ``(N,)`` integer class ids, any label set, at least 2 classes.

@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tguide._deprecation import stacklevel_outside
 from tguide.metrics._validate import check_features, check_labels
+from tguide.metrics.statistics import GramStatistics
 
-__all__ = ["logme", "logme_columns", "LogMEConvergenceWarning", "LogMEUnboundedWarning"]
+__all__ = ["logme", "logme_from_statistics", "LogMEConvergenceWarning", "LogMEUnboundedWarning"]
 
 _LOG2PI = math.log(2 * math.pi)
 _GRID = 32  # log ρ grid points of the start search
@@ -120,23 +122,32 @@ class _Spectrum:
         return edge
 
 
-def _spectrum(f: Tensor, y: Tensor) -> _Spectrum:
-    """One eigendecomposition of the smaller Gram matrix of ``f (N, D)`` for targets ``y (N, C)``."""
-    n, d = f.shape
-    if n > d:
-        return spectrum_from_gram(f.T @ f, f.T @ y, y.sum(dim=0), n)
-    gram = f @ f.T  # (N, N)
-    lam, u = torch.linalg.eigh(0.5 * (gram + gram.T))
-    z2 = (u.T @ y) ** 2  # (N, C)
-    return _finish(lam, None, z2, y.sum(dim=0), n, d)
+def _spectrum(stats: GramStatistics) -> _Spectrum:
+    """One eigendecomposition of the smaller Gram matrix of F (cached on the statistics).
 
-
-def spectrum_from_gram(gram: Tensor, fty: Tensor, y2: Tensor, n: int) -> _Spectrum:
-    """The N > D spectrum from sufficient statistics: ``gram = FᵀF (D, D)``, ``fty = FᵀY (D, C)``,
-    ``y2 = ‖y_c‖² (C,)`` and the sample count ``n`` (used by the streaming classes)."""
-    lam, v = torch.linalg.eigh(0.5 * (gram + gram.T))
+    N > D: ``FᵀF = Σaaᵀ + N·mean meanᵀ`` (D×D) and ``FᵀY = (n_c mean_c)ᵀ``, ``‖y_c‖² = n_c``.
+    Kept rows (N ≤ D): ``FFᵀ`` (N×N) and the one-hot targets projected on its eigenvectors.
+    """
+    n = stats.n
+    eig = stats.feature_cache.get("logme_eigen")
+    if stats.rows is not None:
+        f = stats.rows[0]
+        if eig is None:
+            gram = f @ f.T  # (N, N)
+            eig = stats.feature_cache["logme_eigen"] = torch.linalg.eigh(0.5 * (gram + gram.T))
+        lam, u = eig
+        codes, counts, c = stats.labels_codes()
+        y = torch.nn.functional.one_hot(codes, c).to(f.dtype)  # (N, C)
+        return _finish(lam, None, (u.T @ y) ** 2, counts, n, f.shape[1])
+    glob, cls = stats.part("g"), stats.part("c")
+    if eig is None:
+        mu = glob["mean"][0]
+        gram = glob["m2"][0] + n * mu[:, None] * mu[None, :]
+        eig = stats.feature_cache["logme_eigen"] = torch.linalg.eigh(0.5 * (gram + gram.T))
+    lam, v = eig
+    fty = (cls["n"][:, None] * cls["mean"]).T  # (D, C)
     w2 = (v.T @ fty) ** 2  # (D, C) = (σ_i u_iᵀy)²
-    return _finish(lam, w2, None, y2, n, gram.shape[0])
+    return _finish(lam, w2, None, cls["n"].clone(), n, v.shape[0])
 
 
 def _finish(lam: Tensor, w2: Tensor | None, z2: Tensor | None, y2: Tensor, n: int, d: int) -> _Spectrum:
@@ -246,24 +257,29 @@ def logme(features: Any, labels: Any, tol: float = 1e-7, max_iter: int = 10_000)
     """
     _check_options(tol, max_iter)
     f = check_features(features, "features")
-    codes, c = check_labels(labels, f.shape[0], "labels", min_classes=2)
-    y = torch.nn.functional.one_hot(codes.to(f.device), c).to(f.dtype)  # (N, C)
-    return logme_columns(f, y, tol, max_iter).mean()
+    check_labels(labels, f.shape[0], "labels", min_classes=2)
+    return logme_from_statistics(GramStatistics.from_samples(f, labels), tol, max_iter)
 
 
-def logme_columns(f: Tensor, y: Tensor, tol: float = 1e-7, max_iter: int = 10_000) -> Tensor:
-    """Maximum log evidence per sample of every target column: ``(C,)`` for ``f (N, D)``, ``y (N, C)``.
+def logme_from_statistics(stats: GramStatistics, tol: float = 1e-7, max_iter: int = 10_000) -> Tensor:
+    r"""LogME (:func:`logme`) from :class:`~tguide.metrics.statistics.GramStatistics`.
 
-    The columns are independent problems that share one eigendecomposition of ``f``;
-    :func:`logme` is the mean over the one-hot columns of the labels. Callers stack extra
-    columns (e.g. the one-hot labels of many label permutations, :mod:`tguide.metrics.null`)
-    to score them all for the price of one decomposition. Inputs are not checked here.
+    From sufficient statistics only: for N > D the evidence of every class needs ``FᵀF``
+    (``= Σaaᵀ + N·mean meanᵀ``), ``Fᵀy_c = n_c mean_c`` and ``‖y_c‖² = n_c``; for N ≤ D the
+    statistics keep the rows (the N×N route). One eigendecomposition (cached on the
+    statistics), then the fixed point of :func:`maximise_evidence` for all classes at once;
+    the mean over classes.
     """
-    return maximise_evidence(_spectrum(f, y), tol, max_iter, stacklevel=4)
+    _check_options(tol, max_iter)
+    c = stats.num_classes()
+    if c < 2:
+        raise ValueError(f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
+                         "a transferability score is undefined for a single class. Add samples of other classes.")
+    return maximise_evidence(_spectrum(stats), tol, max_iter).mean()
 
 
-def maximise_evidence(sp: _Spectrum, tol: float = 1e-7, max_iter: int = 10_000, stacklevel: int = 3) -> Tensor:
-    """The fixed point of :func:`logme_columns` on a spectrum: maximum log evidence per sample ``(C,)``."""
+def maximise_evidence(sp: _Spectrum, tol: float = 1e-7, max_iter: int = 10_000) -> Tensor:
+    """The evidence fixed point of every class on a spectrum: maximum log evidence per sample ``(C,)``."""
     c = sp.y2.shape[0]
     n, lam = sp.n, sp.lam
     lam_max, lam_min = float(lam.max()), float(lam.min())
@@ -300,7 +316,7 @@ def maximise_evidence(sp: _Spectrum, tol: float = 1e-7, max_iter: int = 10_000, 
             f"{change:.3g} > tol={tol:g}); those classes are scored at their last iterate. "
             "Raise `max_iter` or `tol`.",
             LogMEConvergenceWarning,
-            stacklevel=stacklevel,
+            stacklevel=stacklevel_outside("tguide.metrics"),
         )
 
     unbounded = (sp.residual(alpha, beta, alpha + beta * lam) <= sp.floor) & (sp.floor > 0)
@@ -312,7 +328,7 @@ def maximise_evidence(sp: _Spectrum, tol: float = 1e-7, max_iter: int = 10_000, 
             "with the residual floored at the rounding level, which inflates the score; check the "
             "features for label leakage or duplicated label columns.",
             LogMEUnboundedWarning,
-            stacklevel=stacklevel,
+            stacklevel=stacklevel_outside("tguide.metrics"),
         )
     best = torch.maximum(sp.evidence(alpha, beta), sp.edges())  # (C,)
     return best / n

@@ -213,6 +213,9 @@ def ncti(features: Any, labels: Any, **kwargs: Any) -> Tensor:
     scales (``S_sep`` grows with N), so compare models with :func:`ncti_pool`. Keyword
     arguments go to :func:`ncti_terms`.
 
+    Sample path: needs the samples themselves (per-sample terms of the rows); not computed
+    from sufficient statistics.
+
     Example:
         >>> import torch
         >>> g = torch.Generator().manual_seed(0)

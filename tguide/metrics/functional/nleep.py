@@ -186,6 +186,9 @@ def nleep(
     and to translation and rotation of the features up to the EM's local optimum
     (which the k-means++ draws, made on sample indices, can change with the sample order).
 
+    Sample path: needs the samples themselves (a Gaussian mixture fitted to the rows and each
+    row's posterior).
+
     Args:
         features: ``(N, D)`` float tensor or array.
         labels: ``(N,)`` integer class ids, any label set, at least 2 classes.

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tguide._deprecation import renamed_arguments, stacklevel_outside
+from tguide._deprecation import stacklevel_outside
 from tguide.metrics._subset import check_max_samples, stratified_subset
 from tguide.metrics._validate import as_tensor, check_features, check_labels
 from tguide.metrics.functional.permutation import NullCalibrated, calibrate, check_correction, label_permutations
@@ -243,8 +243,6 @@ def _coupling(cost: Tensor, solver: str, reg: float, max_iter: int | None, tol: 
 # ----------------------------------------------------------------------------- public
 
 
-@renamed_arguments(src_features="source_features", src_labels="source_labels", tgt_features="target_features",
-                   tgt_labels="target_labels")
 def otce(
     source_features: Any,
     source_labels: Any,
@@ -287,6 +285,9 @@ def otce(
     recovers the exact coupling. Only ``solver="sinkhorn"`` is differentiable in the
     coupling (W_T gets a gradient w.r.t. the features through the Sinkhorn iterations;
     with ``"emd"`` only W_D has one, by the envelope theorem).
+
+    Sample path: OTCE needs the samples themselves (an optimal-transport coupling between the
+    source and target rows); it is not computed from sufficient statistics.
 
     Args:
         source_features: ``(Ns, D)`` source features.
@@ -372,8 +373,6 @@ def otce(
                       correction=correction, task_correction=fix, null=null)
 
 
-@renamed_arguments(src_features="source_features", src_labels="source_labels", tgt_features="target_features",
-                   tgt_labels="target_labels")
 def otce_sim(
     source_features: Any,
     source_labels: Any,
@@ -416,7 +415,6 @@ def otce_sim(
     ).score
 
 
-@renamed_arguments(w_d="domain_distances", w_t="task_distances", accuracy="accuracies")
 def fit_otce_weights(
     domain_distances: Any, task_distances: Any, accuracies: Any
 ) -> tuple[float, float, float]:
@@ -428,6 +426,8 @@ def fit_otce_weights(
 
     over K ≥ 3 auxiliary source→target tasks with known transfer accuracy (float64,
     ``numpy.linalg.lstsq``).
+
+    Sample path: needs the samples themselves (the coupling between them).
 
     Args:
         domain_distances: ``(K,)`` W_D of the auxiliary tasks (``OTCEResult.domain_distance``).

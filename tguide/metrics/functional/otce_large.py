@@ -103,6 +103,8 @@ def otce_large(
     ``solver="sinkhorn"`` and the same ``reg`` (``ε = reg · mean C``, the mean cost computed
     exactly in O(N·D)), except that ``coupling`` is ``None`` (never materialised).
 
+    Sample path: needs the samples themselves (the coupling between them).
+
     Args:
         source_features, source_labels, target_features, target_labels: as in ``otce``.
         reg: entropic strength relative to the mean cost.

@@ -169,6 +169,9 @@ def sfda(features: Any, labels: Any, *, power_iterations: int | None = None, see
     span of the within-class data and the posteriors approach one-hot (an over-fit that
     is part of the method).
 
+    Sample path: needs the samples themselves (the regularised Fisher projection is applied to
+    every row and scored per sample).
+
     Args:
         features: ``(N, D)`` float tensor or array.
         labels: ``(N,)`` integer class ids, any label set, at least 2 classes.

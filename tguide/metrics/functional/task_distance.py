@@ -18,12 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tguide._deprecation import renamed_arguments
 
 __all__ = ["task_distance", "joint_labels", "miller_madow_correction", "task_distance_null"]
 
 
-@renamed_arguments(src_codes="source_codes", tgt_codes="target_codes")
 def task_distance(coupling: Tensor, source_codes: Tensor, cs: int, target_codes: Tensor, ct: int) -> Tensor:
     r"""Conditional entropy :math:`W_T = H(Y_t \mid Y_s)` of the coupling's joint label law.
 
@@ -50,7 +48,6 @@ def _plogp(p: Tensor) -> Tensor:
     return torch.where(pos, p * torch.log(torch.where(pos, p, torch.ones_like(p))), torch.zeros_like(p))
 
 
-@renamed_arguments(src_codes="source_codes", tgt_codes="target_codes")
 def joint_labels(coupling: Tensor, source_codes: Tensor, cs: int, target_codes: Tensor, ct: int) -> Tensor:
     """The coupling's joint label law ``P̂(y_s, y_t)``, ``(Cs, Ct)``: two ``index_add`` reductions."""
     rows = torch.zeros(cs, coupling.shape[1], dtype=coupling.dtype, device=coupling.device)
@@ -76,7 +73,6 @@ def miller_madow_correction(joint: Tensor, n: int) -> Tensor:
     return torch.tensor((m_joint - m_src) / (2.0 * n), dtype=joint.dtype, device=joint.device)
 
 
-@renamed_arguments(src_codes="source_codes", tgt_codes="target_codes")
 def task_distance_null(coupling: Tensor, source_codes: Tensor, cs: int, target_codes: Tensor, ct: int,
                        perms: Tensor) -> Tensor:
     r"""``W_T`` for every permutation of the target labels, reusing one coupling: ``(P,)``.

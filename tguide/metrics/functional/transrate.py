@@ -16,8 +16,10 @@ import torch
 from torch import Tensor
 
 from tguide.metrics._validate import check_features, check_labels
+from tguide.metrics.statistics import ClassGramStatistics
 
-__all__ = ["transrate", "transrate_comparable", "comparable_features", "transrate_layers", "coding_rate"]
+__all__ = ["transrate", "transrate_comparable", "transrate_from_statistics", "transrate_comparable_from_statistics",
+           "comparable_features", "transrate_layers", "coding_rate"]
 
 
 def _half_logdet_eye_plus(gram: Tensor, scale: float) -> Tensor:
@@ -45,46 +47,74 @@ def coding_rate(z: Tensor, eps: float = 1e-4) -> Tensor:
     return _half_logdet_eye_plus(gram, 1.0 / (n * eps))
 
 
-def _prepare(features: Any, labels: Any, eps: float) -> tuple[Tensor, Tensor, int]:
+def _check_eps(eps: Any) -> float:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"`eps` must be a positive finite float (the coding-rate distortion), got {eps!r}.")
+    return float(eps)
+
+
+def _statistics(features: Any, labels: Any, eps: Any) -> ClassGramStatistics:
+    _check_eps(eps)
     x = check_features(features, "features")
-    codes, c = check_labels(labels, x.shape[0], "labels", min_classes=2)
-    return x, codes.to(x.device), c
+    check_labels(labels, x.shape[0], "labels", min_classes=2)
+    return ClassGramStatistics.from_samples(x, labels)
 
 
-def _transrate(x: Tensor, codes: Tensor, c: int, eps: float) -> Tensor:
-    n, d = x.shape
+def _need_classes(stats: ClassGramStatistics) -> None:
+    c = stats.num_classes()
+    if c < 2:
+        raise ValueError(f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
+                         "a transferability score is undefined for a single class. Add samples of other classes.")
+
+
+def _rate_gap_grams(n: int, counts: list[int], grams: Tensor, eps: float) -> Tensor:
+    """``R(Z) − Σ_c (n_c/n) R(Z_c)`` from the class Grams about the global mean ``grams (C, D, D)``
+    (``ZᵀZ = Σ_c G_c``, ``Z_cᵀZ_c = G_c``)."""
+    whole = _half_logdet_eye_plus(grams.sum(dim=0), 1.0 / (n * eps))
+    conditional = torch.zeros((), dtype=grams.dtype, device=grams.device)
+    for g, nc in zip(grams, counts):
+        conditional = conditional + (nc / n) * _half_logdet_eye_plus(g, 1.0 / (nc * eps))
+    return whole - conditional
+
+
+def _rate_gap_rows(z: Tensor, codes: Tensor, c: int, eps: float) -> Tensor:
+    """The same from the globally centred rows ``z (n, D)`` for n ≤ D: every log-determinant on
+    an n×n or n_c×n_c Gram (Sylvester's identity)."""
+    n = z.shape[0]
     order = torch.argsort(codes, stable=True)
     counts = torch.bincount(codes, minlength=c).tolist()
-    # the globally centred rows, grouped by class: one (N, D) copy
-    z = torch.index_select(x, 0, order).sub_(x.mean(dim=0, keepdim=True))
-    blocks = torch.split(z, counts)
     conditional = torch.zeros((), dtype=z.dtype, device=z.device)
-    # When N > D the global ZᵀZ is the sum of the class Gram matrices: reuse the D×D ones
-    # and multiply out only the rows of the classes that took the n_c×n_c route. A class
-    # takes that route when it is cheaper counting its share of ZᵀZ: 2n_c²D + n_c³/3 + 2n_cD²
-    # against 2n_cD² + D³/3 flops (i.e. n_c below ~0.4 D), or always when N ≤ D.
-    total = torch.zeros(d, d, dtype=z.dtype, device=z.device) if n > d else None
-    small_rows: list[Tensor] = []
-    for zc, nc in zip(blocks, counts):
-        if total is not None and 2 * nc * nc * d + nc**3 / 3 >= d**3 / 3:
-            g = zc.T @ zc  # (D, D)
-            if total is not None:
-                total += g
-        else:
-            g = zc @ zc.T  # (n_c, n_c)
-            if total is not None:
-                small_rows.append(zc)
-        conditional = conditional + (nc / n) * _half_logdet_eye_plus(g, 1.0 / (nc * eps))
-    if total is not None:
-        if small_rows:
-            rest = torch.cat(small_rows)
-            total += rest.T @ rest
-        whole = _half_logdet_eye_plus(total, 1.0 / (n * eps))
-    else:
-        whole = _half_logdet_eye_plus(z @ z.T, 1.0 / (n * eps))
-    return whole - conditional
+    for zc, nc in zip(torch.split(z[order], counts), counts):
+        conditional = conditional + (nc / n) * _half_logdet_eye_plus(zc @ zc.T, 1.0 / (nc * eps))
+    return _half_logdet_eye_plus(z @ z.T, 1.0 / (n * eps)) - conditional
+
+
+def _class_grams(stats: ClassGramStatistics) -> tuple[int, list[int], Tensor]:
+    """``n``, the class counts and the class Grams about the global mean
+    ``G_c = Σ_{i∈c} a_iaᵢᵀ + n_c e_c e_cᵀ`` ``(C, D, D)``, ``e_c = mean_c − mean``."""
+    cls = stats.part("c")
+    n = cls["n"].sum()
+    e = cls["mean"] - (cls["n"][:, None] * cls["mean"]).sum(dim=0) / n
+    grams = cls["m2"] + cls["n"][:, None, None] * e[:, :, None] * e[:, None, :]
+    return int(n), [int(v) for v in cls["n"].tolist()], grams
+
+
+def transrate_from_statistics(stats: ClassGramStatistics, eps: float = 1e-4) -> Tensor:
+    r"""TransRate (:func:`transrate`) from :class:`~tguide.metrics.statistics.ClassGramStatistics`.
+
+    From sufficient statistics only: ``R(Z) − Σ_c (n_c/n) R(Z_c)`` with ``ZᵀZ = Σ_c G_c`` and
+    ``Z_cᵀZ_c = G_c``, the class Grams about the global mean (from the class counts, means and
+    centred Grams), each ``½ logdet(I + G/(mε))`` by Cholesky; for n ≤ D the statistics keep the
+    rows and every log-determinant is taken on the n×n / n_c×n_c Gram instead.
+    """
+    eps = _check_eps(eps)
+    _need_classes(stats)
+    if stats.rows is not None:
+        x = stats.rows[0]
+        codes, _, c = stats.labels_codes()
+        return _rate_gap_rows(x - x.mean(dim=0, keepdim=True), codes, c, eps)
+    n, counts, grams = _class_grams(stats)
+    return _rate_gap_grams(n, counts, grams, eps)
 
 
 def transrate(features: Any, labels: Any, eps: float = 1e-4) -> Tensor:
@@ -97,8 +127,8 @@ def transrate(features: Any, labels: Any, eps: float = 1e-4) -> Tensor:
     ``Z`` is the globally centred feature matrix with ``n`` rows; ``Z_c`` holds the rows of
     that same ``Z`` in class ``c`` (not re-centred) and its coding rate uses ``n_c``. Each
     log-determinant is taken on ``ZᵀZ`` (D×D) or ``ZZᵀ`` (n×n) (Sylvester's identity),
-    whichever costs less, by a Cholesky factorisation; when N > D the global D×D Gram is
-    assembled from the per-class ones, so most rows are multiplied out once.
+    by a Cholesky factorisation. Computed from sufficient statistics
+    (:func:`transrate_from_statistics`: the per-class counts, means and centred Grams).
 
     Notes:
         * The authors' reference code weights the class terms by ``1/C`` instead of
@@ -127,8 +157,7 @@ def transrate(features: Any, labels: Any, eps: float = 1e-4) -> Tensor:
         >>> round(float(transrate(f, y, eps=1.0)), 12) == round(math.log(4 / 3) - 0.5 * math.log(5 / 3), 12)
         True
     """
-    x, codes, c = _prepare(features, labels, eps)
-    return _transrate(x, codes, c, float(eps))
+    return transrate_from_statistics(_statistics(features, labels, eps), eps)
 
 
 def _check_rank(rank: Any) -> int:
@@ -195,9 +224,38 @@ def transrate_comparable(features: Any, labels: Any, rank: int = 32, eps: float 
     Returns:
         0-d float64 tensor; higher = more transferable.
     """
+    return transrate_comparable_from_statistics(_statistics(features, labels, eps), rank, eps)
+
+
+def transrate_comparable_from_statistics(stats: ClassGramStatistics, rank: int = 32, eps: float = 0.1) -> Tensor:
+    r""":func:`transrate_comparable` from :class:`~tguide.metrics.statistics.ClassGramStatistics`.
+
+    From sufficient statistics only: the top-``r`` principal axes ``V_r`` of ``ZᵀZ = Σ_c G_c``
+    and the projected class Grams ``V_rᵀ G_c V_r / λ̄_r`` (the projected features have mean 0),
+    then the coding-rate gap of :func:`transrate_from_statistics` on them. For n ≤ D (kept
+    rows) the projection :func:`comparable_features` of the rows.
+    """
     r = _check_rank(rank)
-    x, codes, c = _prepare(features, labels, eps)
-    return _transrate(comparable_features(x, r), codes, c, float(eps))
+    eps = _check_eps(eps)
+    _need_classes(stats)
+    if stats.rows is not None:
+        x = stats.rows[0]
+        codes, _, c = stats.labels_codes()
+        proj = comparable_features(x, r)  # (n, r), r < n
+        order = torch.argsort(codes, stable=True)
+        counts = torch.bincount(codes, minlength=c).tolist()
+        grams = torch.stack([zc.T @ zc for zc in torch.split(proj[order], counts)])
+        return _rate_gap_grams(x.shape[0], counts, grams, eps)
+    n, counts, grams = _class_grams(stats)
+    d = grams.shape[1]
+    total = grams.sum(dim=0)
+    r = max(1, min(r, n - 1, d))
+    lam, v = torch.linalg.eigh(0.5 * (total + total.T))
+    lam, v = lam.flip(0)[:r].clamp_min(0), v.flip(1)[:, :r]
+    mean_var = lam.sum() / (n * r)
+    if float(mean_var) <= float(torch.finfo(total.dtype).eps) * float(total.diagonal().sum() / n + 1e-300):
+        raise ValueError("`features` have no variance (every row is the same); no class structure to score.")
+    return _rate_gap_grams(n, counts, v.T @ grams @ v / mean_var, eps)
 
 
 def transrate_layers(
@@ -228,8 +286,8 @@ def transrate_layers(
     scores: dict[str, float] = {}
     for name, feats in features_by_layer.items():
         try:
-            x, codes, c = _prepare(feats, labels, eps)
+            stats = _statistics(feats, labels, eps)
         except ValueError as err:
             raise ValueError(f"layer {name!r}: {err}") from err
-        scores[str(name)] = float(_transrate(x, codes, c, float(eps)))
+        scores[str(name)] = float(transrate_from_statistics(stats, eps))
     return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
