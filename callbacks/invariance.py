@@ -23,7 +23,8 @@ import csv
 import math
 import os
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -40,8 +41,9 @@ COLUMNS = ["split", "epoch", "class", "class_size", "bucket", "ekld"]
 
 
 @torch.no_grad()
-def per_class_ekld(model: torch.nn.Module, loader: DataLoader, num_classes: int,
-                   device: torch.device | str | None = None) -> torch.Tensor:
+def per_class_ekld(
+    model: torch.nn.Module, loader: DataLoader, num_classes: int, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Per-class eKLD ``(num_classes,)`` of ``model`` over batches ``(x, x', y)`` (eval mode, restored)."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -71,10 +73,17 @@ class InvarianceMonitor(Callback):
         filename: CSV name in the run folder.
     """
 
-    def __init__(self, pairs: str | DataLoader | Callable[[str], DataLoader] = "invariance_dataloader",
-                 class_counts: str | Sequence[int] = "class_counts", num_classes: int | None = None,
-                 every_n_epochs: int = 1, test: bool = True, head_above: int = 50, tail_at_most: int = 10,
-                 filename: str = "invariance.csv") -> None:
+    def __init__(
+        self,
+        pairs: str | DataLoader | Callable[[str], DataLoader] = "invariance_dataloader",
+        class_counts: str | Sequence[int] = "class_counts",
+        num_classes: int | None = None,
+        every_n_epochs: int = 1,
+        test: bool = True,
+        head_above: int = 50,
+        tail_at_most: int = 10,
+        filename: str = "invariance.csv",
+    ) -> None:
         super().__init__()
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"`every_n_epochs` must be an integer ≥ 1, got {every_n_epochs!r}.")
@@ -93,8 +102,10 @@ class InvarianceMonitor(Callback):
         if isinstance(self.pairs, str):
             method = getattr(trainer.datamodule, self.pairs, None)
             if not callable(method):
-                raise ValueError(f"`pairs`={self.pairs!r}: the datamodule has no such method; use data=mnist_lt "
-                                 "or pass a DataLoader of (x, x', y) batches.")
+                raise ValueError(
+                    f"`pairs`={self.pairs!r}: the datamodule has no such method; use data=mnist_lt "
+                    "or pass a DataLoader of (x, x', y) batches."
+                )
             return method(split)
         return self.pairs(split)
 
@@ -178,8 +189,15 @@ class InvarianceMonitor(Callback):
         cmap = plt.get_cmap("viridis")
         for i, e in enumerate(epochs):
             pts = sorted((r[3], r[5]) for r in rows if r[1] == e)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1,
-                    color=cmap(i / max(1, len(epochs) - 1)), label=f"epoch {e}" if e in (epochs[0], epochs[-1]) else None)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                "o-",
+                ms=3,
+                lw=1,
+                color=cmap(i / max(1, len(epochs) - 1)),
+                label=f"epoch {e}" if e in (epochs[0], epochs[-1]) else None,
+            )
         ax.set_xscale("log")
         ax.set_xlabel("training images in the class")
         ax.set_ylabel("eKLD (nats)")
@@ -198,11 +216,14 @@ class InvarianceMonitor(Callback):
         if pts:
             table = wandb.Table(columns=["log10_class_size", "ekld"], data=pts)
             payload[f"invariance/{split}_ekld_vs_size"] = wandb.plot.scatter(
-                table, "log10_class_size", "ekld", title=f"per-class eKLD vs class size ({split}, epoch {last})")
+                table, "log10_class_size", "ekld", title=f"per-class eKLD vs class size ({split}, epoch {last})"
+            )
         run.log(payload)
 
 
-def size_buckets(class_counts: Sequence[int] | Tensor, head_above: int = 50, tail_at_most: int = 10) -> dict[str, list[int]]:
+def size_buckets(
+    class_counts: Sequence[int] | Tensor, head_above: int = 50, tail_at_most: int = 10
+) -> dict[str, list[int]]:
     """``{"head": [...], "mid": [...], "tail": [...]}``: class ids grouped by their training size."""
     counts = [int(n) for n in (class_counts.tolist() if isinstance(class_counts, Tensor) else class_counts)]
     if tail_at_most >= head_above:

@@ -110,8 +110,10 @@ class TransferabilityMonitor(Callback):
             raise ValueError("`metrics` is empty; name at least one of " + ", ".join(METRICS) + ".")
         needing = [m for m in self.metrics if resolve_metric(m).needs_source_samples]
         if needing and source is None:
-            raise ValueError(f"`source`: {needing} compare source and target features; pass source= "
-                             "(e.g. source='train_dataloader') or drop them from `metrics`.")
+            raise ValueError(
+                f"`source`: {needing} compare source and target features; pass source= "
+                "(e.g. source='train_dataloader') or drop them from `metrics`."
+            )
         self.layers = [layers] if isinstance(layers, str) else list(layers)
         if not self.layers:
             raise ValueError("`layers` is empty; name at least one module, e.g. layers=['net.fc1'].")
@@ -154,8 +156,10 @@ class TransferabilityMonitor(Callback):
                 method = getattr(owner, spec, None) if owner is not None else None
                 if callable(method):
                     return method()
-            raise ValueError(f"`{what}`={spec!r}: neither the datamodule nor the LightningModule has a method "
-                             f"{spec!r}; pass a DataLoader or a method name such as 'val_dataloader'.")
+            raise ValueError(
+                f"`{what}`={spec!r}: neither the datamodule nor the LightningModule has a method "
+                f"{spec!r}; pass a DataLoader or a method name such as 'val_dataloader'."
+            )
         if callable(spec):
             return spec()
         raise ValueError(f"`{what}` must be a DataLoader, a method name or a callable, got {type(spec).__name__}.")
@@ -175,8 +179,11 @@ class TransferabilityMonitor(Callback):
 
     # -- the measurement -----------------------------------------------------------------
     def _due(self, trainer: L.Trainer) -> bool:
-        return (not trainer.sanity_checking and trainer.state.fn == "fit"
-                and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
+        return (
+            not trainer.sanity_checking
+            and trainer.state.fn == "fit"
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Compute and log the scores now; returns ``{key: score}`` (the same on every rank)."""
@@ -189,19 +196,32 @@ class TransferabilityMonitor(Callback):
         context = plugin.forward_context() if plugin is not None else nullcontext()
         with context:
             scores = transferability_scores(
-                pl_module, probe, self.layers, self.metrics, source, pool=self.pool,
-                max_samples=self.max_samples, source_max_samples=self.source_max_samples, seed=self.seed,
+                pl_module,
+                probe,
+                self.layers,
+                self.metrics,
+                source,
+                pool=self.pool,
+                max_samples=self.max_samples,
+                source_max_samples=self.source_max_samples,
+                seed=self.seed,
                 metric_kwargs=self.metric_kwargs,
-                pixels_per_image=self.pixels_per_image, ignore_index=self.ignore_index,
-                pixel_sampling=self.pixel_sampling, null=self.null, device=pl_module.device, unpack=self.unpack,
-                on_error=self.on_error)
+                pixels_per_image=self.pixels_per_image,
+                ignore_index=self.ignore_index,
+                pixel_sampling=self.pixel_sampling,
+                null=self.null,
+                device=pl_module.device,
+                unpack=self.unpack,
+                on_error=self.on_error,
+            )
         seconds = time.perf_counter() - start
         # every rank holds the same scores; sync_dist only keeps Lightning's DDP bookkeeping quiet
         for key, value in scores.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=True)
         pl_module.log("transfer/seconds", seconds, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
-        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
-                             "seconds": seconds, "scores": dict(scores)})
+        self.history.append(
+            {"epoch": trainer.current_epoch, "step": trainer.global_step, "seconds": seconds, "scores": dict(scores)}
+        )
         return scores
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -269,14 +289,16 @@ class TransferabilityMonitor(Callback):
                         y = f"{metric}/{layer}"
                         data = wandb.Table(columns=[x, y], data=pairs)
                         payload[f"transfer/scatter/{metric}/{layer}"] = wandb.plot.scatter(
-                            data, x, y, title=f"{metric} on {layer} vs {x}")
+                            data, x, y, title=f"{metric} on {layer} vs {x}"
+                        )
         run.log(payload)
 
     # -- checkpointing -------------------------------------------------------------------
     @property
     def state_key(self) -> str:  # several monitors may sit side by side, each with its own state
-        return self._generate_state_key(layers=self.layers, metrics=self.metrics, on=self.on,
-                                        every_n_epochs=self.every_n_epochs, seed=self.seed)
+        return self._generate_state_key(
+            layers=self.layers, metrics=self.metrics, on=self.on, every_n_epochs=self.every_n_epochs, seed=self.seed
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "tracked": self.tracked}

@@ -34,8 +34,18 @@ _LAZY: dict[str, str] = {
     "Pick": "tguide.select.ranking_result:Pick",
 }
 
-__all__ = ["Candidate", "Pick", "Ranking", "__version__", "create_candidate", "finetune", "guided",
-           "list_candidates", "rank", "register_source"]
+__all__ = [
+    "Candidate",
+    "Pick",
+    "Ranking",
+    "__version__",
+    "create_candidate",
+    "finetune",
+    "guided",
+    "list_candidates",
+    "rank",
+    "register_source",
+]
 
 
 def __getattr__(name: str) -> Any:

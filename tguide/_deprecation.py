@@ -18,7 +18,8 @@ import functools
 import inspect
 import sys
 import warnings
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = ["renamed_arguments", "stacklevel_outside"]
 
@@ -66,8 +67,7 @@ def renamed_arguments(**renames: str) -> Callable[[F], F]:
         missing = [new for new in renames.values() if new not in named]
         if missing and not any(p.kind is p.VAR_KEYWORD for p in params):  # **kwargs may pass it on
             raise ValueError(f"renamed_arguments: {fn.__qualname__} has no argument(s) {missing}.")
-        positional = {p.name: i for i, p in enumerate(params)
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        positional = {p.name: i for i, p in enumerate(params) if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:

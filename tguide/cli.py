@@ -20,7 +20,8 @@ import os
 import re
 import sys
 import traceback
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from tguide.config import GROUPS, RECIPES_MODULE, available, compose, register_schemas
 
@@ -68,11 +69,24 @@ class _Parser(argparse.ArgumentParser):
 def _flag_parser() -> _Parser:
     """Hydra 1.3's command-line flags (names as in its own parser); only given flags are kept."""
     p = _Parser(prog=PROG, add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS)
-    for names in (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"),
-                  ("--multirun", "-m")):
+    for names in (
+        ("--help", "-h"),
+        ("--hydra-help",),
+        ("--version",),
+        ("--resolve",),
+        ("--run", "-r"),
+        ("--multirun", "-m"),
+    ):
         p.add_argument(*names, action="store_true")
-    for names in (("--cfg", "-c"), ("--package", "-p"), ("--shell-completion", "-sc"), ("--config-path", "-cp"),
-                  ("--config-name", "-cn"), ("--config-dir", "-cd"), ("--experimental-rerun",)):
+    for names in (
+        ("--cfg", "-c"),
+        ("--package", "-p"),
+        ("--shell-completion", "-sc"),
+        ("--config-path", "-cp"),
+        ("--config-name", "-cn"),
+        ("--config-dir", "-cd"),
+        ("--experimental-rerun",),
+    ):
         p.add_argument(*names)
     p.add_argument("--info", "-i", nargs="?", const="all", choices=_INFO_CHOICES)
     return p
@@ -144,8 +158,10 @@ def explain(err: Exception, overrides: Sequence[str]) -> str:
                 key, _, value = o.lstrip("+~").partition("=")
                 if key == group and f"{group}/{value}" in text:
                     kind = "recipe" if group == "recipe" else f"option for `{group}`"
-                    return (f"unknown {kind} {value!r}; available: {', '.join(available(group))} "
-                            f"(files in recipes/{group}/)")
+                    return (
+                        f"unknown {kind} {value!r}; available: {', '.join(available(group))} "
+                        f"(files in recipes/{group}/)"
+                    )
         return text.splitlines()[0]
     if isinstance(err, OverrideParseException):
         return f"cannot parse the overrides: {text.splitlines()[0]} (use key=value, e.g. trainer.max_epochs=3)"
@@ -161,8 +177,10 @@ def explain(err: Exception, overrides: Sequence[str]) -> str:
         return f"{key} expects {wanted}, got {got!r}{where}; see `python -m {PROG} --cfg job` for the defaults"
     if first.startswith("Could not override"):
         key = first.split("'")[1] if "'" in first else first
-        return (f"unknown key {key!r}: it is not in the composed config{_suggest(key, overrides)}. Check the "
-                f"spelling (see `python -m {PROG} --cfg job`), or add a new key with +{key}=VALUE")
+        return (
+            f"unknown key {key!r}: it is not in the composed config{_suggest(key, overrides)}. Check the "
+            f"spelling (see `python -m {PROG} --cfg job`), or add a new key with +{key}=VALUE"
+        )
     if "Could not append" in first or "Could not delete" in first:
         return first
     return " ".join(lines[:2])
@@ -185,8 +203,9 @@ def check_overrides(args: Sequence[str]) -> str | None:
     plain = [o for o in parsed if not o.lstrip("+~").startswith("hydra.")]
     for o in plain:
         if o.lstrip("+~").partition("=")[0] == "ckpt_path":
-            return ("ckpt_path is not a tguide.fit key; to continue a run use resume=PATH "
-                    "(its run folder or a .ckpt file)")
+            return (
+                "ckpt_path is not a tguide.fit key; to continue a run use resume=PATH (its run folder or a .ckpt file)"
+            )
     if flags.get("multirun") and any(o.partition("=")[0] == "resume" for o in plain):
         return "resume= continues one run; it cannot be combined with -m/--multirun"
     try:

@@ -19,13 +19,23 @@ YAML file set before it; the YAML files give every value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from omegaconf import MISSING
 
-__all__ = ["RECIPES_MODULE", "RunConfig", "PathsConfig", "TrainerConfig", "DDPTrainerConfig", "register_schemas",
-           "compose", "available", "GROUPS"]
+__all__ = [
+    "RECIPES_MODULE",
+    "RunConfig",
+    "PathsConfig",
+    "TrainerConfig",
+    "DDPTrainerConfig",
+    "register_schemas",
+    "compose",
+    "available",
+    "GROUPS",
+]
 
 RECIPES_MODULE = "tguide.recipes"
 GROUPS = ("recipe", "data", "model", "trainer", "logger", "callbacks")
@@ -47,10 +57,10 @@ class RunConfig:
     name: str = MISSING
     seed: int = MISSING
     test_after_fit: bool = MISSING
-    threads: Optional[int] = MISSING
+    threads: int | None = MISSING
     runner: Any = MISSING
-    resume: Optional[str] = MISSING
-    checkpoint_every_n_steps: Optional[int] = MISSING
+    resume: str | None = MISSING
+    checkpoint_every_n_steps: int | None = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
@@ -61,15 +71,15 @@ class TrainerConfig:
     """The ``trainer`` group: keyword arguments of ``lightning.pytorch.Trainer``."""
 
     _target_: str = MISSING
-    max_epochs: Optional[int] = MISSING
+    max_epochs: int | None = MISSING
     accelerator: str = MISSING
     devices: Any = MISSING
     precision: Any = MISSING
-    deterministic: Optional[bool] = MISSING
-    log_every_n_steps: Optional[int] = MISSING
-    check_val_every_n_epoch: Optional[int] = MISSING
-    enable_progress_bar: Optional[bool] = MISSING
-    enable_model_summary: Optional[bool] = MISSING
+    deterministic: bool | None = MISSING
+    log_every_n_steps: int | None = MISSING
+    check_val_every_n_epoch: int | None = MISSING
+    enable_progress_bar: bool | None = MISSING
+    enable_model_summary: bool | None = MISSING
     limit_train_batches: Any = MISSING
     limit_val_batches: Any = MISSING
     limit_test_batches: Any = MISSING

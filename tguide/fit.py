@@ -11,8 +11,7 @@ from tguide.cli import EXIT_USAGE, check_overrides, main, parse_cli
 from tguide.config import RECIPES_MODULE, available, compose
 from tguide.train import fit, run
 
-__all__ = ["main", "fit", "run", "compose", "available", "check_overrides", "parse_cli", "EXIT_USAGE",
-           "RECIPES_MODULE"]
+__all__ = ["main", "fit", "run", "compose", "available", "check_overrides", "parse_cli", "EXIT_USAGE", "RECIPES_MODULE"]
 
 if __name__ == "__main__":
     main()

@@ -16,8 +16,14 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-__all__ = ["wandb_mode", "make_wandb_logger", "make_csv_logger", "ResumableCSVLogger", "keep_rows_before",
-           "WANDB_ID_FILE"]
+__all__ = [
+    "wandb_mode",
+    "make_wandb_logger",
+    "make_csv_logger",
+    "ResumableCSVLogger",
+    "keep_rows_before",
+    "WANDB_ID_FILE",
+]
 
 WANDB_ID_FILE = "wandb_id"
 
@@ -74,8 +80,16 @@ def make_wandb_logger(
     if _is_rank_zero() and not id_file.is_file():
         id_file.write_text(id + "\n")
     return WandbLogger(
-        save_dir=save_dir, project=project, name=name, entity=entity, tags=list(tags or []),
-        offline=mode == "offline", mode=mode, log_model=False, id=id, **kwargs,
+        save_dir=save_dir,
+        project=project,
+        name=name,
+        entity=entity,
+        tags=list(tags or []),
+        offline=mode == "offline",
+        mode=mode,
+        log_model=False,
+        id=id,
+        **kwargs,
     )
 
 
@@ -119,7 +133,6 @@ class ResumableCSVLogger(CSVLogger):
             keep = None if self.resume_rows < 0 else self.resume_rows
             self._experiment = _AppendingWriter(self.log_dir, keep)
         return super().experiment
-
 
 
 def make_csv_logger(save_dir: str, name: str = "csv") -> ResumableCSVLogger:

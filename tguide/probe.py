@@ -78,15 +78,20 @@ def _probe_ids(dataset: Any, n: int, max_samples: int | None, seed: int, what: s
     kind = type(dataset).__name__
     if stratify and kind not in _UNIFORM_WARNED:
         _UNIFORM_WARNED.add(kind)
-        warnings.warn(f"`{what}`: {kind} does not expose its labels (no `targets`/`labels` attribute), so the "
-                      f"max_samples={max_samples} probe subset is drawn uniformly, not stratified by class; give the "
-                      "dataset a `targets` attribute for a class-stratified subset.", UserWarning, stacklevel=4)
+        warnings.warn(
+            f"`{what}`: {kind} does not expose its labels (no `targets`/`labels` attribute), so the "
+            f"max_samples={max_samples} probe subset is drawn uniformly, not stratified by class; give the "
+            "dataset a `targets` attribute for a class-stratified subset.",
+            UserWarning,
+            stacklevel=4,
+        )
     gen = torch.Generator().manual_seed(int(seed))
     return torch.sort(torch.randperm(n, generator=gen)[:max_samples]).values
 
 
-def _probe_share(loader: DataLoader, max_samples: int | None, seed: int, rank: int, world: int,
-                 what: str, stratify: bool = True) -> tuple[DataLoader, Tensor]:
+def _probe_share(
+    loader: DataLoader, max_samples: int | None, seed: int, rank: int, world: int, what: str, stratify: bool = True
+) -> tuple[DataLoader, Tensor]:
     """This rank's share of a fixed probe subset of ``loader.dataset``: ``(loader, dataset ids)``.
 
     The subset (all samples when ``max_samples`` is ``None``) is the seeded, class-stratified
@@ -105,16 +110,24 @@ def _probe_share(loader: DataLoader, max_samples: int | None, seed: int, rank: i
         raise ValueError(f"`{what}` must give a torch DataLoader, got {type(loader).__name__}.")
     dataset = loader.dataset
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        raise ValueError(f"`{what}`: the loader's dataset must be map-style (with __len__ and indexing), "
-                         f"not {type(dataset).__name__}, so that a fixed probe subset can be drawn.")
+        raise ValueError(
+            f"`{what}`: the loader's dataset must be map-style (with __len__ and indexing), "
+            f"not {type(dataset).__name__}, so that a fixed probe subset can be drawn."
+        )
     n = len(dataset)
     if n == 0:
         raise ValueError(f"`{what}`: the loader's dataset is empty.")
     ids = _probe_ids(dataset, n, max_samples, seed, what, stratify)[rank::world]
     batch_size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 64
-    share = DataLoader(Subset(dataset, ids.tolist()), batch_size=batch_size, shuffle=False,
-                       num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                       pin_memory=loader.pin_memory, generator=torch.Generator().manual_seed(int(seed)))
+    share = DataLoader(
+        Subset(dataset, ids.tolist()),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        generator=torch.Generator().manual_seed(int(seed)),
+    )
     return share, ids
 
 
@@ -146,29 +159,56 @@ def _device_for_backend() -> torch.device:
     return torch.device("cpu")
 
 
-def _extract(model: nn.Module, share: DataLoader, ids: Tensor, layers: Sequence[str], pool: PoolSpec,
-             pixels_per_image: int | None, ignore_index: int | None, seed: int, device: Any,
-             unpack: Unpack | None, pixel_sampling: Mapping[str, Any] | None = None) -> FeatureSet | None:
+def _extract(
+    model: nn.Module,
+    share: DataLoader,
+    ids: Tensor,
+    layers: Sequence[str],
+    pool: PoolSpec,
+    pixels_per_image: int | None,
+    ignore_index: int | None,
+    seed: int,
+    device: Any,
+    unpack: Unpack | None,
+    pixel_sampling: Mapping[str, Any] | None = None,
+) -> FeatureSet | None:
     if len(ids) == 0:  # this rank's share is empty (fewer probe samples than ranks)
         return None
     if pixels_per_image is not None:
-        return extract_pixel_features(model, share, layers, pixels_per_image=pixels_per_image,
-                                      ignore_index=ignore_index, seed=seed, ids=ids, device=device, unpack=unpack,
-                                      **dict(pixel_sampling or {}))
+        return extract_pixel_features(
+            model,
+            share,
+            layers,
+            pixels_per_image=pixels_per_image,
+            ignore_index=ignore_index,
+            seed=seed,
+            ids=ids,
+            device=device,
+            unpack=unpack,
+            **dict(pixel_sampling or {}),
+        )
     return extract_features(model, share, layers, pool=pool, ids=ids, device=device, unpack=unpack)
 
 
 def _softmax(logits: Tensor, metric: str) -> Tensor:
     """Source-class probabilities from the model's output ``(N, Cs)`` logits (LEEP, NCE)."""
     if logits.ndim != 2 or logits.shape[1] < 2:
-        raise ValueError(f"{metric} reads the model's output as source-class logits (N, Cs), but it has shape "
-                         f"{tuple(logits.shape)}; use it on a classifier with a head, or drop it from `metrics`.")
+        raise ValueError(
+            f"{metric} reads the model's output as source-class logits (N, Cs), but it has shape "
+            f"{tuple(logits.shape)}; use it on a classifier with a head, or drop it from `metrics`."
+        )
     return torch.softmax(logits.double(), dim=1)
 
 
-def _compute(target: FeatureSet, source: FeatureSet | None, layers: Sequence[str], metrics: Sequence[str],
-             metric_kwargs: Mapping[str, Mapping[str, Any]], null: int | None = None,
-             seed: int = 0) -> dict[str, float]:
+def _compute(
+    target: FeatureSet,
+    source: FeatureSet | None,
+    layers: Sequence[str],
+    metrics: Sequence[str],
+    metric_kwargs: Mapping[str, Mapping[str, Any]],
+    null: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     from tguide.metrics.null import label_shuffle_null
 
     scores: dict[str, float] = {}
@@ -176,7 +216,7 @@ def _compute(target: FeatureSet, source: FeatureSet | None, layers: Sequence[str
         spec = resolve_metric(metric)
         fn, kwargs = spec.load(), {**DEFAULT_METRIC_KWARGS.get(metric, {}), **metric_kwargs.get(metric, {})}
         # scores of the source head's predictions (LEEP, NCE) do not depend on a layer: one key
-        for layer in ([OUTPUT] if spec.needs_source_probs else [lay for lay in layers if lay != OUTPUT]):
+        for layer in [OUTPUT] if spec.needs_source_probs else [lay for lay in layers if lay != OUTPUT]:
             if spec.needs_source_probs:
                 args = spec.arguments(labels=target.labels, source_probs=_softmax(target.features[OUTPUT], metric))
             elif spec.needs_source_samples:
@@ -228,8 +268,19 @@ def check_metric_kwargs(metric_kwargs: Mapping[str, Mapping[str, Any]] | None) -
 
     from tguide.errors import ConfigError
 
-    data = {"features", "labels", "source_features", "source_labels", "target_features", "target_labels",
-            "source_probs", "src_features", "src_labels", "tgt_features", "tgt_labels"}
+    data = {
+        "features",
+        "labels",
+        "source_features",
+        "source_labels",
+        "target_features",
+        "target_labels",
+        "source_probs",
+        "src_features",
+        "src_labels",
+        "tgt_features",
+        "tgt_labels",
+    }
     for metric, kwargs in (metric_kwargs or {}).items():
         if not isinstance(kwargs, Mapping):
             raise ConfigError(f"`metric_kwargs[{metric!r}]` must be a mapping of keyword arguments, got {kwargs!r}.")
@@ -237,12 +288,17 @@ def check_metric_kwargs(metric_kwargs: Mapping[str, Mapping[str, Any]] | None) -
         params = inspect.signature(fn).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue
-        valid = [n for n, p in params.items() if n not in data and p.kind in
-                 (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        valid = [
+            n
+            for n, p in params.items()
+            if n not in data and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
         wrong = [k for k in kwargs if k not in valid]
         if wrong:
-            raise ConfigError(f"`metric_kwargs[{metric!r}]`: unknown keyword {', '.join(map(repr, wrong))} for "
-                              f"{getattr(fn, '__name__', metric)}; valid keywords: {', '.join(valid) or '(none)'}.")
+            raise ConfigError(
+                f"`metric_kwargs[{metric!r}]`: unknown keyword {', '.join(map(repr, wrong))} for "
+                f"{getattr(fn, '__name__', metric)}; valid keywords: {', '.join(valid) or '(none)'}."
+            )
 
 
 def transferability_scores(
@@ -291,21 +347,25 @@ def transferability_scores(
         raise ValueError(f"`on_error` must be 'raise' or 'warn', got {on_error!r}.")
     if any(resolve_metric(m).needs_source_samples for m in metrics) and source is None:
         needing = [m for m in metrics if resolve_metric(m).needs_source_samples]
-        raise ValueError(f"`source`: {needing} compare source and target features; pass source= "
-                         "(a loader of source samples) or drop them from `metrics`.")
+        raise ValueError(
+            f"`source`: {needing} compare source and target features; pass source= "
+            "(a loader of source samples) or drop them from `metrics`."
+        )
     layers = list(resolve_layers(model, layers))
     if any(resolve_metric(m).needs_source_probs for m in metrics) and OUTPUT not in layers:
         layers.append(OUTPUT)  # the model's output = the source head's logits (LEEP, NCE)
     rank, world = _world()
     per_image = pixels_per_image is None  # stratify images by class; pixel mode draws images uniformly
     share, ids = _probe_share(probe, max_samples, seed, rank, world, "probe", per_image)
-    target = _extract(model, share, ids, layers, pool, pixels_per_image, ignore_index, seed, device, unpack,
-                      pixel_sampling)
+    target = _extract(
+        model, share, ids, layers, pool, pixels_per_image, ignore_index, seed, device, unpack, pixel_sampling
+    )
     src = None
     if source is not None and any(resolve_metric(m).needs_source_samples for m in metrics):
         share, ids = _probe_share(source, source_max_samples, seed + 1, rank, world, "source", per_image)
-        src = _extract(model, share, ids, layers, pool, pixels_per_image, ignore_index, seed + 1, device, unpack,
-                       pixel_sampling)
+        src = _extract(
+            model, share, ids, layers, pool, pixels_per_image, ignore_index, seed + 1, device, unpack, pixel_sampling
+        )
         src = _gather(src, layers, world)
     target = _gather(target, layers, world)
     # fail-safe: rank 0 catches every exception while scoring and broadcasts (ok, payload), so
@@ -327,8 +387,13 @@ def transferability_scores(
         if on_error == "raise":
             raise error
         warnings.warn(f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
-        pairs = [(m, layer) for m in metrics for layer in
-                 ([OUTPUT] if resolve_metric(m).needs_source_probs else [lay for lay in layers if lay != OUTPUT])]
+        pairs = [
+            (m, layer)
+            for m in metrics
+            for layer in (
+                [OUTPUT] if resolve_metric(m).needs_source_probs else [lay for lay in layers if lay != OUTPUT]
+            )
+        ]
         keys = [f"transfer/{m}/{layer}" for m, layer in pairs]
         if null is not None:
             keys += [f"transfer/{m}_z/{layer}" for m, layer in pairs]

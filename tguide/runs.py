@@ -15,8 +15,7 @@ from typing import Any
 
 from tguide.errors import ResumeError, TGuideError
 
-__all__ = ["RESUMABLE_KEYS", "ResumePoint", "ResumeState", "find_resume", "check_resumable", "start_run",
-           "prepare_run"]
+__all__ = ["RESUMABLE_KEYS", "ResumePoint", "ResumeState", "find_resume", "check_resumable", "start_run", "prepare_run"]
 
 # The one allow-list: keys that may differ between a run and its resumption (a key covers its
 # sub-keys). Everything else must match the stored config.yaml, or resuming is refused.
@@ -56,14 +55,16 @@ def find_resume(path: str | os.PathLike) -> ResumePoint:
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise ResumeError(f"resume={path}: no such file or folder; pass a run folder (outputs/<recipe>/<time>) "
-                          "or a .ckpt file")
+        raise ResumeError(
+            f"resume={path}: no such file or folder; pass a run folder (outputs/<recipe>/<time>) or a .ckpt file"
+        )
     if p.is_file():
         for folder in (p.parent, *p.parent.parents[:2]):
             if (folder / CONFIG_FILE).is_file():
                 return ResumePoint(folder.resolve(), p.resolve())
-        raise ResumeError(f"resume={path}: found no {CONFIG_FILE} in the folders above the checkpoint; "
-                          "pass the run folder instead")
+        raise ResumeError(
+            f"resume={path}: found no {CONFIG_FILE} in the folders above the checkpoint; pass the run folder instead"
+        )
     if not (p / CONFIG_FILE).is_file():
         raise ResumeError(f"resume={path}: not a run folder (no {CONFIG_FILE} in it)")
     candidates = [c for c in p.rglob("last*.ckpt") if "wandb" not in c.parts]
@@ -103,8 +104,9 @@ def check_resumable(cfg: Any, stored: dict[str, Any], where: str = "the run") ->
         old = OmegaConf.select(OmegaConf.create(stored), key, default="__absent__")
         if old == "__absent__":  # an allowed key the old run did not have: the new value stands
             continue
-        OmegaConf.update(new, key, OmegaConf.to_container(old) if OmegaConf.is_config(old) else old,
-                         merge=False, force_add=True)
+        OmegaConf.update(
+            new, key, OmegaConf.to_container(old) if OmegaConf.is_config(old) else old, merge=False, force_add=True
+        )
     a = _flatten(stored)
     b = _flatten(OmegaConf.to_container(new, resolve=True))
     changed = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>") and not _allowed(k))
@@ -113,7 +115,8 @@ def check_resumable(cfg: Any, stored: dict[str, Any], where: str = "the run") ->
         more = f" (and {len(changed) - 1} more: {', '.join(changed[1:4])})" if len(changed) > 1 else ""
         raise ResumeError(
             f"cannot resume {where}: {first} was {a.get(first, '<absent>')!r}, now {b.get(first, '<absent>')!r}"
-            f"{more}; only {', '.join(RESUMABLE_KEYS)} may change when resuming (start a new run otherwise)")
+            f"{more}; only {', '.join(RESUMABLE_KEYS)} may change when resuming (start a new run otherwise)"
+        )
 
 
 def start_run(cfg: Any) -> tuple[Path, ResumePoint | None]:
@@ -125,8 +128,9 @@ def start_run(cfg: Any) -> tuple[Path, ResumePoint | None]:
     from omegaconf import OmegaConf, open_dict
 
     if cfg.get("ckpt_path") is not None:
-        raise TGuideError("ckpt_path is not a tguide.fit key; to continue a run use resume=PATH "
-                          "(its run folder or a .ckpt file)")
+        raise TGuideError(
+            "ckpt_path is not a tguide.fit key; to continue a run use resume=PATH (its run folder or a .ckpt file)"
+        )
     point = None
     if cfg.get("resume"):
         point = find_resume(str(cfg.resume))
@@ -191,8 +195,11 @@ def _resume_state_class() -> type:
         def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
             # plain types and tensors only: Lightning loads checkpoints with weights_only=True
             kind, keys, pos, has_gauss, gauss = np.random.get_state()
-            rng = {"torch": torch.get_rng_state(), "random": random.getstate(),
-                   "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
+            rng = {
+                "torch": torch.get_rng_state(),
+                "random": random.getstate(),
+                "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            }
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             checkpoint.setdefault("tguide", {})["rng"] = rng

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["fit", "run", "instantiate_part"]
 
@@ -66,8 +67,10 @@ def fit(cfg: Any) -> dict[str, float]:
     ckpt_path = None
     if point is not None:
         if point.checkpoint is None:
-            raise ResumeError(f"resume={cfg.resume}: no last*.ckpt under {point.run_dir} (the run stopped before "
-                              "its first checkpoint, or checkpoints were off); start it again without resume=")
+            raise ResumeError(
+                f"resume={cfg.resume}: no last*.ckpt under {point.run_dir} (the run stopped before "
+                "its first checkpoint, or checkpoints were off); start it again without resume="
+            )
         ckpt_path = str(point.checkpoint)
         print(f"tguide.fit: resuming {point.run_dir} from {point.checkpoint.name}", flush=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -93,8 +96,9 @@ def fit(cfg: Any) -> dict[str, float]:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate_part(cfg.trainer, "trainer", callbacks=callbacks, logger=logger,
-                               default_root_dir=str(run_dir))
+    trainer = instantiate_part(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=logger, default_root_dir=str(run_dir)
+    )
     if logger:
         logger.log_hyperparams(resolved)
 
@@ -131,8 +135,15 @@ def _step_checkpoint(dirpath: Path, every: int) -> Any:
 
     if every < 1:
         raise ConfigError(f"checkpoint_every_n_steps must be a positive integer or null, got {every}")
-    return ModelCheckpoint(dirpath=str(dirpath), filename="last-step", every_n_train_steps=every, save_top_k=1,
-                           monitor=None, save_last=False, enable_version_counter=False)
+    return ModelCheckpoint(
+        dirpath=str(dirpath),
+        filename="last-step",
+        every_n_train_steps=every,
+        save_top_k=1,
+        monitor=None,
+        save_last=False,
+        enable_version_counter=False,
+    )
 
 
 def _global_step(ckpt_path: str) -> int:
@@ -143,8 +154,10 @@ def _global_step(ckpt_path: str) -> int:
     try:
         return int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
     except Exception as err:  # a truncated or foreign file
-        raise ResumeError(f"resume: cannot read the checkpoint {ckpt_path}: {type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}") from err
+        raise ResumeError(
+            f"resume: cannot read the checkpoint {ckpt_path}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
 
 
 def _finish_loggers(trainer: Any) -> None:

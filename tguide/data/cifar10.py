@@ -44,7 +44,9 @@ def _load(folder: str) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     return x, y, CLASSES
 
 
-def load_cifar10(root: str | os.PathLike[str] | None = None, split: str = "test") -> tuple[Tensor, Tensor, tuple[str, ...]]:
+def load_cifar10(
+    root: str | os.PathLike[str] | None = None, split: str = "test"
+) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     """Return ``(images, labels, class_names)``: uint8 ``(N, 3, 32, 32)``, int64 ``(N,)`` in 0..9.
 
     Images are ordered by class, then by file name (``0000.jpg`` …), so index ``i`` is stable.

@@ -15,8 +15,9 @@ that cannot be decoded (named).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -45,10 +46,19 @@ class ImageFolderDataModule(L.LightningDataModule):
         transform: PIL image → tensor, replacing the resize/convert/normalise above.
     """
 
-    def __init__(self, root: str | os.PathLike[str], batch_size: int = 64, num_workers: int = 0,
-                 split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, image_size: int = 32,
-                 channels: int = 3, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 transform: Callable[[Any], Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        batch_size: int = 64,
+        num_workers: int = 0,
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        image_size: int = 32,
+        channels: int = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        transform: Callable[[Any], Tensor] | None = None,
+    ) -> None:
         super().__init__()
         if root is None or str(root) == "":
             raise TargetError("data.root is not set; pass the image folder, e.g. data.root=/path/to/images")
@@ -91,8 +101,13 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.setup()
         if part not in self.parts or len(self.parts[part]) == 0:
             raise TargetError(f"image folder {str(self.root)!r} has no {part!r} samples")
-        return DataLoader(self.parts[part].dataset(self.transform), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(
+            self.parts[part].dataset(self.transform),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

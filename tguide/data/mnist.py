@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import numpy as np
@@ -190,7 +190,10 @@ class MNISTDataModule(L.LightningDataModule):
     def _loader(self, dataset: TensorDataset | None, shuffle: bool, batch_size: int) -> DataLoader:
         assert dataset is not None, "setup() builds every split"
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -28,7 +28,7 @@ SIZE = 32
 __all__ = ["DOMAINS", "SIZE", "load_office31"]
 
 
-def _square(im: "object", size: int) -> np.ndarray:
+def _square(im: object, size: int) -> np.ndarray:
     from PIL import Image
 
     assert isinstance(im, Image.Image)
@@ -61,8 +61,9 @@ def _load(folder: str, size: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     return x, torch.tensor(labels, dtype=torch.int64), classes
 
 
-def load_office31(domain: str, root: str | os.PathLike[str] | None = None,
-                  size: int = SIZE) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+def load_office31(
+    domain: str, root: str | os.PathLike[str] | None = None, size: int = SIZE
+) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     """One Office-31 domain: ``(images uint8 (N, 3, size, size), labels int64 (N,), class names)``.
 
     ``domain`` is ``"amazon"`` or ``"webcam"``. Images are ordered by class, then file name.

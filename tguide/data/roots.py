@@ -53,7 +53,5 @@ def dataset_dir(
         )
     missing = [f for f in required if not (folder / f).exists()]
     if missing:
-        raise DataNotFoundError(
-            f"dataset {name!r} at {str(folder)!r} is incomplete: missing {', '.join(missing)}"
-        )
+        raise DataNotFoundError(f"dataset {name!r} at {str(folder)!r} is incomplete: missing {', '.join(missing)}")
     return folder

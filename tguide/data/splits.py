@@ -8,7 +8,8 @@ the class id and the class's own samples (adding a class does not reshuffle the 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 import numpy as np
 from torch import Tensor
@@ -37,8 +38,9 @@ def _check_spec(spec: SplitSpec) -> None:
         return
     values = list(spec)
     if not values:
-        raise SplitError("split spec is empty; give per-class counts such as (20, 20, 100) "
-                         "or fractions such as (0.8, 0.1, 0.1)")
+        raise SplitError(
+            "split spec is empty; give per-class counts such as (20, 20, 100) or fractions such as (0.8, 0.1, 0.1)"
+        )
     if _is_counts(values):
         if any(v < 0 for v in values):
             raise SplitError(f"split counts must be ≥ 0, got {values}")
@@ -57,12 +59,13 @@ def class_counts(n: int, spec: SplitSpec) -> list[int]:
     values = list(spec)
     if _is_counts(values):
         return [int(v) for v in values]
-    cuts = [int(round(sum(float(f) for f in values[:j + 1]) * n)) for j in range(len(values))]
+    cuts = [int(round(sum(float(f) for f in values[: j + 1]) * n)) for j in range(len(values))]
     return [b - a for a, b in zip([0, *cuts[:-1]], cuts)]
 
 
-def stratified_split(labels: Sequence[int] | Tensor | np.ndarray, spec: SplitSpec,
-                     seed: int = SPLIT_SEED) -> tuple[list[int], ...]:
+def stratified_split(
+    labels: Sequence[int] | Tensor | np.ndarray, spec: SplitSpec, seed: int = SPLIT_SEED
+) -> tuple[list[int], ...]:
     """Seeded, class-stratified split of ``range(N)``: one sorted index list per part.
 
     Args:
@@ -82,12 +85,13 @@ def stratified_split(labels: Sequence[int] | Tensor | np.ndarray, spec: SplitSpe
         idx = np.flatnonzero(y == c)
         counts = class_counts(idx.size, spec)
         if any(v < 0 for v in counts) or sum(counts) > idx.size:
-            raise SplitError(f"class {int(c)} has {idx.size} samples, fewer than the "
-                             f"{' + '.join(map(str, counts))} the split needs")
+            raise SplitError(
+                f"class {int(c)} has {idx.size} samples, fewer than the {' + '.join(map(str, counts))} the split needs"
+            )
         perm = idx[np.random.default_rng([int(seed), int(c)]).permutation(idx.size)]
         parts.extend([] for _ in range(len(counts) - len(parts)))
         start = 0
         for j, n in enumerate(counts):
-            parts[j].extend(perm[start:start + n].tolist())
+            parts[j].extend(perm[start : start + n].tolist())
             start += n
     return tuple(sorted(p) for p in parts)

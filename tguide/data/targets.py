@@ -41,9 +41,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,9 +54,25 @@ from torch.utils.data import Dataset
 from tguide.data.splits import SPLIT_SEED, SPLITS, stratified_split
 from tguide.errors import DataNotFoundError, TGuideError
 
-__all__ = ["BENCHMARK_TARGETS", "IMAGE_EXTENSIONS", "OFFICE_FRACTIONS", "PER_CLASS", "SPLITS", "SPLIT_SEED",
-           "TARGETS", "Target", "TargetDataset", "TargetError", "has_split_folders", "image_folder_target",
-           "load_target", "office_counts", "open_image", "scan_image_folder", "stratified_split"]
+__all__ = [
+    "BENCHMARK_TARGETS",
+    "IMAGE_EXTENSIONS",
+    "OFFICE_FRACTIONS",
+    "PER_CLASS",
+    "SPLITS",
+    "SPLIT_SEED",
+    "TARGETS",
+    "Target",
+    "TargetDataset",
+    "TargetError",
+    "has_split_folders",
+    "image_folder_target",
+    "load_target",
+    "office_counts",
+    "open_image",
+    "scan_image_folder",
+    "stratified_split",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -76,8 +93,10 @@ def open_image(item: Any) -> Any:
             im.load()
             return im.copy()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise TargetError(f"cannot read image {str(item)!r}: {type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else 'not an image'}") from None
+        raise TargetError(
+            f"cannot read image {str(item)!r}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'not an image'}"
+        ) from None
 
 
 @dataclass(eq=False)
@@ -110,8 +129,10 @@ class Target:
         if not self.keys:
             self.keys = [f"{self.name}:{i}" for i in range(len(self.items))]
         if not (len(self.items) == len(self.labels) == len(self.keys)):
-            raise ValueError(f"Target {self.name!r}: items ({len(self.items)}), labels ({len(self.labels)}) and "
-                             f"keys ({len(self.keys)}) must have one entry per sample")
+            raise ValueError(
+                f"Target {self.name!r}: items ({len(self.items)}), labels ({len(self.labels)}) and "
+                f"keys ({len(self.keys)}) must have one entry per sample"
+            )
         unknown = set(self.parts) - set(SPLITS)
         if unknown:
             raise ValueError(f"Target {self.name!r}: parts must be named {SPLITS}, got {sorted(unknown)}")
@@ -123,8 +144,11 @@ class Target:
         return iter(zip(self.items, self.labels.tolist()))
 
     def __repr__(self) -> str:
-        return (f"Target({self.name!r}, {len(self)} samples, {len(self.classes)} classes"
-                + (f", parts {self.sizes}" if self.parts else "") + ")")
+        return (
+            f"Target({self.name!r}, {len(self)} samples, {len(self.classes)} classes"
+            + (f", parts {self.sizes}" if self.parts else "")
+            + ")"
+        )
 
     @property
     def num_classes(self) -> int:
@@ -141,8 +165,10 @@ class Target:
             raise TargetError(f"split must be 'train', 'val' or 'test', got {which!r}")
         if which not in self.parts:
             have = ", ".join(self.parts) or "none"
-            raise TargetError(f"target {self.name!r} has no fixed {which!r} part (parts: {have}); split it with "
-                              "tguide.data.targets.stratified_split(target.labels, fractions, seed)")
+            raise TargetError(
+                f"target {self.name!r} has no fixed {which!r} part (parts: {have}); split it with "
+                "tguide.data.targets.stratified_split(target.labels, fractions, seed)"
+            )
         return self.parts[which]
 
     @property
@@ -163,8 +189,14 @@ class Target:
     def subset(self, index: Sequence[int] | Tensor, name: str | None = None) -> Target:
         """The samples ``index`` (in that order), without parts."""
         idx = [int(i) for i in (index.tolist() if isinstance(index, Tensor) else index)]
-        return Target([self.items[i] for i in idx], self.labels[idx], self.classes,
-                      self.name if name is None else name, [self.keys[i] for i in idx], self.description)
+        return Target(
+            [self.items[i] for i in idx],
+            self.labels[idx],
+            self.classes,
+            self.name if name is None else name,
+            [self.keys[i] for i in idx],
+            self.description,
+        )
 
     def digest(self) -> str:
         """sha256 of the sample keys and labels (which samples, in which order)."""
@@ -193,17 +225,22 @@ class TargetDataset(Dataset):
 
 # -- image folders ----------------------------------------------------------------------------
 
+
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
-def scan_image_folder(root: str | os.PathLike[str], classes: Sequence[str] | None = None,
-                      name: str | None = None) -> Target:
+def scan_image_folder(
+    root: str | os.PathLike[str], classes: Sequence[str] | None = None, name: str | None = None
+) -> Target:
     """Paths and labels of ``<root>/<class>/<images>`` (images are not decoded here).
 
     ``classes`` fixes the class list (for val/test folders of a split layout); ``name`` names the
@@ -216,9 +253,14 @@ def scan_image_folder(root: str | os.PathLike[str], classes: Sequence[str] | Non
     names = tuple(classes) if classes is not None else tuple(d.name for d in _class_dirs(base))
     if not names:
         loose = _images_in(base)
-        raise TargetError(f"image folder {str(base)!r} has no class sub-folders"
-                          + (f" (found {len(loose)} loose images; put each class in its own sub-folder)"
-                             if loose else " and no images; expected <root>/<class>/<image>"))
+        raise TargetError(
+            f"image folder {str(base)!r} has no class sub-folders"
+            + (
+                f" (found {len(loose)} loose images; put each class in its own sub-folder)"
+                if loose
+                else " and no images; expected <root>/<class>/<image>"
+            )
+        )
     items: list[Path] = []
     labels: list[int] = []
     for c, cname in enumerate(names):
@@ -226,14 +268,22 @@ def scan_image_folder(root: str | os.PathLike[str], classes: Sequence[str] | Non
         items += files
         labels += [c] * len(files)
     if not items:
-        raise TargetError(f"image folder {str(base)!r} has class folders but no images "
-                          f"(extensions {', '.join(IMAGE_EXTENSIONS)})")
+        raise TargetError(
+            f"image folder {str(base)!r} has class folders but no images (extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
     present = sorted(set(labels))
     if len(present) < 2:
-        raise TargetError(f"image folder {str(base)!r} has images of one class only ({names[present[0]]!r}); "
-                          "a target task needs at least two classes")
-    return Target([str(p) for p in items], torch.tensor(labels, dtype=torch.int64), names,
-                  str(base) if name is None else name, [str(p.relative_to(base)) for p in items])
+        raise TargetError(
+            f"image folder {str(base)!r} has images of one class only ({names[present[0]]!r}); "
+            "a target task needs at least two classes"
+        )
+    return Target(
+        [str(p) for p in items],
+        torch.tensor(labels, dtype=torch.int64),
+        names,
+        str(base) if name is None else name,
+        [str(p.relative_to(base)) for p in items],
+    )
 
 
 def has_split_folders(root: str | os.PathLike[str]) -> bool:
@@ -252,14 +302,20 @@ def image_folder_target(root: str | os.PathLike[str], name: str | None = None) -
     classes = [d.name for d in _class_dirs(base / "train")]
     parts = {s: scan_image_folder(base / s, classes, name=f"{name}/{s}") for s in SPLITS if (base / s).is_dir()}
     train = parts["train"]
-    return Target(train.items, train.labels, train.classes, name, train.keys,
-                  f"image folder {name} (split folders {', '.join(parts)})", parts)
+    return Target(
+        train.items,
+        train.labels,
+        train.classes,
+        name,
+        train.keys,
+        f"image folder {name} (split folders {', '.join(parts)})",
+        parts,
+    )
 
 
 # -- the named targets (the zoo benchmark's protocol: see the module docstring) ----------------
 
-PER_CLASS: dict[str, tuple[int, int, int]] = {"cifar10": (20, 20, 100), "mnist_m": (20, 20, 100),
-                                              "usps": (20, 20, 100)}
+PER_CLASS: dict[str, tuple[int, int, int]] = {"cifar10": (20, 20, 100), "mnist_m": (20, 20, 100), "usps": (20, 20, 100)}
 OFFICE_FRACTIONS = (0.50, 0.15)
 MNIST_FRACTIONS = (0.8, 0.1, 0.1)
 _DIGITS = tuple(str(d) for d in range(10))
@@ -308,6 +364,7 @@ def _office31(domain: str) -> Callable[..., Target]:
         pool = scan_image_folder(folder, name=f"office31_{domain}")
         desc = f"Office-31 {domain}, per class {per_class or OFFICE_FRACTIONS} (fractions: test = rest), seed {seed}"
         return _with_parts(pool, per_class or office_counts, seed, desc)
+
     return load
 
 
@@ -320,8 +377,13 @@ def _mnist_m(root: Any, per_class: Any, seed: int) -> Target:
     files = [f for f in sorted((folder / IMAGES).glob("*.png")) if f.name in table]
     if not files:
         raise DataNotFoundError(f"MNIST-M folder {str(folder / IMAGES)!r} has no labelled .png files")
-    pool = Target([str(f) for f in files], torch.tensor([table[f.name] for f in files], dtype=torch.int64),
-                  _DIGITS, "mnist_m", [f"mnist_m:{f.name}" for f in files])
+    pool = Target(
+        [str(f) for f in files],
+        torch.tensor([table[f.name] for f in files], dtype=torch.int64),
+        _DIGITS,
+        "mnist_m",
+        [f"mnist_m:{f.name}" for f in files],
+    )
     spec = per_class or PER_CLASS["mnist_m"]
     return _with_parts(pool, spec, seed, f"MNIST-M first 3,000 test PNGs, per class {spec}, seed {seed}")
 
@@ -342,10 +404,15 @@ def _usps(root: Any, per_class: Any, seed: int) -> Target:
     tr, va, te = per_class or PER_CLASS["usps"]
     train_idx, val_idx = stratified_split(pool.labels, (tr, va), seed)
     (test_idx,) = stratified_split(test_file.labels, (te,), seed + 1)
-    pool.parts = {"train": pool.subset(train_idx, "usps/train"), "val": pool.subset(val_idx, "usps/val"),
-                  "test": test_file.subset(test_idx, "usps/test")}
-    pool.description = (f"USPS: train/val {tr}/{va} per class from usps.bz2 (seed {seed}), "
-                        f"test {te} per class from usps.t.bz2 (seed {seed + 1})")
+    pool.parts = {
+        "train": pool.subset(train_idx, "usps/train"),
+        "val": pool.subset(val_idx, "usps/val"),
+        "test": test_file.subset(test_idx, "usps/test"),
+    }
+    pool.description = (
+        f"USPS: train/val {tr}/{va} per class from usps.bz2 (seed {seed}), "
+        f"test {te} per class from usps.t.bz2 (seed {seed + 1})"
+    )
     return pool
 
 
@@ -354,27 +421,38 @@ def _mnist(root: Any, per_class: Any, seed: int) -> Target:
 
     images, labels = load_mnist_test(root)
     spec = per_class or MNIST_FRACTIONS
-    return _with_parts(_from_arrays(images, labels, _DIGITS, "mnist"), spec, seed,
-                       f"MNIST test set (10,000 images), per class {spec}, seed {seed}")
+    return _with_parts(
+        _from_arrays(images, labels, _DIGITS, "mnist"),
+        spec,
+        seed,
+        f"MNIST test set (10,000 images), per class {spec}, seed {seed}",
+    )
 
 
 #: name → ``(root, per_class, seed) -> Target``: the whole data set with its fixed parts
 DEFINITIONS: dict[str, Callable[..., Target]] = {
-    "cifar10": _cifar10,                           # <data>/cifar10/test: 300 JPEG (q≈75) per class
-    "office31_webcam": _office31("webcam"),        # 795 images, 31 classes (11–43 per class)
-    "office31_amazon": _office31("amazon"),        # the 1,000-image subset, 32–33 per class
-    "mnist_m": _mnist_m,                           # first 3,000 test PNGs, 271–340 per digit
-    "usps": _usps,                                 # usps.bz2 (train file), usps.t.bz2 (test file)
-    "mnist": _mnist,                               # the 10k MNIST test set
+    "cifar10": _cifar10,  # <data>/cifar10/test: 300 JPEG (q≈75) per class
+    "office31_webcam": _office31("webcam"),  # 795 images, 31 classes (11–43 per class)
+    "office31_amazon": _office31("amazon"),  # the 1,000-image subset, 32–33 per class
+    "mnist_m": _mnist_m,  # first 3,000 test PNGs, 271–340 per digit
+    "usps": _usps,  # usps.bz2 (train file), usps.t.bz2 (test file)
+    "mnist": _mnist,  # the 10k MNIST test set
 }
 TARGETS = tuple(DEFINITIONS)
 #: the targets of the zoo benchmark (the fixed protocol above)
 BENCHMARK_TARGETS = ("cifar10", "office31_webcam", "office31_amazon", "mnist_m", "usps")
 
 
-def load_target(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *,
-                split: str | None = None, max_samples: int | None = None, seed: int = 0,
-                per_class: tuple[int, int, int] | None = None, split_seed: int = SPLIT_SEED) -> Target:
+def load_target(
+    name_or_path: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    *,
+    split: str | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    per_class: tuple[int, int, int] | None = None,
+    split_seed: int = SPLIT_SEED,
+) -> Target:
     """A target task: a folder path or a named target (:data:`TARGETS`).
 
     Args:
@@ -412,4 +490,3 @@ def load_target(name_or_path: str | os.PathLike[str], root: str | os.PathLike[st
             raise TargetError(f"target {key!r}: {err}") from None
         data = data.subset(keep)
     return data
-

@@ -14,8 +14,9 @@ informative ``repr`` strings, because a transform's ``repr`` is part of the feat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import Tensor
 
@@ -134,8 +135,9 @@ def input_transform(spec: InputSpec, resize: str | None = None) -> Callable[[Any
     return T.Compose(steps)
 
 
-def plain_transform(channels: int, size: int, mean: tuple[float, ...], std: tuple[float, ...],
-                    crop: bool = False) -> Callable[[Any], Tensor]:
+def plain_transform(
+    channels: int, size: int, mean: tuple[float, ...], std: tuple[float, ...], crop: bool = False
+) -> Callable[[Any], Tensor]:
     """:func:`input_transform` for a model known only by its size and normalisation.
 
     ``crop=False`` stretches to ``size × size``; ``crop=True`` is the ImageNet evaluation

@@ -60,8 +60,15 @@ class LayerCapture:
     (True, (5, 3))
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] | str, pool: PoolSpec = "avg",
-                 detach: bool = True, *, stop: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str] | str,
+        pool: PoolSpec = "avg",
+        detach: bool = True,
+        *,
+        stop: bool = False,
+    ) -> None:
         check_pool(pool)
         self.model = model
         self.modules = resolve_layers(model, layers)

@@ -88,15 +88,16 @@ def batch_ids(ids: Tensor | None, start: int, size: int) -> Tensor:
         return torch.arange(start, start + size, dtype=torch.int64)
     if start + size > ids.numel():
         raise ValueError(f"`ids` has {ids.numel()} entries but the loader yields more samples; pass one id per sample.")
-    return ids[start:start + size]
+    return ids[start : start + size]
 
 
 def integer_labels(y: Tensor, name: str) -> Tensor:
     """``y`` as int64 class ids; ``ValueError`` naming ``name`` if it holds non-integer values."""
     if y.is_floating_point():
         if not bool(torch.all(y == torch.round(y))):
-            raise ValueError(f"`{name}` holds non-integer values; pass integer class ids "
-                             "(a mask of 0/1 or class indices).")
+            raise ValueError(
+                f"`{name}` holds non-integer values; pass integer class ids (a mask of 0/1 or class indices)."
+            )
     return y.to(torch.int64)
 
 
@@ -165,8 +166,14 @@ def stratified_loader(loader: Any, max_samples: int | None, seed: int) -> tuple[
     if labels.numel() <= max_samples:
         return loader, torch.arange(labels.numel())
     keep = _stratified(labels, max_samples, seed)
-    sub = DataLoader(Subset(dataset, keep.tolist()), batch_size=loader.batch_size or 64, shuffle=False,
-                     num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+    sub = DataLoader(
+        Subset(dataset, keep.tolist()),
+        batch_size=loader.batch_size or 64,
+        shuffle=False,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+    )
     return sub, keep
 
 
@@ -210,16 +217,18 @@ def extract_features(
     Returns:
         :class:`FeatureSet` with ``features[layer] (N, D)``, ``labels (N,)`` int64 and ``ids (N,)``.
     """
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
-                                    or max_samples < 1):
+    if max_samples is not None and (
+        isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
+    ):
         raise ValueError(f"`max_samples` must be ≥ 1 or None, got {max_samples}.")
     unpack = unpack or default_unpack
     id_tensor = torch.as_tensor(ids, dtype=torch.int64).flatten() if ids is not None else None
     loader, positions = stratified_loader(loader, max_samples, seed)
     if positions is not None and id_tensor is not None:
         if id_tensor.numel() < int(positions.max()) + 1:
-            raise ValueError(f"`ids` has {id_tensor.numel()} entries but the loader yields more samples; "
-                             "pass one id per sample.")
+            raise ValueError(
+                f"`ids` has {id_tensor.numel()} entries but the loader yields more samples; pass one id per sample."
+            )
         id_tensor = id_tensor[positions]
     elif positions is not None:
         id_tensor = positions
@@ -231,8 +240,14 @@ def extract_features(
         from tqdm.auto import tqdm
 
         total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-        batches = tqdm(loader, total=total, desc=progress if isinstance(progress, str) else "features",
-                       unit="batch", leave=False, dynamic_ncols=True)
+        batches = tqdm(
+            loader,
+            total=total,
+            desc=progress if isinstance(progress, str) else "features",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+        )
     with LayerCapture(model, layers, pool=pool) as cap, eval_mode(model), torch.no_grad():
         for y in run_batches(batches, cap, unpack, device, forward):
             if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
@@ -248,8 +263,10 @@ def extract_features(
                         "that keeps the batch axis first."
                     )
                 if out.ndim != 2:
-                    raise ValueError(f"layer {name!r} output has shape {tuple(out.shape)}; pass a pool that "
-                                     "reduces it to (B, D): 'avg', 'cls', 'mean', 'channels_last' or 'flatten'.")
+                    raise ValueError(
+                        f"layer {name!r} output has shape {tuple(out.shape)}; pass a pool that "
+                        "reduces it to (B, D): 'avg', 'cls', 'mean', 'channels_last' or 'flatten'."
+                    )
                 chunks.setdefault(name, []).append(out)
             labels.append(integer_labels(y.reshape(-1), "labels"))
             seen += b

@@ -159,14 +159,18 @@ def extract_pixel_features(
                 if sampling == "boundary":
                     valid = boundary_band(masks[i], band, ignore_index)
                 else:
-                    valid = (masks[i] != ignore_index if ignore_index is not None
-                             else torch.ones_like(masks[i], dtype=torch.bool))
+                    valid = (
+                        masks[i] != ignore_index
+                        if ignore_index is not None
+                        else torch.ones_like(masks[i], dtype=torch.bool)
+                    )
                 flat = sample_pixels(valid, pixels_per_image, gen)
                 rows, cols = (flat // width), (flat % width)
                 for name, out in cap.outputs.items():
                     fmap = out[i]
                     chunks.setdefault(name, []).append(
-                        _sample_map(fmap, rows.to(fmap.device), cols.to(fmap.device), height, width, mode))
+                        _sample_map(fmap, rows.to(fmap.device), cols.to(fmap.device), height, width, mode)
+                    )
                 labels.append(masks[i].flatten().cpu()[flat])
                 row_ids.append(torch.full((flat.numel(),), int(image_ids[i]), dtype=torch.int64))
                 seen += 1

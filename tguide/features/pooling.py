@@ -33,8 +33,17 @@ from torch import Tensor
 
 from tguide.features.layers import suggest_names
 
-__all__ = ["POOLS", "PoolFn", "PoolName", "PoolSpec", "check_pool", "check_pool_name", "describe_pool",
-           "pool_for", "reduce_output"]
+__all__ = [
+    "POOLS",
+    "PoolFn",
+    "PoolName",
+    "PoolSpec",
+    "check_pool",
+    "check_pool_name",
+    "describe_pool",
+    "pool_for",
+    "reduce_output",
+]
 
 PoolName = Literal["avg", "cls", "mean", "channels_last", "flatten", "none"]
 POOLS: tuple[str, ...] = ("avg", "cls", "mean", "channels_last", "flatten", "none")
@@ -57,8 +66,10 @@ def check_pool(pool: PoolSpec, layers: Sequence[str] | None = None) -> None:
         for key, value in pool.items():
             check_pool_name(value, f"`pool[{key!r}]`")
             if layers is not None and key != "*" and key not in layers:
-                raise ValueError(f"`pool` names layer {key!r}, which is not among the layers "
-                                 f"{list(layers)}.{suggest_names(key, list(layers))}")
+                raise ValueError(
+                    f"`pool` names layer {key!r}, which is not among the layers "
+                    f"{list(layers)}.{suggest_names(key, list(layers))}"
+                )
         return
     check_pool_name(pool)
 
@@ -98,8 +109,10 @@ def reduce_output(output: Any, pool: str | PoolFn = "avg", name: str = "layer") 
         out = pool(output)
         if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != output.shape[0]:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"the pool callable of layer {name!r} returned {shape}; it must return "
-                             f"(B, D) with B = {output.shape[0]}.")
+            raise ValueError(
+                f"the pool callable of layer {name!r} returned {shape}; it must return "
+                f"(B, D) with B = {output.shape[0]}."
+            )
         return out
     if pool == "none":
         return output

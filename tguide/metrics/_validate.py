@@ -37,9 +37,7 @@ def as_tensor(x: Any, name: str) -> Tensor:
     try:
         return torch.as_tensor(x)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(
-            f"`{name}` must be a torch tensor or numpy array, got {type(x).__name__}."
-        ) from err
+        raise ValueError(f"`{name}` must be a torch tensor or numpy array, got {type(x).__name__}.") from err
 
 
 def _check_finite(x: Tensor, name: str) -> None:
@@ -104,15 +102,13 @@ def check_labels(
         raise ValueError(f"`{name}` is empty; pass one label per sample.")
     if n is not None and y.shape[0] != n:
         raise ValueError(
-            f"`{name}` has {y.shape[0]} entries but the features have {n} rows; "
-            "pass exactly one label per feature row."
+            f"`{name}` has {y.shape[0]} entries but the features have {n} rows; pass exactly one label per feature row."
         )
     if y.is_floating_point():
         _check_finite(y, name)
         if not bool(torch.all(y == torch.round(y))):
             raise ValueError(
-                f"`{name}` holds non-integer values ({y.dtype}); pass integer class ids, "
-                "not scores or probabilities."
+                f"`{name}` holds non-integer values ({y.dtype}); pass integer class ids, not scores or probabilities."
             )
     elif y.is_complex() or y.dtype == torch.bool:
         if y.dtype != torch.bool:
@@ -131,8 +127,7 @@ def check_same_length(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
     """Raise ``ValueError`` when ``a`` and ``b`` do not have the same number of rows."""
     if a.shape[0] != b.shape[0]:
         raise ValueError(
-            f"`{name_a}` has {a.shape[0]} rows but `{name_b}` has {b.shape[0]}; "
-            "they must describe the same samples."
+            f"`{name_a}` has {a.shape[0]} rows but `{name_b}` has {b.shape[0]}; they must describe the same samples."
         )
 
 
@@ -155,9 +150,7 @@ def check_probs(probs: Any, name: str = "source_probs", atol: float = 1e-4) -> T
     """
     p = check_features(probs, name)
     if bool((p < 0).any()):
-        raise ValueError(
-            f"`{name}` has negative entries; pass probabilities (apply `softmax(dim=1)` to logits)."
-        )
+        raise ValueError(f"`{name}` has negative entries; pass probabilities (apply `softmax(dim=1)` to logits).")
     sums = p.sum(dim=1)
     if not bool(torch.allclose(sums, torch.ones_like(sums), atol=atol, rtol=0.0)):
         worst = float((sums - 1).abs().max())

@@ -50,8 +50,8 @@ For two subsets of the same domain the estimate is below 1 only by the sampling 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -59,8 +59,14 @@ from torch import Tensor
 
 from tguide.metrics._subset import check_max_samples, stratified_subset
 
-__all__ = ["DenoisingTransferResult", "residual_patches", "residual_distance", "denoising_transferability",
-           "denoiser_residuals", "score_denoiser"]
+__all__ = [
+    "DenoisingTransferResult",
+    "residual_patches",
+    "residual_distance",
+    "denoising_transferability",
+    "denoiser_residuals",
+    "score_denoiser",
+]
 
 METHODS = ("sliced", "pixel")
 
@@ -75,13 +81,14 @@ class DenoisingTransferResult:
     seconds: float = 0.0
 
 
-def _as_tensor(x: "Tensor | np.ndarray", name: str) -> Tensor:
+def _as_tensor(x: Tensor | np.ndarray, name: str) -> Tensor:
     t = torch.as_tensor(x)
     if not t.is_floating_point():
         raise ValueError(f"`{name}` must be a float tensor of residuals, got dtype {t.dtype}")
     if t.dim() not in (2, 4):
-        raise ValueError(f"`{name}` must be residual images (N, C, H, W) or patch vectors (N, D), "
-                         f"got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"`{name}` must be residual images (N, C, H, W) or patch vectors (N, D), got shape {tuple(t.shape)}"
+        )
     if t.numel() == 0:
         raise ValueError(f"`{name}` is empty; pass at least one residual image")
     if not torch.isfinite(t).all():
@@ -102,7 +109,7 @@ def residual_patches(residuals: Tensor, patch: int = 8) -> Tensor:
     if patch < 1 or patch > min(h, w):
         raise ValueError(f"patch must be in [1, min(H, W)] = [1, {min(h, w)}], got {patch}")
     r = r[..., : h - h % patch, : w - w % patch]
-    p = r.unfold(2, patch, patch).unfold(3, patch, patch)        # (N, C, H/p, W/p, p, p)
+    p = r.unfold(2, patch, patch).unfold(3, patch, patch)  # (N, C, H/p, W/p, p, p)
     return p.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * patch * patch)
 
 
@@ -113,9 +120,16 @@ def _subsample(x: Tensor, k: int | None, seed: int) -> Tensor:
     return x[stratified_subset(torch.zeros(x.shape[0], dtype=torch.int64), k, seed).to(x.device)]
 
 
-def residual_distance(source_residuals: Tensor, target_residuals: Tensor, *, method: str = "sliced",
-                      patch: int = 8, n_projections: int = 128, max_patches: int | None = 8192,
-                      seed: int = 0) -> Tensor:
+def residual_distance(
+    source_residuals: Tensor,
+    target_residuals: Tensor,
+    *,
+    method: str = "sliced",
+    patch: int = 8,
+    n_projections: int = 128,
+    max_patches: int | None = 8192,
+    seed: int = 0,
+) -> Tensor:
     r"""Distance :math:`d(A, B)` between two residual distributions (0-d float64).
 
     ``method="sliced"``: :math:`SW_2` between the patch vectors (``patch``; POT, ``n_projections``
@@ -138,16 +152,26 @@ def residual_distance(source_residuals: Tensor, target_residuals: Tensor, *, met
     pa = residual_patches(_as_tensor(source_residuals, "source_residuals"), patch)
     pb = residual_patches(_as_tensor(target_residuals, "target_residuals"), patch)
     if pa.shape[1] != pb.shape[1]:
-        raise ValueError(f"`source_residuals` and `target_residuals` give patch vectors of different sizes "
-                         f"{pa.shape[1]} and {pb.shape[1]}: use the same channels and patch size on both sides")
+        raise ValueError(
+            f"`source_residuals` and `target_residuals` give patch vectors of different sizes "
+            f"{pa.shape[1]} and {pb.shape[1]}: use the same channels and patch size on both sides"
+        )
     pa, pb = _subsample(pa, cap, seed), _subsample(pb, cap, seed + 1)
     d = ot.sliced_wasserstein_distance(pa, pb, n_projections=int(n_projections), p=2, seed=int(seed))
     return torch.as_tensor(d, dtype=torch.float64)
 
 
-def denoising_transferability(source_residuals: Tensor, target_residuals: Tensor, *, method: str = "sliced",
-                              patch: int = 8, n_projections: int = 128, max_patches: int | None = 8192,
-                              seed: int = 0, return_result: bool = False) -> "Tensor | DenoisingTransferResult":
+def denoising_transferability(
+    source_residuals: Tensor,
+    target_residuals: Tensor,
+    *,
+    method: str = "sliced",
+    patch: int = 8,
+    n_projections: int = 128,
+    max_patches: int | None = 8192,
+    seed: int = 0,
+    return_result: bool = False,
+) -> Tensor | DenoisingTransferResult:
     r"""Transferability :math:`T(A \to B) = \exp(-d(A, B) / s_A)` in (0, 1]; higher = more transferable.
 
     Args:
@@ -171,10 +195,19 @@ def denoising_transferability(source_residuals: Tensor, target_residuals: Tensor
     _as_tensor(target_residuals, "target_residuals")
     scale = a.pow(2).mean().sqrt()
     if scale <= 0:
-        raise ValueError("`source_residuals` is all zeros: A's model returned its input unchanged (or the images are "
-                         "noise-free), so A's residual scale is 0; check the model and A's noise")
-    d = residual_distance(source_residuals, target_residuals, method=method, patch=patch,
-                          n_projections=n_projections, max_patches=max_patches, seed=seed)
+        raise ValueError(
+            "`source_residuals` is all zeros: A's model returned its input unchanged (or the images are "
+            "noise-free), so A's residual scale is 0; check the model and A's noise"
+        )
+    d = residual_distance(
+        source_residuals,
+        target_residuals,
+        method=method,
+        patch=patch,
+        n_projections=n_projections,
+        max_patches=max_patches,
+        seed=seed,
+    )
     score = torch.exp(-d / scale)
     if return_result:
         return DenoisingTransferResult(score=score, distance=d, scale=scale)
@@ -182,8 +215,9 @@ def denoising_transferability(source_residuals: Tensor, target_residuals: Tensor
 
 
 @torch.no_grad()
-def denoiser_residuals(model: Callable[[Tensor], Tensor], noisy: "Tensor | list[Tensor]",
-                       batch_size: int = 16) -> "Tensor | list[Tensor]":
+def denoiser_residuals(
+    model: Callable[[Tensor], Tensor], noisy: Tensor | list[Tensor], batch_size: int = 16
+) -> Tensor | list[Tensor]:
     """Residuals ``noisy − model(noisy)``, the model in eval mode, without gradients.
 
     ``noisy`` is ``(N, C, H, W)`` (run in batches of ``batch_size``; returns ``(N, C, H, W)``) or a
@@ -206,9 +240,15 @@ def denoiser_residuals(model: Callable[[Tensor], Tensor], noisy: "Tensor | list[
             model.train()
 
 
-def score_denoiser(model: Callable[[Tensor], Tensor], source_images: "Tensor | list[Tensor]",
-                   target_images: "Tensor | list[Tensor]", *, source_residuals: Tensor | None = None,
-                   patch: int = 8, **kwargs) -> DenoisingTransferResult:
+def score_denoiser(
+    model: Callable[[Tensor], Tensor],
+    source_images: Tensor | list[Tensor],
+    target_images: Tensor | list[Tensor],
+    *,
+    source_residuals: Tensor | None = None,
+    patch: int = 8,
+    **kwargs,
+) -> DenoisingTransferResult:
     """Run A's ``model`` on A's held-out noisy images and on B's noisy images, and score A → B.
 
     ``source_images`` (A's held-out noisy images) / ``target_images`` (B's noisy images):
@@ -218,7 +258,7 @@ def score_denoiser(model: Callable[[Tensor], Tensor], source_images: "Tensor | l
     """
     t0 = time.perf_counter()
 
-    def patches(images: "Tensor | list[Tensor]") -> Tensor:
+    def patches(images: Tensor | list[Tensor]) -> Tensor:
         res = denoiser_residuals(model, images)
         if isinstance(res, list):
             return torch.cat([residual_patches(r[None], patch) for r in res])

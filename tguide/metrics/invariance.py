@@ -39,15 +39,14 @@ from tguide.metrics._validate import _check_finite, as_tensor
 __all__ = ["kl_rows", "ekld", "ekld_per_class", "EKLD"]
 
 
-
-
 def _check_logits(logits: Any, transformed_logits: Any) -> tuple[Tensor, Tensor]:
     a = as_tensor(logits, "logits")
     b = as_tensor(transformed_logits, "transformed_logits")
     for name, t in (("logits", a), ("transformed_logits", b)):
         if t.ndim != 2:
-            raise ValueError(f"`{name}` must be 2-D (N, C) logits, got shape {tuple(t.shape)}; "
-                             "for one sample use t[None].")
+            raise ValueError(
+                f"`{name}` must be 2-D (N, C) logits, got shape {tuple(t.shape)}; for one sample use t[None]."
+            )
         if t.shape[0] == 0:
             raise ValueError(f"`{name}` is empty; pass at least one sample.")
         if t.shape[1] < 2:
@@ -56,8 +55,10 @@ def _check_logits(logits: Any, transformed_logits: Any) -> tuple[Tensor, Tensor]
             raise ValueError(f"`{name}` must be floating point logits, got {t.dtype}.")
         _check_finite(t, name)
     if a.shape != b.shape:
-        raise ValueError(f"`logits` {tuple(a.shape)} and `transformed_logits` {tuple(b.shape)} must have the "
-                         "same shape: row i of each is the same input before and after the transformation.")
+        raise ValueError(
+            f"`logits` {tuple(a.shape)} and `transformed_logits` {tuple(b.shape)} must have the "
+            "same shape: row i of each is the same input before and after the transformation."
+        )
     return a.to(torch.float64), b.to(torch.float64)
 
 
@@ -112,8 +113,10 @@ def _check_class_labels(labels: Any, n: int, num_classes: int) -> Tensor:
     if y.numel() != n:
         raise ValueError(f"`labels` has {y.numel()} entries but the logits have {n} rows.")
     if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"`labels` must lie in 0..{num_classes - 1}, got values in "
-                         f"[{int(y.min())}, {int(y.max())}]; remap them or raise num_classes.")
+        raise ValueError(
+            f"`labels` must lie in 0..{num_classes - 1}, got values in "
+            f"[{int(y.min())}, {int(y.max())}]; remap them or raise num_classes."
+        )
     return y
 
 
@@ -162,8 +165,9 @@ class EKLD(Metric):
         total = self.count.sum()
         if total == 0:
             raise ValueError("EKLD.compute() before any update: feed at least one batch.")
-        per_class = torch.where(self.count > 0, self.kl_sum / self.count.clamp_min(1),
-                                torch.full_like(self.kl_sum, float("nan")))
+        per_class = torch.where(
+            self.count > 0, self.kl_sum / self.count.clamp_min(1), torch.full_like(self.kl_sum, float("nan"))
+        )
         if self.average == "micro":
             return self.kl_sum.sum() / total
         if self.average == "macro":

@@ -33,7 +33,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -190,4 +190,3 @@ def _key_order(key: Tensor) -> Tensor:
 def record_nbytes(rec: Record) -> int:
     """Bytes held by a record (what a process sends when the statistics are gathered)."""
     return int(sum(v.numel() * v.element_size() for v in rec.values()))
-

@@ -29,7 +29,8 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,8 +44,14 @@ from tguide.metrics.functional import otce as _otce
 from tguide.metrics.functional import transrate as _tr
 from tguide.metrics.functional.ncti import pca_scores
 from tguide.metrics.functional.permutation import NullCalibrated, calibrate, label_permutations
-from tguide.metrics.statistics import (ClassGramStatistics, ClassVarianceStatistics, GramStatistics, LabelPairCounts,
-                                       LEEPJointTable, Statistics)
+from tguide.metrics.statistics import (
+    ClassGramStatistics,
+    ClassVarianceStatistics,
+    GramStatistics,
+    LabelPairCounts,
+    LEEPJointTable,
+    Statistics,
+)
 
 __all__ = ["NullCalibrated", "label_shuffle_null"]
 
@@ -52,17 +59,24 @@ __all__ = ["NullCalibrated", "label_shuffle_null"]
 # ----------------------------------------------------------------------------- fast paths
 
 
-def _relabelled_scores(stats: Statistics, x: Tensor, codes: Tensor, perms: Tensor,
-                       score: Callable[[Statistics], Tensor]) -> tuple[Tensor, Tensor]:
+def _relabelled_scores(
+    stats: Statistics, x: Tensor, codes: Tensor, perms: Tensor, score: Callable[[Statistics], Tensor]
+) -> tuple[Tensor, Tensor]:
     """``score`` of the statistics and of their relabelling by every permutation: ``(score, (P,))``."""
     observed = score(stats)
     null = torch.stack([score(stats.relabel(x, codes[p])) for p in perms.to(codes.device)])
     return observed, null
 
 
-def _features_null(kind: type[Statistics], score: Callable[..., Tensor], features: Any, labels: Any,
-                   perms_fn: Callable[[int], Tensor], project: Callable[[Tensor], Tensor] | None = None,
-                   **kwargs: Any) -> tuple[Tensor, Tensor]:
+def _features_null(
+    kind: type[Statistics],
+    score: Callable[..., Tensor],
+    features: Any,
+    labels: Any,
+    perms_fn: Callable[[int], Tensor],
+    project: Callable[[Tensor], Tensor] | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
     """The null of a score of ``(features, labels)`` computed from statistics of type ``kind``.
 
     ``project``: a label-independent map of the features done once (the comparable TransRate's
@@ -76,23 +90,33 @@ def _features_null(kind: type[Statistics], score: Callable[..., Tensor], feature
     return _relabelled_scores(stats, x, codes, perms_fn(x.shape[0]), lambda s: score(s, **kwargs))
 
 
-def _transrate_comparable_null(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], rank: int = 32,
-                               eps: float = 0.1) -> tuple[Tensor, Tensor]:
+def _transrate_comparable_null(
+    features: Any, labels: Any, perms_fn: Callable[[int], Tensor], rank: int = 32, eps: float = 0.1
+) -> tuple[Tensor, Tensor]:
     r = _tr._check_rank(rank)
     _tr._check_eps(eps)
     observed = _tr.transrate_comparable(features, labels, rank=r, eps=eps)
     # TransRate of the projected features (r × r class Grams) is the comparable score
-    _, null = _features_null(ClassGramStatistics, _tr.transrate_from_statistics, features, labels, perms_fn,
-                             project=lambda x: _tr.comparable_features(x, r), eps=eps)
+    _, null = _features_null(
+        ClassGramStatistics,
+        _tr.transrate_from_statistics,
+        features,
+        labels,
+        perms_fn,
+        project=lambda x: _tr.comparable_features(x, r),
+        eps=eps,
+    )
     return observed, null
 
 
-def _gbc_null(features: Any, labels: Any, perms_fn: Callable[[int], Tensor], *, pca_dim: int | None = None,
-              **kwargs: Any) -> tuple[Tensor, Tensor]:
+def _gbc_null(
+    features: Any, labels: Any, perms_fn: Callable[[int], Tensor], *, pca_dim: int | None = None, **kwargs: Any
+) -> tuple[Tensor, Tensor]:
     observed = _gbc.gbc(features, labels, pca_dim=pca_dim, **kwargs)
     project = None if pca_dim is None else (lambda x: pca_scores(x, int(pca_dim))[0])
-    _, null = _features_null(ClassVarianceStatistics, _gbc.gbc_from_statistics, features, labels, perms_fn,
-                             project=project, **kwargs)
+    _, null = _features_null(
+        ClassVarianceStatistics, _gbc.gbc_from_statistics, features, labels, perms_fn, project=project, **kwargs
+    )
     return observed, null
 
 
@@ -117,20 +141,38 @@ def _nce_null(source_labels: Any, labels: Any, perms_fn: Callable[[int], Tensor]
     return _relabelled_scores(stats, z, y, perms_fn(y.shape[0]), _leep.nce_from_statistics)
 
 
-def _otce_null(source_features: Any, source_labels: Any, target_features: Any, target_labels: Any,
-               perms_fn: Callable[[int], Tensor], *, n_perm: int, seed: int = 0, sim: bool = False,
-               **kwargs: Any) -> tuple[Tensor, Tensor]:
+def _otce_null(
+    source_features: Any,
+    source_labels: Any,
+    target_features: Any,
+    target_labels: Any,
+    perms_fn: Callable[[int], Tensor],
+    *,
+    n_perm: int,
+    seed: int = 0,
+    sim: bool = False,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
     # otce(correction="null") solves OT once and re-tabulates W_T per permutation
     # (task_distance_null), drawing the permutations as label_permutations(Nt, n_perm, seed).
     if sim and "weights" in kwargs:
         raise ValueError("otce_sim takes no `weights`; use otce(..., weights=...) for the full score.")
-    res = _otce.otce(source_features, source_labels, target_features, target_labels, correction="null",
-                     n_perm=n_perm, seed=seed, **kwargs)
+    res = _otce.otce(
+        source_features,
+        source_labels,
+        target_features,
+        target_labels,
+        correction="null",
+        n_perm=n_perm,
+        seed=seed,
+        **kwargs,
+    )
     return res.null.score, res.null.null
 
 
 def _fast_path(fn: Callable[..., Any], n_perm: int, seed: int) -> Callable[..., tuple[Tensor, Tensor]] | None:
     """The permutation-reusing implementation of a known metric function, else ``None``."""
+
     def features_null(kind: type[Statistics], score: Callable[..., Tensor]) -> Callable[..., tuple[Tensor, Tensor]]:
         return lambda f, y, pf, **kw: _features_null(kind, score, f, y, pf, **kw)
 
@@ -149,8 +191,9 @@ def _fast_path(fn: Callable[..., Any], n_perm: int, seed: int) -> Callable[..., 
     return table.get(fn)
 
 
-def label_shuffle_null(fn: Callable[..., Any], *args: Any, n_perm: int = 100, seed: int = 0,
-                       **kwargs: Any) -> NullCalibrated:
+def label_shuffle_null(
+    fn: Callable[..., Any], *args: Any, n_perm: int = 100, seed: int = 0, **kwargs: Any
+) -> NullCalibrated:
     """Score ``fn(*args, **kwargs)`` and its null over ``n_perm`` shuffles of the target labels.
 
     ``fn`` is a metric function of :mod:`tguide.metrics` (``hscore``, ``hscore_shrinkage``,
@@ -207,8 +250,9 @@ _LABEL_NAMES = ("labels", "target_labels")
 _warned: set[str] = set()
 
 
-def _unwrap_partial(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-                    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+def _unwrap_partial(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     """``functools.partial(metric, **kw)`` → ``metric`` with ``kw`` merged (so the fast path applies)."""
     while isinstance(fn, functools.partial):
         args = (*fn.args, *args)
@@ -217,8 +261,9 @@ def _unwrap_partial(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
     return fn, args, kwargs
 
 
-def _labels_last(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-                 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _labels_last(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Move the target labels (and every argument before them) from keywords to positions."""
     name = next((n for n in _LABEL_NAMES if n in kwargs), None)
     if name is None:
@@ -231,13 +276,15 @@ def _labels_last(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str
     if name not in names:  # an unknown callable: labels by keyword go last
         kwargs = dict(kwargs)
         return (*args, kwargs.pop(name)), kwargs
-    upto = names[:names.index(name) + 1]
+    upto = names[: names.index(name) + 1]
     kwargs = dict(kwargs)
     positional = list(args)
-    for pname in upto[len(args):]:
+    for pname in upto[len(args) :]:
         if pname not in kwargs:
-            raise TypeError(f"label_shuffle_null: `{pname}` is missing; pass the metric's arguments up to "
-                            f"`{name}` (the target labels).")
+            raise TypeError(
+                f"label_shuffle_null: `{pname}` is missing; pass the metric's arguments up to "
+                f"`{name}` (the target labels)."
+            )
         positional.append(kwargs.pop(pname))
     return tuple(positional), kwargs
 
@@ -248,6 +295,9 @@ def _warn_slow_path(fn: Callable[..., Any], n_perm: int) -> None:
     if key in _warned:
         return
     _warned.add(key)
-    warnings.warn(f"label_shuffle_null: no permutation-reusing path for {key}; the metric is recomputed "
-                  f"{n_perm} times (about {n_perm}x the cost of one score).", RuntimeWarning, stacklevel=3)
-
+    warnings.warn(
+        f"label_shuffle_null: no permutation-reusing path for {key}; the metric is recomputed "
+        f"{n_perm} times (about {n_perm}x the cost of one score).",
+        RuntimeWarning,
+        stacklevel=3,
+    )

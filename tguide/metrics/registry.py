@@ -28,9 +28,10 @@ True
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 __all__ = ["METRICS", "MetricInfo", "get_metric", "metric_names", "register_metric"]
 
@@ -82,17 +83,23 @@ class MetricInfo:
 
     def __post_init__(self) -> None:
         if self.source_input not in ("probs", "labels"):
-            raise ValueError(f"MetricInfo {self.name!r}: `source_input` must be 'probs' or 'labels', "
-                             f"got {self.source_input!r}.")
+            raise ValueError(
+                f"MetricInfo {self.name!r}: `source_input` must be 'probs' or 'labels', got {self.source_input!r}."
+            )
         if isinstance(self.function, str) and ":" not in self.function:
-            raise ValueError(f"MetricInfo {self.name!r}: `function` must be 'module:attr' or a callable, "
-                             f"got {self.function!r}.")
+            raise ValueError(
+                f"MetricInfo {self.name!r}: `function` must be 'module:attr' or a callable, got {self.function!r}."
+            )
 
     # -- compatibility with tguide.probe.MetricSpec ------------------------------------
     @property
     def target(self) -> str:
         """``"module:attr"`` of the function (``MetricSpec.target``)."""
-        return self.function if isinstance(self.function, str) else f"{self.function.__module__}:{self.function.__qualname__}"
+        return (
+            self.function
+            if isinstance(self.function, str)
+            else f"{self.function.__module__}:{self.function.__qualname__}"
+        )
 
     @property
     def needs_source(self) -> bool:
@@ -129,8 +136,15 @@ class MetricInfo:
             raise ValueError(f"{self.name} is not computed from sufficient statistics; it needs the samples.")
         return _import(self.function + "_from_statistics")(stats, **{**self.default_kwargs, **kwargs})
 
-    def arguments(self, features: Any = None, labels: Any = None, *, source_probs: Any = None,
-                  source_features: Any = None, source_labels: Any = None) -> tuple[Any, ...]:
+    def arguments(
+        self,
+        features: Any = None,
+        labels: Any = None,
+        *,
+        source_probs: Any = None,
+        source_features: Any = None,
+        source_labels: Any = None,
+    ) -> tuple[Any, ...]:
         """The positional arguments of the function for these inputs (target labels last).
 
         Raises ``ValueError`` naming what is missing (e.g. ``source_probs`` for LEEP on a
@@ -140,8 +154,10 @@ class MetricInfo:
             raise ValueError(f"{self.name}: `labels` (the target labels) are required.")
         if self.needs_source_probs:
             if source_probs is None:
-                raise ValueError(f"{self.name} needs `source_probs`: the source model's class probabilities "
-                                 "on the target samples (a candidate with a classifier head).")
+                raise ValueError(
+                    f"{self.name} needs `source_probs`: the source model's class probabilities "
+                    "on the target samples (a candidate with a classifier head)."
+                )
             if self.source_input == "labels":
                 import torch
 
@@ -149,8 +165,10 @@ class MetricInfo:
             return (source_probs, labels)
         if self.needs_source_samples:
             if source_features is None or source_labels is None:
-                raise ValueError(f"{self.name} compares source and target features: pass `source_features` "
-                                 "and `source_labels` (source samples through the same layer).")
+                raise ValueError(
+                    f"{self.name} compares source and target features: pass `source_features` "
+                    "and `source_labels` (source samples through the same layer)."
+                )
             if features is None:
                 raise ValueError(f"{self.name}: `features` (target features) are required.")
             return (source_features, source_labels, features, labels)
@@ -171,13 +189,23 @@ def _import(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)
 
 
-def register_metric(name: str, function: str | Callable[..., Any], *, needs_source_probs: bool = False,
-                    needs_source_samples: bool = False, higher_is_better: bool = True,
-                    streaming_class: str | None = None, source_input: str = "probs",
-                    pool_normalised: bool = False, baseline: bool = False,
-                    default_kwargs: Mapping[str, Any] | None = None, pool_terms: str | None = None,
-                    pool_combine: str | None = None, statistics: str | None = None,
-                    replace: bool = False) -> MetricInfo:
+def register_metric(
+    name: str,
+    function: str | Callable[..., Any],
+    *,
+    needs_source_probs: bool = False,
+    needs_source_samples: bool = False,
+    higher_is_better: bool = True,
+    streaming_class: str | None = None,
+    source_input: str = "probs",
+    pool_normalised: bool = False,
+    baseline: bool = False,
+    default_kwargs: Mapping[str, Any] | None = None,
+    pool_terms: str | None = None,
+    pool_combine: str | None = None,
+    statistics: str | None = None,
+    replace: bool = False,
+) -> MetricInfo:
     """Add a metric to :data:`METRICS` (for the monitor and for ranking alike); returns its entry.
 
     ``ValueError`` if ``name`` is taken (pass ``replace=True`` to override an entry).
@@ -186,12 +214,21 @@ def register_metric(name: str, function: str | Callable[..., Any], *, needs_sour
         raise ValueError(f"metric name must be a non-empty string without '/', got {name!r}.")
     if name in METRICS and not replace:
         raise ValueError(f"metric {name!r} is already registered; pass replace=True to override it.")
-    info = MetricInfo(name, function, needs_source_probs=needs_source_probs,
-                      needs_source_samples=needs_source_samples, higher_is_better=higher_is_better,
-                      streaming_class=streaming_class, source_input=source_input,
-                      pool_normalised=pool_normalised, baseline=baseline,
-                      default_kwargs=dict(default_kwargs or {}), pool_terms=pool_terms,
-                      pool_combine=pool_combine, statistics=statistics)
+    info = MetricInfo(
+        name,
+        function,
+        needs_source_probs=needs_source_probs,
+        needs_source_samples=needs_source_samples,
+        higher_is_better=higher_is_better,
+        streaming_class=streaming_class,
+        source_input=source_input,
+        pool_normalised=pool_normalised,
+        baseline=baseline,
+        default_kwargs=dict(default_kwargs or {}),
+        pool_terms=pool_terms,
+        pool_combine=pool_combine,
+        statistics=statistics,
+    )
     METRICS[name] = info
     return info
 
@@ -215,30 +252,57 @@ _S = "tguide.metrics.stateful"
 _ST = "tguide.metrics.statistics"
 # Exact OT is quadratic in the samples (5k × 5k: ~10 s on a CPU core): by default OTCE scores a
 # seeded stratified subsample of 1000 per side (otce_sim's own `max_samples`).
-register_metric("otce_sim", f"{_F}.otce:otce_sim", needs_source_samples=True, streaming_class=f"{_S}:OTCE",
-                default_kwargs={"max_samples": 1000})
-register_metric("hscore", f"{_F}.hscore:hscore", streaming_class=f"{_S}:HScore",
-                statistics=f"{_ST}:GramStatistics")
-register_metric("hscore_shrinkage", f"{_F}.hscore:hscore_shrinkage", streaming_class=f"{_S}:HScoreShrinkage",
-                statistics=f"{_ST}:GramStatistics")
-register_metric("transrate", f"{_F}.transrate:transrate", streaming_class=f"{_S}:TransRate",
-                statistics=f"{_ST}:ClassGramStatistics")
-register_metric("transrate_comparable", f"{_F}.transrate:transrate_comparable",
-                streaming_class=f"{_S}:TransRateComparable", statistics=f"{_ST}:ClassGramStatistics")
+register_metric(
+    "otce_sim",
+    f"{_F}.otce:otce_sim",
+    needs_source_samples=True,
+    streaming_class=f"{_S}:OTCE",
+    default_kwargs={"max_samples": 1000},
+)
+register_metric("hscore", f"{_F}.hscore:hscore", streaming_class=f"{_S}:HScore", statistics=f"{_ST}:GramStatistics")
+register_metric(
+    "hscore_shrinkage",
+    f"{_F}.hscore:hscore_shrinkage",
+    streaming_class=f"{_S}:HScoreShrinkage",
+    statistics=f"{_ST}:GramStatistics",
+)
+register_metric(
+    "transrate", f"{_F}.transrate:transrate", streaming_class=f"{_S}:TransRate", statistics=f"{_ST}:ClassGramStatistics"
+)
+register_metric(
+    "transrate_comparable",
+    f"{_F}.transrate:transrate_comparable",
+    streaming_class=f"{_S}:TransRateComparable",
+    statistics=f"{_ST}:ClassGramStatistics",
+)
 register_metric("logme", f"{_F}.logme:logme", streaming_class=f"{_S}:LogME", statistics=f"{_ST}:GramStatistics")
 # LEEP's joint table is a statistic (LEEPJointTable) but its score needs every sample: no `statistics`
 register_metric("leep", f"{_F}.leep:leep", needs_source_probs=True, streaming_class=f"{_S}:LEEP")
-register_metric("nce", f"{_F}.leep:nce", needs_source_probs=True, source_input="labels",
-                streaming_class=f"{_S}:NCE", statistics=f"{_ST}:LabelPairCounts")
+register_metric(
+    "nce",
+    f"{_F}.leep:nce",
+    needs_source_probs=True,
+    source_input="labels",
+    streaming_class=f"{_S}:NCE",
+    statistics=f"{_ST}:LabelPairCounts",
+)
 
 # Metrics whose functional modules land separately: registered once their files exist.
 _OPTIONAL = (
     # name, module file, attr, options
     ("sfda", "sfda", "sfda", {}),
-    ("ncti", "ncti", "ncti", {"pool_normalised": True, "pool_terms": f"{_F}.ncti:ncti_terms",
-                              "pool_combine": f"{_F}.ncti:ncti_pool"}),
-    ("etran", "etran", "etran", {"pool_normalised": True, "pool_terms": f"{_F}.etran:etran_terms",
-                                 "pool_combine": f"{_F}.etran:etran_pool"}),
+    (
+        "ncti",
+        "ncti",
+        "ncti",
+        {"pool_normalised": True, "pool_terms": f"{_F}.ncti:ncti_terms", "pool_combine": f"{_F}.ncti:ncti_pool"},
+    ),
+    (
+        "etran",
+        "etran",
+        "etran",
+        {"pool_normalised": True, "pool_terms": f"{_F}.etran:etran_terms", "pool_combine": f"{_F}.etran:etran_pool"},
+    ),
     ("gbc", "gbc", "gbc", {"streaming_class": f"{_S}:GBC", "statistics": f"{_ST}:ClassVarianceStatistics"}),
     ("nleep", "nleep", "nleep", {}),
     ("knn", "knn", "knn_accuracy", {"baseline": True}),

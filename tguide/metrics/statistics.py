@@ -39,8 +39,15 @@ from tguide.metrics import moments
 from tguide.metrics._validate import as_tensor, check_features, check_labels, check_probs, check_same_length
 from tguide.metrics.moments import Record
 
-__all__ = ["Statistics", "GramStatistics", "ClassGramStatistics", "ClassVarianceStatistics", "LabelPairCounts",
-           "LEEPJointTable", "raw_labels"]
+__all__ = [
+    "Statistics",
+    "GramStatistics",
+    "ClassGramStatistics",
+    "ClassVarianceStatistics",
+    "LabelPairCounts",
+    "LEEPJointTable",
+    "raw_labels",
+]
 
 S = TypeVar("S", bound="Statistics")
 _EMPTY = {"key": 2, "n": 1, **{f: moments.FIELD_NDIM[f] for f in moments.FIELD_NDIM}}
@@ -65,8 +72,12 @@ class Statistics:
     _parts: ClassVar[dict[str, tuple[str, ...]]] = {}
     _rows_up_to_d: ClassVar[bool] = False
 
-    def __init__(self, records: dict[str, Record] | None = None, rows: tuple[Tensor, Tensor] | None = None,
-                 feature_cache: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        records: dict[str, Record] | None = None,
+        rows: tuple[Tensor, Tensor] | None = None,
+        feature_cache: dict[str, Any] | None = None,
+    ) -> None:
         self.records = records
         self.rows = rows
         self.feature_cache: dict[str, Any] = {} if feature_cache is None else feature_cache
@@ -165,10 +176,11 @@ class Statistics:
             self.feature_cache = {}
             return
         if self.width is not None and other.width is not None and self.width != other.width:
-            raise ValueError(f"`features` of this batch have {other.width} columns but earlier batches had "
-                             f"{self.width}; feed one layer's features per statistics object.")
-        if (self.rows is not None and other.rows is not None
-                and self.n + other.n <= self.rows[0].shape[1]):
+            raise ValueError(
+                f"`features` of this batch have {other.width} columns but earlier batches had "
+                f"{self.width}; feed one layer's features per statistics object."
+            )
+        if self.rows is not None and other.rows is not None and self.n + other.n <= self.rows[0].shape[1]:
             self.rows = (torch.cat([self.rows[0], other.rows[0]]), torch.cat([self.rows[1], other.rows[1]]))
         else:
             mine = self._materialised() if self.rows is not None else self.records
@@ -234,8 +246,9 @@ class Statistics:
         first = next(iter(cls._parts))
         if tensors[f"{first}_key"].shape[0] == 0:
             return cls()
-        records = {part: {f: tensors[f"{part}_{f}"] for f in ("key", "n", *fields)}
-                   for part, fields in cls._parts.items()}
+        records = {
+            part: {f: tensors[f"{part}_{f}"] for f in ("key", "n", *fields)} for part, fields in cls._parts.items()
+        }
         return cls(records=records)
 
     def nbytes(self) -> int:

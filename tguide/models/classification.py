@@ -12,7 +12,8 @@ and :class:`tguide.select.finetune.FineTuner` (a candidate cut at a layer + a ne
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
 import torch
@@ -41,9 +42,15 @@ class ClassificationModule(L.LightningModule):
         label_smoothing: of the cross-entropy.
     """
 
-    def __init__(self, num_classes: int | None = None, *, optimizer: OptimizerFactory | None = None,
-                 scheduler: SchedulerFactory | None = None, scheduler_interval: str = "epoch",
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        *,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
             raise TGuideError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
@@ -70,8 +77,15 @@ class ClassificationModule(L.LightningModule):
         loss = self.loss(logits, y)
         acc = getattr(self, f"{stage}_acc")
         acc(logits, y)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=stage != "train",
-                 sync_dist=True, batch_size=y.shape[0])
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=stage != "train",
+            sync_dist=True,
+            batch_size=y.shape[0],
+        )
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 

@@ -20,7 +20,6 @@ Input: ``(B, 3, 32, 32)`` RGB in [0, 1] normalised with ImageNet's mean/std; out
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -34,8 +34,16 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LITE_PARAMS", "STAGE_ARGS", "Conv2dSame", "EfficientNetLite", "MBConvBlock", "efficientnet_lite",
-           "round_filters", "round_repeats"]
+__all__ = [
+    "LITE_PARAMS",
+    "STAGE_ARGS",
+    "Conv2dSame",
+    "EfficientNetLite",
+    "MBConvBlock",
+    "efficientnet_lite",
+    "round_filters",
+    "round_repeats",
+]
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
@@ -78,8 +86,9 @@ class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow "SAME" padding computed from the input size (asymmetric:
     the odd pixel goes to the bottom/right). Its parameters are those of ``nn.Conv2d``."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                 bias: bool = False) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, groups: int = 1, bias: bool = False
+    ) -> None:
         super().__init__(c_in, c_out, kernel_size, stride=stride, padding=0, groups=groups, bias=bias)
 
     @staticmethod
@@ -131,8 +140,14 @@ class MBConvBlock(nn.Module):
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite with width/depth multipliers; see the module docstring."""
 
-    def __init__(self, width: float = 1.0, depth: float = 1.0, num_classes: int = 1000,
-                 dropout: float = 0.2, resolution: int = 224) -> None:
+    def __init__(
+        self,
+        width: float = 1.0,
+        depth: float = 1.0,
+        num_classes: int = 1000,
+        dropout: float = 0.2,
+        resolution: int = 224,
+    ) -> None:
         super().__init__()
         self.width, self.depth, self.resolution = width, depth, resolution
         self.num_classes = num_classes

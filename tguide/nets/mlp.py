@@ -9,7 +9,7 @@ Shapes: ``x (B, *)`` with ``prod(*) == in_features`` → logits ``(B, num_classe
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

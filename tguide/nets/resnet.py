@@ -47,10 +47,14 @@ class SmallResNet(nn.Module):
             raise ValueError(f"SmallResNet needs width ≥ 1 and blocks ≥ 1, got width={width}, blocks={blocks}.")
         if num_classes < 1:
             raise ValueError(f"num_classes must be ≥ 1, got {num_classes}.")
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
 
         def stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(BasicBlock(c_in, c_out, stride), *[BasicBlock(c_out, c_out) for _ in range(blocks - 1)])
+            return nn.Sequential(
+                BasicBlock(c_in, c_out, stride), *[BasicBlock(c_out, c_out) for _ in range(blocks - 1)]
+            )
 
         self.layer1 = stage(width, width, 1)
         self.layer2 = stage(width, 2 * width, 2)

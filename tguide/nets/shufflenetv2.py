@@ -82,8 +82,9 @@ class ShuffleNetV2Trunk(nn.Module):
 
     STAGES: tuple[str, ...] = ("stage2", "stage3", "stage4", "pool")
 
-    def __init__(self, channels: tuple[int, int, int, int] = (24, 48, 96, 192),
-                 repeats: tuple[int, int, int] = (4, 8, 4)) -> None:
+    def __init__(
+        self, channels: tuple[int, int, int, int] = (24, 48, 96, 192), repeats: tuple[int, int, int] = (4, 8, 4)
+    ) -> None:
         super().__init__()
         stem, *outs = channels
         self.num_features = outs[-1]

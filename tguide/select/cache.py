@@ -29,8 +29,17 @@ _VERSION = 1
 
 def cache_key(fingerprint: str, layer: str, pool: str, transform: str, target: str) -> str:
     """The hex sha256 naming one cache entry."""
-    blob = json.dumps({"v": _VERSION, "fingerprint": fingerprint, "layer": layer, "pool": pool,
-                       "transform": transform, "target": target}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "v": _VERSION,
+            "fingerprint": fingerprint,
+            "layer": layer,
+            "pool": pool,
+            "transform": transform,
+            "target": target,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -74,8 +83,14 @@ class FeatureCache:
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}-", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                torch.save({"features": features.detach().cpu().contiguous(), "labels": labels.detach().cpu(),
-                            "meta": dict(meta or {})}, fh)
+                torch.save(
+                    {
+                        "features": features.detach().cpu().contiguous(),
+                        "labels": labels.detach().cpu(),
+                        "meta": dict(meta or {}),
+                    },
+                    fh,
+                )
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)

@@ -26,8 +26,9 @@ correlation) rather than an error, so that a table can still be printed.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def rankdata(x: Any) -> np.ndarray:
         j = i
         while j + 1 < a.size and a[order[j + 1]] == a[order[i]]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
 
@@ -132,10 +133,15 @@ class RankSummary:
     regret: float
 
     def as_dict(self) -> dict[str, float]:
-        return {k: float(getattr(self, k)) for k in ("n", "pearson", "spearman", "kendall", "weighted_tau", "top1", "regret")}
+        return {
+            k: float(getattr(self, k))
+            for k in ("n", "pearson", "spearman", "kendall", "weighted_tau", "top1", "regret")
+        }
 
 
-def summarise(scores: Mapping[str, float] | Sequence[float], accuracy: Mapping[str, float] | Sequence[float]) -> RankSummary:
+def summarise(
+    scores: Mapping[str, float] | Sequence[float], accuracy: Mapping[str, float] | Sequence[float]
+) -> RankSummary:
     """All agreement measures for one target. With mappings (item → value) the common keys are used."""
     if isinstance(scores, Mapping) and isinstance(accuracy, Mapping):
         keys = sorted(set(scores) & set(accuracy))
@@ -143,4 +149,6 @@ def summarise(scores: Mapping[str, float] | Sequence[float], accuracy: Mapping[s
         y = [accuracy[k] for k in keys]
     else:
         x, y = list(scores), list(accuracy)  # type: ignore[arg-type]
-    return RankSummary(len(x), pearson(x, y), spearman(x, y), kendall(x, y), weighted_tau(x, y), top1(x, y), regret(x, y))
+    return RankSummary(
+        len(x), pearson(x, y), spearman(x, y), kendall(x, y), weighted_tau(x, y), top1(x, y), regret(x, y)
+    )

@@ -39,10 +39,11 @@ Recipe::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +52,9 @@ from tguide.errors import TGuideError
 from tguide.models.classification import ClassificationModule
 from tguide.select.backbone import Backbone
 from tguide.select.pretune_callback import PRETUNE_DEFAULTS, OTCEPretune
-from tguide.select.target_data import OFFLINE_SOURCES, input_shape as _input_shape, resolve as _resolve
+from tguide.select.target_data import OFFLINE_SOURCES
+from tguide.select.target_data import input_shape as _input_shape
+from tguide.select.target_data import resolve as _resolve
 
 __all__ = ["FineTuneResult", "FineTuner", "PRETUNE_DEFAULTS", "build_finetuner", "finetune"]
 
@@ -102,8 +105,12 @@ class FineTuner(ClassificationModule):
         pretune_samples: int = 512,
         input_shape: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_classes=None, scheduler_interval="step", label_smoothing=label_smoothing,
-                         optimizer=partial(torch.optim.AdamW, weight_decay=float(weight_decay)))
+        super().__init__(
+            num_classes=None,
+            scheduler_interval="step",
+            label_smoothing=label_smoothing,
+            optimizer=partial(torch.optim.AdamW, weight_decay=float(weight_decay)),
+        )
         if pretune not in PRETUNE:
             raise TGuideError(f"finetune.pretune must be one of {PRETUNE}, got {pretune!r}")
         unknown = set(pretune_options or {}) - set(PRETUNE_DEFAULTS)
@@ -155,8 +162,10 @@ class FineTuner(ClassificationModule):
         if n is None and getattr(dm, "classes", None):
             n = len(dm.classes)
         if n is None:
-            raise TGuideError("FineTuner: num_classes is not set and the data module does not say it "
-                              "(no `num_classes` or `classes`); set model.num_classes")
+            raise TGuideError(
+                "FineTuner: num_classes is not set and the data module does not say it "
+                "(no `num_classes` or `classes`); set model.num_classes"
+            )
         self._build_head(int(n))
 
     # ------------------------------------------------------------------ steps
@@ -196,8 +205,9 @@ class FineTuner(ClassificationModule):
     def pretune_callback(self) -> OTCEPretune:
         """The OTCE pre-fine-tune of this module's settings."""
         hp = self.hparams
-        return OTCEPretune(self.candidate, hp.get("pretune_source"), int(hp.pretune_samples),
-                           dict(hp.get("pretune_options") or {}))
+        return OTCEPretune(
+            self.candidate, hp.get("pretune_source"), int(hp.pretune_samples), dict(hp.get("pretune_options") or {})
+        )
 
     def configure_callbacks(self) -> list[Any]:
         return [self.pretune_callback()] if self.hparams.get("pretune") == "otce" else []
@@ -214,8 +224,9 @@ class FineTuner(ClassificationModule):
         return self.pretune_history
 
 
-def build_finetuner(candidate: Any, layer: str | None = None, num_classes: int | None = None,
-                    **kwargs: Any) -> FineTuner:
+def build_finetuner(
+    candidate: Any, layer: str | None = None, num_classes: int | None = None, **kwargs: Any
+) -> FineTuner:
     """:class:`FineTuner` from a candidate spec (the ``model._target_`` of the ``finetune`` recipe).
 
     ``kwargs`` are :class:`FineTuner`'s options; a Hydra ``DictConfig`` for ``pretune_options`` is
@@ -243,10 +254,22 @@ class FineTuneResult:
     pretune_history: tuple[float, ...] = ()
 
 
-def finetune(candidate: Any, target: Any, *, layer: str | None = None, epochs: int = 10, lr: float = 1e-3,
-             lr_head: float | None = None, seed: int = 0, pretune: str | None = None, pretune_source: str | None = None,
-             batch_size: int = 64, out_dir: str | Path | None = None, data_root: Any = None,
-             **options: Any) -> FineTuneResult:
+def finetune(
+    candidate: Any,
+    target: Any,
+    *,
+    layer: str | None = None,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    lr_head: float | None = None,
+    seed: int = 0,
+    pretune: str | None = None,
+    pretune_source: str | None = None,
+    batch_size: int = 64,
+    out_dir: str | Path | None = None,
+    data_root: Any = None,
+    **options: Any,
+) -> FineTuneResult:
     """Fine-tune ``candidate`` cut at ``layer`` (+ a new head) on ``target``; a plain function, no config.
 
     Args:
@@ -269,17 +292,35 @@ def finetune(candidate: Any, target: Any, *, layer: str | None = None, epochs: i
     if epochs < 1:
         raise TGuideError(f"epochs must be ≥ 1, got {epochs}")
     L.seed_everything(int(seed), workers=True, verbose=False)
-    model = FineTuner(candidate, layer, None, lr_backbone=float(lr), lr_head=float(10 * lr if lr_head is None else lr_head),
-                      pretune=pretune, pretune_source=pretune_source, **options)
-    dm = target_datamodule(target, candidate=model.candidate, batch_size=batch_size, seed=int(seed), data_root=data_root)
+    model = FineTuner(
+        candidate,
+        layer,
+        None,
+        lr_backbone=float(lr),
+        lr_head=float(10 * lr if lr_head is None else lr_head),
+        pretune=pretune,
+        pretune_source=pretune_source,
+        **options,
+    )
+    dm = target_datamodule(
+        target, candidate=model.candidate, batch_size=batch_size, seed=int(seed), data_root=data_root
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(out_dir) if out_dir is not None else Path(tmp)
         ckpt = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor="val/acc", mode="max")
-        trainer = L.Trainer(max_epochs=int(epochs), default_root_dir=str(root), callbacks=[ckpt], logger=False,
-                            enable_progress_bar=False, enable_model_summary=False, deterministic=False)
+        trainer = L.Trainer(
+            max_epochs=int(epochs),
+            default_root_dir=str(root),
+            callbacks=[ckpt],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            deterministic=False,
+        )
         trainer.fit(model, datamodule=dm)
         val = trainer.validate(model, datamodule=dm, ckpt_path="best", verbose=False)[0]["val/acc"]
         test = trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False)[0]["test/acc"]
         best = Path(ckpt.best_model_path) if out_dir is not None and ckpt.best_model_path else None
-    return FineTuneResult(model.candidate.name, model.layer, float(val), float(test), best,
-                          tuple(model.pretune_history))
+    return FineTuneResult(
+        model.candidate.name, model.layer, float(val), float(test), best, tuple(model.pretune_history)
+    )

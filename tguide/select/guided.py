@@ -37,8 +37,9 @@ import random
 import re
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tguide.errors import TGuideError
 
@@ -46,8 +47,22 @@ __all__ = ["BASELINE_CHOICES", "Pick", "choose", "guided_table", "markdown", "ru
 
 BASELINE_CHOICES = ("source_accuracy", "random", "median")
 _HEAD_LAYER = "@output"
-CSV_COLUMNS = ["candidate", "spec", "layer", "metric", "predicted_score", "rank", "test_acc", "test_acc_std",
-               "test_acc_per_seed", "val_acc", "source_accuracy", "chosen_by", "seeds", "run_dirs"]
+CSV_COLUMNS = [
+    "candidate",
+    "spec",
+    "layer",
+    "metric",
+    "predicted_score",
+    "rank",
+    "test_acc",
+    "test_acc_std",
+    "test_acc_per_seed",
+    "val_acc",
+    "source_accuracy",
+    "chosen_by",
+    "seeds",
+    "run_dirs",
+]
 
 
 class Pick(dict):
@@ -68,9 +83,17 @@ def _finite(x: Any) -> bool:
         return False
 
 
-def choose(table: Any, specs: Mapping[str, str], default_layers: Mapping[str, str], metric: str, *,
-           top_k: int = 2, baselines: Sequence[str] = ("source_accuracy",), seed: int = 0,
-           source_accuracy: Mapping[str, float | None] | None = None) -> list[Pick]:
+def choose(
+    table: Any,
+    specs: Mapping[str, str],
+    default_layers: Mapping[str, str],
+    metric: str,
+    *,
+    top_k: int = 2,
+    baselines: Sequence[str] = ("source_accuracy",),
+    seed: int = 0,
+    source_accuracy: Mapping[str, float | None] | None = None,
+) -> list[Pick]:
     """The fine-tune jobs for a ranking table (see the module doc).
 
     Args:
@@ -108,9 +131,15 @@ def choose(table: Any, specs: Mapping[str, str], default_layers: Mapping[str, st
         key = (name, layer)
         if key not in jobs:
             row = next((r for r in scored if r["candidate"] == name and layer_of(r) == layer), None)
-            jobs[key] = Pick(candidate=name, spec=specs[name], layer=layer, metric=metric,
-                             score=float(row["score"]) if row else math.nan,
-                             rank=rank_of.get((name, row["layer"])) if row else None, chosen_by=[])
+            jobs[key] = Pick(
+                candidate=name,
+                spec=specs[name],
+                layer=layer,
+                metric=metric,
+                score=float(row["score"]) if row else math.nan,
+                rank=rank_of.get((name, row["layer"])) if row else None,
+                chosen_by=[],
+            )
         jobs[key]["chosen_by"].append(why)
 
     for i, (name, r) in enumerate(list(best.items())[:top_k]):
@@ -175,18 +204,28 @@ def _finetune_all(cfg: Any, picks: list[Pick], seeds: Sequence[int], out: Path, 
             done = run_dir / "metrics.json"
             if not done.is_file():
                 if verbose:
-                    print(f"guided: fine-tuning {pick['candidate']} at {pick['layer']} (seed {s}, "
-                          f"{', '.join(pick['chosen_by'])})", flush=True)
+                    print(
+                        f"guided: fine-tuning {pick['candidate']} at {pick['layer']} (seed {s}, "
+                        f"{', '.join(pick['chosen_by'])})",
+                        flush=True,
+                    )
                 fit(_finetune_cfg(cfg, pick, int(s), run_dir, f"{base}/{pick['candidate']}/{pick['layer']}/s{s}"))
             elif verbose:
                 print(f"guided: {run_dir} already done; reusing its metrics.json", flush=True)
             metrics = json.loads(done.read_text())
-            pick["results"].append({"seed": int(s), "run_dir": str(run_dir), "test_acc": metrics.get("test/acc"),
-                                    "val_acc": metrics.get("val/acc")})
+            pick["results"].append(
+                {
+                    "seed": int(s),
+                    "run_dir": str(run_dir),
+                    "test_acc": metrics.get("test/acc"),
+                    "val_acc": metrics.get("val/acc"),
+                }
+            )
 
 
-def guided_table(picks: Sequence[Mapping[str, Any]], source_accuracy: Mapping[str, Any] | None = None
-                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def guided_table(
+    picks: Sequence[Mapping[str, Any]], source_accuracy: Mapping[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """CSV rows (:data:`CSV_COLUMNS`) and the rank agreement of predicted score vs realised accuracy."""
     from tguide.select.correlation import kendall, spearman
 
@@ -194,20 +233,27 @@ def guided_table(picks: Sequence[Mapping[str, Any]], source_accuracy: Mapping[st
     for p in picks:
         accs = [float(r["test_acc"]) for r in p.get("results", []) if _finite(r.get("test_acc"))]
         vals = [float(r["val_acc"]) for r in p.get("results", []) if _finite(r.get("val_acc"))]
-        rows.append({
-            "candidate": p["candidate"], "spec": p["spec"], "layer": p["layer"], "metric": p["metric"],
-            "predicted_score": p["score"], "rank": p["rank"] if p["rank"] is not None else "",
-            "test_acc": statistics.fmean(accs) if accs else math.nan,
-            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else math.nan),
-            "test_acc_per_seed": ";".join(f"{a:.4f}" for a in accs),
-            "val_acc": statistics.fmean(vals) if vals else math.nan,
-            "source_accuracy": (source_accuracy or {}).get(p["candidate"], ""),
-            "chosen_by": ";".join(p["chosen_by"]),
-            "seeds": ";".join(str(r["seed"]) for r in p.get("results", [])),
-            "run_dirs": ";".join(r["run_dir"] for r in p.get("results", [])),
-        })
-    pairs = [(r["predicted_score"], r["test_acc"]) for r in rows
-             if _finite(r["predicted_score"]) and _finite(r["test_acc"])]
+        rows.append(
+            {
+                "candidate": p["candidate"],
+                "spec": p["spec"],
+                "layer": p["layer"],
+                "metric": p["metric"],
+                "predicted_score": p["score"],
+                "rank": p["rank"] if p["rank"] is not None else "",
+                "test_acc": statistics.fmean(accs) if accs else math.nan,
+                "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else math.nan),
+                "test_acc_per_seed": ";".join(f"{a:.4f}" for a in accs),
+                "val_acc": statistics.fmean(vals) if vals else math.nan,
+                "source_accuracy": (source_accuracy or {}).get(p["candidate"], ""),
+                "chosen_by": ";".join(p["chosen_by"]),
+                "seeds": ";".join(str(r["seed"]) for r in p.get("results", [])),
+                "run_dirs": ";".join(r["run_dir"] for r in p.get("results", [])),
+            }
+        )
+    pairs = [
+        (r["predicted_score"], r["test_acc"]) for r in rows if _finite(r["predicted_score"]) and _finite(r["test_acc"])
+    ]
     agree: dict[str, Any] = {"n": len(pairs), "spearman": math.nan, "kendall": math.nan}
     if len(pairs) >= 3:
         x, y = zip(*pairs)
@@ -221,21 +267,29 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
 
 def markdown(rows: Sequence[Mapping[str, Any]], agree: Mapping[str, Any], info: Mapping[str, Any]) -> str:
     """``guided.md``: the settings, the table (best realised accuracy first) and the rank agreement."""
-    lines = [f"# Guided fine-tuning on {info.get('target')}", "",
-             f"Ranking metric: **{info.get('metric')}** (on the training split, {info.get('rank_samples')} images); "
-             f"top-{info.get('top_k')} picks and baselines {', '.join(info.get('baselines') or []) or 'none'}, "
-             f"each fine-tuned with the same budget ({info.get('budget')}), seeds {info.get('seeds')}.", "",
-             "| candidate | layer | predicted score | rank | test acc (mean) | ± sd | per seed | chosen by |",
-             "|---|---|---:|---:|---:|---:|---|---|"]
+    lines = [
+        f"# Guided fine-tuning on {info.get('target')}",
+        "",
+        f"Ranking metric: **{info.get('metric')}** (on the training split, {info.get('rank_samples')} images); "
+        f"top-{info.get('top_k')} picks and baselines {', '.join(info.get('baselines') or []) or 'none'}, "
+        f"each fine-tuned with the same budget ({info.get('budget')}), seeds {info.get('seeds')}.",
+        "",
+        "| candidate | layer | predicted score | rank | test acc (mean) | ± sd | per seed | chosen by |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
     order = sorted(rows, key=lambda r: -(float(r["test_acc"]) if _finite(r["test_acc"]) else -math.inf))
     for r in order:
-        lines.append(f"| {r['candidate']} | {r['layer']} | {_fmt(r['predicted_score'], '.4g')} | {r['rank']} | "
-                     f"{_fmt(r['test_acc'])} | {_fmt(r['test_acc_std'])} | {r['test_acc_per_seed']} | "
-                     f"{r['chosen_by'].replace(';', ', ')} |")
+        lines.append(
+            f"| {r['candidate']} | {r['layer']} | {_fmt(r['predicted_score'], '.4g')} | {r['rank']} | "
+            f"{_fmt(r['test_acc'])} | {_fmt(r['test_acc_std'])} | {r['test_acc_per_seed']} | "
+            f"{r['chosen_by'].replace(';', ', ')} |"
+        )
     lines.append("")
     if agree["n"] >= 3:
-        lines.append(f"Predicted score vs realised test accuracy over {agree['n']} fine-tuned rows: "
-                     f"Spearman ρ = {_fmt(agree['spearman'], '.3f')}, Kendall τ_b = {_fmt(agree['kendall'], '.3f')}.")
+        lines.append(
+            f"Predicted score vs realised test accuracy over {agree['n']} fine-tuned rows: "
+            f"Spearman ρ = {_fmt(agree['spearman'], '.3f')}, Kendall τ_b = {_fmt(agree['kendall'], '.3f')}."
+        )
     else:
         lines.append(f"Rank agreement needs ≥ 3 fine-tuned rows with a score (have {agree['n']}).")
     if info.get("pick_reason"):
@@ -304,27 +358,51 @@ def run(cfg: Any) -> dict[str, Any]:
         cache_dir = None
     t0 = time.perf_counter()
     ranking_path = out / "ranking.json"
-    ranking = rank(cands, train, layers=layers, metrics=metrics, baselines=["source_accuracy"],
-                 max_samples=gd.get("max_samples"), cache_dir=cache_dir, seed=int(gd.get("rank_seed", 0)),
-                 device=gd.get("device"), progress=verbose)
+    ranking = rank(
+        cands,
+        train,
+        layers=layers,
+        metrics=metrics,
+        baselines=["source_accuracy"],
+        max_samples=gd.get("max_samples"),
+        cache_dir=cache_dir,
+        seed=int(gd.get("rank_seed", 0)),
+        device=gd.get("device"),
+        progress=verbose,
+    )
     table = ranking.table
     records = _records(table)
     ranking_path.write_text(json.dumps(records, indent=1, default=str) + "\n")
     rank_seconds = time.perf_counter() - t0
     del cands  # the fine-tunes resolve their own copies (fresh weights)
-    picks = choose(table, specs, default_layers, metrics[0], top_k=int(gd.get("top_k", 2)),
-                   baselines=list(gd.get("baselines") or []), seed=int(gd.get("baseline_seed", 0)),
-                   source_accuracy=src_acc)
+    picks = choose(
+        table,
+        specs,
+        default_layers,
+        metrics[0],
+        top_k=int(gd.get("top_k", 2)),
+        baselines=list(gd.get("baselines") or []),
+        seed=int(gd.get("baseline_seed", 0)),
+        source_accuracy=src_acc,
+    )
     _finetune_all(cfg, picks, seeds, out, verbose)
     rows, agree = guided_table(picks, src_acc)
     _write_csv(out / "guided.csv", rows)
-    info = {"target": target, "metric": metrics[0], "top_k": int(gd.get("top_k", 2)),
-            "baselines": list(gd.get("baselines") or []), "seeds": seeds, "rank_samples": len(train),
-            "budget": f"{cfg.trainer.get('max_epochs')} epochs", "rank_seconds": rank_seconds,
-            "pick_reason": ranking.pick.reason if ranking.pick is not None else None}
+    info = {
+        "target": target,
+        "metric": metrics[0],
+        "top_k": int(gd.get("top_k", 2)),
+        "baselines": list(gd.get("baselines") or []),
+        "seeds": seeds,
+        "rank_samples": len(train),
+        "budget": f"{cfg.trainer.get('max_epochs')} epochs",
+        "rank_seconds": rank_seconds,
+        "pick_reason": ranking.pick.reason if ranking.pick is not None else None,
+    }
     (out / "guided.md").write_text(markdown(rows, agree, info))
-    (out / "guided.json").write_text(json.dumps({"info": info, "agreement": agree, "rows": rows}, indent=2,
-                                                default=str) + "\n")
+    (out / "guided.json").write_text(
+        json.dumps({"info": info, "agreement": agree, "rows": rows}, indent=2, default=str) + "\n"
+    )
     if verbose:
         print((out / "guided.md").read_text(), flush=True)
         print(f"tguide.fit: wrote guided.csv, guided.md; run folder {out.resolve()}", flush=True)

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +44,16 @@ NORMALISE = ("none", "l2")
 
 Trainable = Union[str, Sequence[str], Callable[[str, nn.Parameter], bool]]
 
-__all__ = ["NORMALISE", "accuracy", "feature_extractor", "finetune", "otce_head", "otce_pretune", "otce_task_loss",
-           "trainable_parameters"]
+__all__ = [
+    "NORMALISE",
+    "accuracy",
+    "feature_extractor",
+    "finetune",
+    "otce_head",
+    "otce_pretune",
+    "otce_task_loss",
+    "trainable_parameters",
+]
 
 
 def _normalise(f: Tensor, normalise: str) -> Tensor:
@@ -56,8 +65,12 @@ def _normalise(f: Tensor, normalise: str) -> Tensor:
 # ----------------------------------------------------------------------------- the loss
 
 
-@renamed_arguments(src_features="source_features", src_labels="source_labels",
-                   tgt_features="target_features", tgt_labels="target_labels")
+@renamed_arguments(
+    src_features="source_features",
+    src_labels="source_labels",
+    tgt_features="target_features",
+    tgt_labels="target_labels",
+)
 def otce_task_loss(
     source_features: Tensor,
     source_labels: Tensor,
@@ -135,8 +148,9 @@ def _parameters_used(module: nn.Module, x: Tensor) -> set[int]:
     return {id(p) for m in ran for p in m.parameters(recurse=False)}
 
 
-def trainable_parameters(module: nn.Module, trainable: Trainable = "all", *,
-                         used: set[int] | None = None) -> list[tuple[str, nn.Parameter]]:
+def trainable_parameters(
+    module: nn.Module, trainable: Trainable = "all", *, used: set[int] | None = None
+) -> list[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` pairs that step 1 updates, among those with ``requires_grad``
     (and, if ``used`` is given, whose ``id`` is in it: the parameters the forward pass reaches).
 
@@ -162,8 +176,7 @@ def trainable_parameters(module: nn.Module, trainable: Trainable = "all", *,
         if k < 1:
             raise ValueError(f"`trainable`={trainable!r}: K in 'last:K' must be a positive integer.")
         kept = {id(p) for _, p in pairs}
-        owners = [name for name, m in module.named_modules()
-                  if any(id(p) in kept for p in m.parameters(recurse=False))]
+        owners = [name for name, m in module.named_modules() if any(id(p) in kept for p in m.parameters(recurse=False))]
         keep = set(owners[-k:])
         chosen = [(n, p) for n, p in pairs if n.rpartition(".")[0] in keep]
     elif not isinstance(trainable, str) and isinstance(trainable, Sequence):
@@ -188,8 +201,9 @@ def _device(module: nn.Module) -> torch.device:
 # ----------------------------------------------------------------------------- step 1
 
 
-@renamed_arguments(net="backbone", src_x="source_x", src_y="source_y", tgt_x="target_x", tgt_y="target_y",
-                   src_batch="batch")
+@renamed_arguments(
+    net="backbone", src_x="source_x", src_y="source_y", tgt_x="target_x", tgt_y="target_y", src_batch="batch"
+)
 def otce_pretune(
     backbone: nn.Module,
     source_x: Tensor,
@@ -234,9 +248,7 @@ def otce_pretune(
         W_T before each step (``steps`` floats) followed by W_T after the last step.
     """
     if steps < 0 or batch < 2:
-        raise ValueError(
-            f"need steps ≥ 0 and batch ≥ 2 (source samples per step), got steps={steps}, batch={batch}."
-        )
+        raise ValueError(f"need steps ≥ 0 and batch ≥ 2 (source samples per step), got steps={steps}, batch={batch}.")
     if target_batch is not None and target_batch < 2:
         raise ValueError(f"`target_batch` must be None or ≥ 2, got {target_batch}.")
     if source_x.shape[0] != source_y.shape[0] or target_x.shape[0] != target_y.shape[0]:
@@ -247,8 +259,11 @@ def otce_pretune(
     extractor = feature_extractor(backbone)
     used = _parameters_used(extractor, source_x[:2].to(_device(extractor)))
     params = [p for _, p in trainable_parameters(extractor, trainable, used=used)]
-    opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0
-           else torch.optim.Adam(params, lr=lr))
+    opt = (
+        torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        if weight_decay > 0
+        else torch.optim.Adam(params, lr=lr)
+    )
     device = _device(extractor)
     gen = torch.Generator().manual_seed(int(seed))
     history: list[float] = []
@@ -262,8 +277,15 @@ def otce_pretune(
             else:
                 jdx = torch.randperm(n, generator=gen)[:target_batch]
                 xt, yt = target_x[jdx.to(target_x.device)].to(device), target_y[jdx.to(target_y.device)]
-            loss = otce_task_loss(extractor(xs), ys.to(device), extractor(xt), yt.to(device),
-                                  reg=reg, max_iter=max_iter, normalise=normalise)
+            loss = otce_task_loss(
+                extractor(xs),
+                ys.to(device),
+                extractor(xt),
+                yt.to(device),
+                reg=reg,
+                max_iter=max_iter,
+                normalise=normalise,
+            )
             history.append(float(loss.detach()))
             if step == steps:
                 break
@@ -274,11 +296,21 @@ def otce_pretune(
 
 
 @torch.no_grad()
-@renamed_arguments(net="backbone", src_x="source_x", src_y="source_y", tgt_x="target_x", tgt_y="target_y",
-                   n_classes="num_classes")
+@renamed_arguments(
+    net="backbone", src_x="source_x", src_y="source_y", tgt_x="target_x", tgt_y="target_y", n_classes="num_classes"
+)
 def otce_head(
-    backbone: nn.Module, source_x: Tensor, source_y: Tensor, target_x: Tensor, target_y: Tensor, num_classes: int,
-    *, source_head: nn.Linear | None = None, reg: float = 0.1, max_iter: int = 200, normalise: str = "none",
+    backbone: nn.Module,
+    source_x: Tensor,
+    source_y: Tensor,
+    target_x: Tensor,
+    target_y: Tensor,
+    num_classes: int,
+    *,
+    source_head: nn.Linear | None = None,
+    reg: float = 0.1,
+    max_iter: int = 200,
+    normalise: str = "none",
 ) -> nn.Linear:
     r"""A target head initialised from the source head through the coupling's label map (our addition).
 
@@ -305,9 +337,11 @@ def otce_head(
         plan = otce_coupling(squared_euclidean(fs, ft), solver="sinkhorn", reg=reg, max_iter=max_iter, tol=1e-6)
     cs = int(head_src.out_features)
     rows = torch.zeros(cs, plan.shape[1], dtype=plan.dtype, device=plan.device).index_add(
-        0, source_y.long().to(plan.device), plan)  # (Cs, Nt)
+        0, source_y.long().to(plan.device), plan
+    )  # (Cs, Nt)
     joint = torch.zeros(cs, int(num_classes), dtype=plan.dtype, device=plan.device).index_add(
-        1, target_y.long().to(plan.device), rows)  # (Cs, Ct)
+        1, target_y.long().to(plan.device), rows
+    )  # (Cs, Ct)
     cond = (joint / joint.sum(0, keepdim=True).clamp_min(1e-300)).T.to(head_src.weight.dtype)  # (Ct, Cs)
     head = nn.Linear(head_src.in_features, int(num_classes)).to(head_src.weight.device)
     head.weight.copy_(cond @ head_src.weight)

@@ -12,8 +12,9 @@ first ``max_target`` training shots of the data module. ``W_T`` before/after is 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -23,8 +24,17 @@ from tguide.errors import TGuideError
 
 __all__ = ["OTCEPretune", "PRETUNE_DEFAULTS"]
 
-PRETUNE_DEFAULTS: dict[str, Any] = {"steps": 20, "lr": 1e-3, "reg": 0.1, "batch": 128, "normalise": "l2",
-                                    "trainable": "all", "max_iter": 100, "max_target": 256, "seed": 0}
+PRETUNE_DEFAULTS: dict[str, Any] = {
+    "steps": 20,
+    "lr": 1e-3,
+    "reg": 0.1,
+    "batch": 128,
+    "normalise": "l2",
+    "trainable": "all",
+    "max_iter": 100,
+    "max_target": 256,
+    "seed": 0,
+}
 
 
 def _target_shots(trainer: L.Trainer, max_target: int) -> tuple[Tensor, Tensor]:
@@ -52,8 +62,9 @@ class OTCEPretune(L.Callback):
         options: overrides of :data:`PRETUNE_DEFAULTS`.
     """
 
-    def __init__(self, candidate: Any, source: str | None = None, samples: int = 512,
-                 options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, candidate: Any, source: str | None = None, samples: int = 512, options: Mapping[str, Any] | None = None
+    ) -> None:
         unknown = set(options or {}) - set(PRETUNE_DEFAULTS)
         if unknown:
             raise TGuideError(f"unknown pretune option(s) {sorted(unknown)}; valid: {sorted(PRETUNE_DEFAULTS)}")
@@ -87,9 +98,13 @@ class OTCEPretune(L.Callback):
             for p in backbone.parameters():  # every rank starts step 2 from rank 0's pre-tuned weights
                 torch.distributed.broadcast(p.data, src=0)
         if trainer.is_global_zero:
-            record = {"w_t": history, "source": self.source or (getattr(self.candidate, "meta", None) or {}).get("source"),
-                      "source_samples": int(xs.shape[0]), "target_shots": int(xt.shape[0]),
-                      "options": {k: (v if isinstance(v, (int, float, str)) else repr(v)) for k, v in opts.items()}}
+            record = {
+                "w_t": history,
+                "source": self.source or (getattr(self.candidate, "meta", None) or {}).get("source"),
+                "source_samples": int(xs.shape[0]),
+                "target_shots": int(xt.shape[0]),
+                "options": {k: (v if isinstance(v, (int, float, str)) else repr(v)) for k, v in opts.items()},
+            }
             run_dir = Path(trainer.default_root_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "pretune.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -22,8 +22,9 @@ import os
 import resource
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -74,19 +75,33 @@ def _check_metrics(metrics: Sequence[str], baselines: Sequence[str]) -> list[Met
             raise RankError(str(err.args[0])) from None
     for name in baselines:
         if name != "source_accuracy" and name not in METRICS:
-            raise RankError(f"unknown baseline {name!r}; valid: source_accuracy, "
-                            + ", ".join(n for n, m in METRICS.items() if m.baseline))
+            raise RankError(
+                f"unknown baseline {name!r}; valid: source_accuracy, "
+                + ", ".join(n for n, m in METRICS.items() if m.baseline)
+            )
     return infos
 
 
-def _features(cand: Candidate, target: Any, layers: list[str], cache: FeatureCache, device: torch.device,
-              batch_size: int, num_workers: int, progress: bool) -> tuple[dict[str, Tensor], Tensor, float]:
+def _features(
+    cand: Candidate,
+    target: Any,
+    layers: list[str],
+    cache: FeatureCache,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> tuple[dict[str, Tensor], Tensor, float]:
     """``({layer: (N, D)}, labels, seconds spent extracting)`` from the cache or the network."""
     from torch.utils.data import DataLoader
 
     digest, transform = target.digest(), repr(cand.transform)
-    keys = {layer: cache_key(cand.fingerprint, layer, describe_pool(cand.pool, layer) if layer != OUTPUT else "logits",
-                             transform, digest) for layer in layers}
+    keys = {
+        layer: cache_key(
+            cand.fingerprint, layer, describe_pool(cand.pool, layer) if layer != OUTPUT else "logits", transform, digest
+        )
+        for layer in layers
+    }
     found: dict[str, Tensor] = {}
     for layer, key in keys.items():
         entry = cache.load(key)
@@ -96,12 +111,14 @@ def _features(cand: Candidate, target: Any, layers: list[str], cache: FeatureCac
     seconds = 0.0
     if missing:
         start = time.perf_counter()
-        loader = DataLoader(target.dataset(cand.transform), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers)
+        loader = DataLoader(
+            target.dataset(cand.transform), batch_size=batch_size, shuffle=False, num_workers=num_workers
+        )
         net = cand.network.to(device)
         try:
-            fs = extract_features(net, loader, missing, pool=cand.pool, device=device,
-                                  progress=f"{cand.name}" if progress else False)
+            fs = extract_features(
+                net, loader, missing, pool=cand.pool, device=device, progress=f"{cand.name}" if progress else False
+            )
         except ValueError as err:
             raise RankError(f"candidate {cand.name}: {err}") from None
         finally:
@@ -114,8 +131,9 @@ def _features(cand: Candidate, target: Any, layers: list[str], cache: FeatureCac
     return {layer: found[layer] for layer in layers}, target.labels, seconds
 
 
-def _score(info: MetricInfo, args: tuple[Any, ...], null: int, seed: int,
-           kwargs: Mapping[str, Any]) -> tuple[float, float, float, float]:
+def _score(
+    info: MetricInfo, args: tuple[Any, ...], null: int, seed: int, kwargs: Mapping[str, Any]
+) -> tuple[float, float, float, float]:
     """``(score, z, null mean, null std)``; the last three NaN without a null."""
     fn = info.load()
     kw = {**info.default_kwargs, **kwargs}
@@ -125,8 +143,12 @@ def _score(info: MetricInfo, args: tuple[Any, ...], null: int, seed: int,
             from tguide.metrics.null import label_shuffle_null
 
             res = label_shuffle_null(fn, *args, n_perm=int(null), seed=seed, **kw)
-            return (float(getattr(res.score, "score", res.score)), float(res.z), float(res.null_mean),
-                    float(res.null_std))
+            return (
+                float(getattr(res.score, "score", res.score)),
+                float(res.z),
+                float(res.null_mean),
+                float(res.null_std),
+            )
         value = fn(*args, **kw)
     return float(getattr(value, "score", value)), math.nan, math.nan, math.nan
 
@@ -160,33 +182,65 @@ def _check_candidates(cands: list[Candidate], infos: list[MetricInfo], metrics: 
     head_only = all(i.needs_source_probs or i.needs_source_samples for i in infos)
     for cand in cands:
         if head_only and not cand.head and all(i.needs_source_probs for i in infos):
-            raise RankError(f"candidate {cand.name} has no classifier head, but every requested metric "
-                            f"({', '.join(metrics)}) needs one; add a feature metric such as logme")
+            raise RankError(
+                f"candidate {cand.name} has no classifier head, but every requested metric "
+                f"({', '.join(metrics)}) needs one; add a feature metric such as logme"
+            )
     if all(i.needs_source_samples for i in infos):
-        raise RankError("otce_sim compares source and target samples, which ranking does not have; "
-                        "use a feature metric (logme, hscore_shrinkage, transrate_comparable, ...)")
+        raise RankError(
+            "otce_sim compares source and target samples, which ranking does not have; "
+            "use a feature metric (logme, hscore_shrinkage, transrate_comparable, ...)"
+        )
 
 
-def _row(cand: Candidate, layer: str, info: MetricInfo, score: float = math.nan, z: float = math.nan,
-         mu: float = math.nan, sd: float = math.nan, warning: str = "") -> dict[str, Any]:
-    return dict(candidate=cand.name, layer=layer, metric=info.name, kind="baseline" if info.baseline else "score",
-                score=score, z=z, null_mean=mu, null_std=sd, warning=warning)
+def _row(
+    cand: Candidate,
+    layer: str,
+    info: MetricInfo,
+    score: float = math.nan,
+    z: float = math.nan,
+    mu: float = math.nan,
+    sd: float = math.nan,
+    warning: str = "",
+) -> dict[str, Any]:
+    return dict(
+        candidate=cand.name,
+        layer=layer,
+        metric=info.name,
+        kind="baseline" if info.baseline else "score",
+        score=score,
+        z=z,
+        null_mean=mu,
+        null_std=sd,
+        warning=warning,
+    )
 
 
-def _head_inputs(cand: Candidate, info: MetricInfo, feats: Mapping[str, Tensor], labels: Tensor
-                 ) -> tuple[list[tuple[str, tuple[Any, ...]]], dict[str, Any] | None]:
+def _head_inputs(
+    cand: Candidate, info: MetricInfo, feats: Mapping[str, Tensor], labels: Tensor
+) -> tuple[list[tuple[str, tuple[Any, ...]]], dict[str, Any] | None]:
     """``([(OUTPUT, args)], None)`` for a score of the source head, or ``([], NaN row)`` when it does not apply."""
     if not cand.head:
-        return [], _row(cand, OUTPUT, info, warning=f"not applicable: {info.name} needs a classifier head; "
-                                                    f"{cand.name} has none")
+        return [], _row(
+            cand, OUTPUT, info, warning=f"not applicable: {info.name} needs a classifier head; {cand.name} has none"
+        )
     logits = feats[OUTPUT].double()
     if logits.ndim != 2 or logits.shape[1] < 2:
         return [], _row(cand, OUTPUT, info, warning=f"not applicable: output shape {tuple(logits.shape)} is not logits")
     return [(OUTPUT, info.arguments(labels=labels, source_probs=torch.softmax(logits, dim=1)))], None
 
 
-def _score_layer(cand: Candidate, layer: str, info: MetricInfo, args: tuple[Any, ...], null: int, seed: int,
-                 kwargs: Mapping[str, Any], pooled: dict[str, list[tuple[int, Any]]], index: int) -> dict[str, Any]:
+def _score_layer(
+    cand: Candidate,
+    layer: str,
+    info: MetricInfo,
+    args: tuple[Any, ...],
+    null: int,
+    seed: int,
+    kwargs: Mapping[str, Any],
+    pooled: dict[str, list[tuple[int, Any]]],
+    index: int,
+) -> dict[str, Any]:
     """One row; a pool-normalised score (NCTI, ETran) leaves its terms in ``pooled`` for later."""
     warn = _saturation(info, args[0]) if not info.needs_source_probs else ""
     score, z, mu, sd = math.nan, math.nan, math.nan, math.nan
@@ -204,9 +258,18 @@ def _score_layer(cand: Candidate, layer: str, info: MetricInfo, args: tuple[Any,
     return _row(cand, layer, info, score, z, mu, sd, warn)
 
 
-def _score_candidate(cand: Candidate, feats: Mapping[str, Tensor], labels: Tensor, layers: list[str],
-                     infos: list[MetricInfo], null: int, seed: int, kwargs: Mapping[str, Mapping[str, Any]],
-                     pooled: dict[str, list[tuple[int, Any]]], rows: list[dict[str, Any]]) -> None:
+def _score_candidate(
+    cand: Candidate,
+    feats: Mapping[str, Tensor],
+    labels: Tensor,
+    layers: list[str],
+    infos: list[MetricInfo],
+    null: int,
+    seed: int,
+    kwargs: Mapping[str, Mapping[str, Any]],
+    pooled: dict[str, list[tuple[int, Any]]],
+    rows: list[dict[str, Any]],
+) -> None:
     """Append the rows of every score and registry baseline of one candidate to ``rows``."""
     for info in infos:
         if info.needs_source_samples:
@@ -225,9 +288,17 @@ def _score_candidate(cand: Candidate, feats: Mapping[str, Tensor], labels: Tenso
 
 def _source_accuracy_row(cand: Candidate) -> dict[str, Any]:
     acc = cand.source_accuracy
-    return dict(candidate=cand.name, layer="", metric="source_accuracy", kind="baseline",
-                score=float(acc) if acc is not None else math.nan, z=math.nan, null_mean=math.nan, null_std=math.nan,
-                warning="" if acc is not None else "source accuracy unknown")
+    return dict(
+        candidate=cand.name,
+        layer="",
+        metric="source_accuracy",
+        kind="baseline",
+        score=float(acc) if acc is not None else math.nan,
+        z=math.nan,
+        null_mean=math.nan,
+        null_std=math.nan,
+        warning="" if acc is not None else "source accuracy unknown",
+    )
 
 
 def _normalise_pools(pooled: Mapping[str, list[tuple[int, Any]]], rows: list[dict[str, Any]]) -> None:
@@ -315,11 +386,13 @@ def rank(
     timings: dict[str, float] = {}
     for cand in cands:
         want = plan[cand.name] + ([OUTPUT] if needs_head and cand.head and OUTPUT not in plan[cand.name] else [])
-        feats, labels, timings[f"extract/{cand.name}"] = _features(cand, data, want, cache, dev, batch_size,
-                                                                   num_workers, bool(progress))
+        feats, labels, timings[f"extract/{cand.name}"] = _features(
+            cand, data, want, cache, dev, batch_size, num_workers, bool(progress)
+        )
         t_score = time.perf_counter()
-        _score_candidate(cand, feats, labels, plan[cand.name], [*infos, *extra], int(null or 0), seed, kwargs,
-                         pooled, rows)
+        _score_candidate(
+            cand, feats, labels, plan[cand.name], [*infos, *extra], int(null or 0), seed, kwargs, pooled, rows
+        )
         if "source_accuracy" in baselines:
             rows.append(_source_accuracy_row(cand))
         timings[f"score/{cand.name}"] = time.perf_counter() - t_score
@@ -333,12 +406,27 @@ def rank(
     timings["score"] = sum(v for k, v in timings.items() if k.startswith("score/"))
     timings["total"] = time.perf_counter() - start
     return Ranking(
-        table=table, pick=pick, baseline_picks=baseline_picks, warnings=notes, timings=timings, metrics=metrics,
+        table=table,
+        pick=pick,
+        baseline_picks=baseline_picks,
+        warnings=notes,
+        timings=timings,
+        metrics=metrics,
         target={"name": data.name, "samples": len(data), "classes": len(data.classes)},
-        candidates={c.name: {"spec": c.spec, "provenance": c.provenance, "num_params": int(c.num_params),
-                             "head": c.head, "source_accuracy": c.source_accuracy, "layers": plan[c.name]}
-                    for c in cands},
-        null=int(null or 0), cache={"hits": cache.hits, "misses": cache.misses})
+        candidates={
+            c.name: {
+                "spec": c.spec,
+                "provenance": c.provenance,
+                "num_params": int(c.num_params),
+                "head": c.head,
+                "source_accuracy": c.source_accuracy,
+                "layers": plan[c.name],
+            }
+            for c in cands
+        },
+        null=int(null or 0),
+        cache={"hits": cache.hits, "misses": cache.misses},
+    )
 
 
 def peak_rss_mb() -> float:
@@ -358,8 +446,10 @@ def run(cfg: Any) -> Ranking:
         data = OmegaConf.to_container(cfg.get("data") or {}, resolve=True) or {}
         target = data.get("root") if isinstance(data, dict) else None
         if target in (None, ""):
-            raise RankError("no target: pass rank.target=NAME (cifar10, office31_webcam, mnist_m, usps, mnist) or "
-                            "data=image_folder data.root=PATH")
+            raise RankError(
+                "no target: pass rank.target=NAME (cifar10, office31_webcam, mnist_m, usps, mnist) or "
+                "data=image_folder data.root=PATH"
+            )
     candidates = rk.get("candidates") or []
     if isinstance(candidates, str):
         candidates = [candidates]
@@ -367,13 +457,23 @@ def run(cfg: Any) -> Ranking:
     cache_dir = rk.get("cache_dir") or (output_root / "feature_cache")
     if str(cache_dir).lower() in ("none", "false", "off"):
         cache_dir = None
-    ranking = rank(candidates, target, layers=rk.get("layers", "auto"), metrics=rk.get("metrics") or DEFAULT_METRICS,
-                   baselines=rk.get("baselines") if rk.get("baselines") is not None else BASELINES,
-                   null=int(rk.get("null_perm") or 0), max_samples=rk.get("max_samples"), cache_dir=cache_dir,
-                   seed=int(rk.get("seed", cfg.get("seed", 0)) or 0), device=rk.get("device"),
-                   batch_size=int(rk.get("batch_size") or 64), num_workers=int(rk.get("num_workers") or 0),
-                   metric_kwargs=rk.get("metric_kwargs") or None, root=rk.get("root"),
-                   progress=rk.get("progress", "auto"))
+    ranking = rank(
+        candidates,
+        target,
+        layers=rk.get("layers", "auto"),
+        metrics=rk.get("metrics") or DEFAULT_METRICS,
+        baselines=rk.get("baselines") if rk.get("baselines") is not None else BASELINES,
+        null=int(rk.get("null_perm") or 0),
+        max_samples=rk.get("max_samples"),
+        cache_dir=cache_dir,
+        seed=int(rk.get("seed", cfg.get("seed", 0)) or 0),
+        device=rk.get("device"),
+        batch_size=int(rk.get("batch_size") or 64),
+        num_workers=int(rk.get("num_workers") or 0),
+        metric_kwargs=rk.get("metric_kwargs") or None,
+        root=rk.get("root"),
+        progress=rk.get("progress", "auto"),
+    )
     wandb_run = None
     logger_cfg = cfg.get("logger")
     if logger_cfg and "_target_" in logger_cfg and "Wandb" in str(logger_cfg.get("_target_")):
@@ -385,6 +485,8 @@ def run(cfg: Any) -> Ranking:
     if wandb_run is not None:
         wandb_run.finish()
     print(paths["ranking.md"].read_text(), flush=True)
-    print(f"tguide.fit: wrote {', '.join(paths)}; run folder {run_dir.resolve()}; peak memory {peak_rss_mb():.0f} MB",
-          flush=True)
+    print(
+        f"tguide.fit: wrote {', '.join(paths)}; run folder {run_dir.resolve()}; peak memory {peak_rss_mb():.0f} MB",
+        flush=True,
+    )
     return ranking

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["COLUMNS", "Pick", "Ranking", "best_pick", "table_warnings"]
 
@@ -75,10 +76,15 @@ class Ranking:
     cache: dict[str, int] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        pick = (f"{self.pick.candidate}" + (f" @ {self.pick.layer}" if self.pick.layer else "") + f" by {self.pick.metric}"
-                if self.pick is not None else "none")
-        return (f"Ranking(target={self.target.get('name', '?')!r}, candidates={len(self.candidates)}, "
-                f"rows={len(self.table)}, pick={pick}, warnings={len(self.warnings)})")
+        pick = (
+            f"{self.pick.candidate}" + (f" @ {self.pick.layer}" if self.pick.layer else "") + f" by {self.pick.metric}"
+            if self.pick is not None
+            else "none"
+        )
+        return (
+            f"Ranking(target={self.target.get('name', '?')!r}, candidates={len(self.candidates)}, "
+            f"rows={len(self.table)}, pick={pick}, warnings={len(self.warnings)})"
+        )
 
     def candidate_timings(self) -> dict[str, dict[str, float]]:
         """``{candidate: {"extract_s", "score_s"}}`` from :attr:`timings`."""
@@ -127,8 +133,14 @@ def best_pick(table: Any, metric: str, specs: Mapping[str, str] | None = None) -
         reason += f"; next best candidate {runner.candidate} scores {runner.score:.4g}"
     if not math.isnan(float(best.z)):
         reason += f"; z = {best.z:.1f} against the label-shuffle null"
-    return Pick(candidate=str(best.candidate), spec=str((specs or {}).get(best.candidate, "")), layer=str(best.layer),
-                metric=metric, score=float(best.score), reason=reason)
+    return Pick(
+        candidate=str(best.candidate),
+        spec=str((specs or {}).get(best.candidate, "")),
+        layer=str(best.layer),
+        metric=metric,
+        score=float(best.score),
+        reason=reason,
+    )
 
 
 def table_warnings(table: Any) -> list[str]:

@@ -20,14 +20,22 @@ import io
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the Ranking calls this module; this module only reads its fields
     from tguide.select.ranking_result import Ranking
 
-__all__ = ["baseline_sentences", "ranking_csv", "render_html", "render_markdown", "summary_table", "write_atomic",
-           "write_reports"]
+__all__ = [
+    "baseline_sentences",
+    "ranking_csv",
+    "render_html",
+    "render_markdown",
+    "summary_table",
+    "write_atomic",
+    "write_reports",
+]
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -78,13 +86,17 @@ def baseline_sentences(ranking: Ranking) -> list[str]:
         mine = df[(df.candidate == pick.candidate) & (df.metric == name) & df.score.notna()]
         theirs = f"{bp.score:.4g}"
         if mine.empty:
-            out.append(f"{name} would pick {bp.candidate} ({theirs}) instead of {pick.candidate}, "
-                       f"for which {name} is not available.")
+            out.append(
+                f"{name} would pick {bp.candidate} ({theirs}) instead of {pick.candidate}, "
+                f"for which {name} is not available."
+            )
         else:
             own = float(mine.score.max())
             verdict = "loses to" if own < bp.score else "ties with"
-            out.append(f"{name} would pick {bp.candidate} instead: {pick.metric}'s pick {pick.candidate} "
-                       f"{verdict} it on {name} ({own:.4g} vs {theirs}).")
+            out.append(
+                f"{name} would pick {bp.candidate} instead: {pick.metric}'s pick {pick.candidate} "
+                f"{verdict} it on {name} ({own:.4g} vs {theirs})."
+            )
     return out
 
 
@@ -92,10 +104,15 @@ def render_markdown(ranking: Ranking) -> str:
     """``ranking.md``: target, pick and why, the per-candidate table, baselines, warnings."""
     t = ranking.target
     pick = ranking.pick
-    lines = [f"# Ranking on {t.get('name', '?')} ({t.get('samples', '?')} samples, {t.get('classes', '?')} classes)", ""]
+    lines = [
+        f"# Ranking on {t.get('name', '?')} ({t.get('samples', '?')} samples, {t.get('classes', '?')} classes)",
+        "",
+    ]
     if pick:
-        lines += [f"**Pick: {pick.candidate}**" + (f", layer `{pick.layer}`" if pick.layer else "")
-                  + f" — {pick.reason}.", ""]
+        lines += [
+            f"**Pick: {pick.candidate}**" + (f", layer `{pick.layer}`" if pick.layer else "") + f" — {pick.reason}.",
+            "",
+        ]
     else:
         lines += ["**No pick**: the first metric has no finite score.", ""]
     table = summary_table(ranking)
@@ -103,8 +120,14 @@ def render_markdown(ranking: Ranking) -> str:
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "|".join("---" if c in ("candidate", "best layer", "warnings") else "---:" for c in cols) + "|")
     for _, r in table.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c]) if c not in ("candidate", "best layer", "warnings")
-                                       else str(r[c]).replace("|", "/") for c in cols) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                _fmt(r[c]) if c not in ("candidate", "best layer", "warnings") else str(r[c]).replace("|", "/")
+                for c in cols
+            )
+            + " |"
+        )
     sentences = baseline_sentences(ranking)
     if sentences:
         lines += ["", "Baselines:", ""] + [f"- {s}" for s in sentences]
@@ -146,14 +169,25 @@ def _plots(ranking: Ranking) -> list[tuple[str, str]]:
         if any(not math.isnan(m) for m, _ in band):
             for i, (m, s) in enumerate(band):
                 if not math.isnan(m):
-                    ax.fill_between([i - 0.45, i + 0.45], m - 2 * s, m + 2 * s, color="#dd8452", alpha=0.45,
-                                    label="null mean ± 2 sd" if i == 0 else None)
+                    ax.fill_between(
+                        [i - 0.45, i + 0.45],
+                        m - 2 * s,
+                        m + 2 * s,
+                        color="#dd8452",
+                        alpha=0.45,
+                        label="null mean ± 2 sd" if i == 0 else None,
+                    )
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(first)
         ax.set_title(f"{first} per candidate (best layer)")
         ax.legend(fontsize=8)
-        out.append((f"{first} of each candidate at its best layer" + (" with the label-shuffle null band"
-                                                                      if ranking.null else ""), _png(fig)))
+        out.append(
+            (
+                f"{first} of each candidate at its best layer"
+                + (" with the label-shuffle null band" if ranking.null else ""),
+                _png(fig),
+            )
+        )
     layered = [m for m in metrics if ((df.metric == m) & (df.layer != "") & (df.layer != "@output")).any()]
     if layered:
         n = len(layered)
@@ -186,49 +220,72 @@ def render_html(ranking: Ranking, title: str | None = None) -> str:
     table = summary_table(ranking)
     cols = list(table.columns)
     cands = ranking.candidates
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-             f"<p>Target: {html.escape(str(t.get('name', '?')))} — {t.get('samples', '?')} samples, "
-             f"{t.get('classes', '?')} classes. Metrics: {html.escape(', '.join(ranking.metrics))}"
-             + (f"; null: {ranking.null} label shuffles" if ranking.null else "") + ".</p>"]
+    parts = [
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Target: {html.escape(str(t.get('name', '?')))} — {t.get('samples', '?')} samples, "
+        f"{t.get('classes', '?')} classes. Metrics: {html.escape(', '.join(ranking.metrics))}"
+        + (f"; null: {ranking.null} label shuffles" if ranking.null else "")
+        + ".</p>",
+    ]
     if pick:
-        parts.append(f"<p class=\"why\" id=\"pick\"><b>Pick: {html.escape(pick.candidate)}</b>"
-                     + (f", layer <code>{html.escape(pick.layer)}</code>" if pick.layer else "")
-                     + f" — {html.escape(pick.reason)}.</p>")
+        parts.append(
+            f'<p class="why" id="pick"><b>Pick: {html.escape(pick.candidate)}</b>'
+            + (f", layer <code>{html.escape(pick.layer)}</code>" if pick.layer else "")
+            + f" — {html.escape(pick.reason)}.</p>"
+        )
     else:
-        parts.append("<p class=\"why\" id=\"pick\"><b>No pick</b>: the first metric has no finite score.</p>")
+        parts.append('<p class="why" id="pick"><b>No pick</b>: the first metric has no finite score.</p>')
     sentences = baseline_sentences(ranking)
     if sentences:
-        parts.append("<h2>Baselines</h2><ul id=\"baselines\">" + "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
-                     + "</ul>")
-    parts.append("<h2>Candidates</h2><table id=\"candidates\"><thead><tr>"
-                 + "".join(f"<th class=\"l\">{html.escape(c)}</th>" if c in ("candidate", "best layer", "warnings")
-                           else f"<th>{html.escape(c)}</th>" for c in cols)
-                 + "<th class=\"l\">provenance</th><th>params</th></tr></thead><tbody>")
+        parts.append(
+            '<h2>Baselines</h2><ul id="baselines">' + "".join(f"<li>{html.escape(s)}</li>" for s in sentences) + "</ul>"
+        )
+    parts.append(
+        '<h2>Candidates</h2><table id="candidates"><thead><tr>'
+        + "".join(
+            f'<th class="l">{html.escape(c)}</th>'
+            if c in ("candidate", "best layer", "warnings")
+            else f"<th>{html.escape(c)}</th>"
+            for c in cols
+        )
+        + '<th class="l">provenance</th><th>params</th></tr></thead><tbody>'
+    )
     for _, r in table.iterrows():
         info = cands.get(r.candidate, {})
         cls = "candidate-row pick" if pick and r.candidate == pick.candidate else "candidate-row"
         cells = []
         for c in cols:
             if c == "warnings":
-                cells.append(f"<td class=\"l warn\">{html.escape(str(r[c]))}</td>")
+                cells.append(f'<td class="l warn">{html.escape(str(r[c]))}</td>')
             elif c in ("candidate", "best layer"):
-                cells.append(f"<td class=\"l\">{html.escape(str(r[c]))}</td>")
+                cells.append(f'<td class="l">{html.escape(str(r[c]))}</td>')
             else:
                 cells.append(f"<td>{_fmt(r[c])}</td>")
-        parts.append(f"<tr class=\"{cls}\">" + "".join(cells)
-                     + f"<td class=\"l\">{html.escape(str(info.get('provenance', '')))}</td>"
-                     + f"<td>{info.get('num_params', '')}</td></tr>")
+        parts.append(
+            f'<tr class="{cls}">'
+            + "".join(cells)
+            + f'<td class="l">{html.escape(str(info.get("provenance", "")))}</td>'
+            + f"<td>{info.get('num_params', '')}</td></tr>"
+        )
     parts.append("</tbody></table>")
     for caption, png in _plots(ranking):
-        parts.append(f"<figure><img alt=\"{html.escape(caption)}\" src=\"data:image/png;base64,{png}\">"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append(
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{png}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
     timing = ranking.candidate_timings()
     if timing:
-        parts.append("<h2>Cost</h2><table id=\"timing\"><tr><th class=\"l\">candidate</th><th>extract s</th>"
-                     "<th>score s</th></tr>" + "".join(
-                         f"<tr><td class=\"l\">{html.escape(k)}</td><td>{v['extract_s']:.2f}</td>"
-                         f"<td>{v['score_s']:.2f}</td></tr>" for k, v in timing.items()) + "</table>")
+        parts.append(
+            '<h2>Cost</h2><table id="timing"><tr><th class="l">candidate</th><th>extract s</th>'
+            "<th>score s</th></tr>"
+            + "".join(
+                f'<tr><td class="l">{html.escape(k)}</td><td>{v["extract_s"]:.2f}</td><td>{v["score_s"]:.2f}</td></tr>'
+                for k, v in timing.items()
+            )
+            + "</table>"
+        )
     parts.append("<p>Full long-format table: <code>ranking.csv</code>.</p></body></html>")
     return "\n".join(parts)
 
@@ -262,8 +319,9 @@ def ranking_csv(ranking: Ranking) -> bytes:
     return ranking.table.to_csv(index=False).encode()
 
 
-def write_reports(ranking: Ranking, out_dir: str | os.PathLike[str], *, wandb_run: Any = None,
-                  title: str | None = None) -> list[Path]:
+def write_reports(
+    ranking: Ranking, out_dir: str | os.PathLike[str], *, wandb_run: Any = None, title: str | None = None
+) -> list[Path]:
     """Write ``ranking.csv``, ``ranking.md`` and ``report.html`` into ``out_dir`` (atomically)
     and, given a W&B run, log ``rank/table`` and ``rank/summary`` tables. Returns the paths."""
     out = Path(out_dir)
@@ -276,8 +334,9 @@ def write_reports(ranking: Ranking, out_dir: str | os.PathLike[str], *, wandb_ru
     if wandb_run is not None:
         import wandb
 
-        wandb_run.log({"rank/table": wandb.Table(dataframe=df),
-                       "rank/summary": wandb.Table(dataframe=summary_table(ranking))})
+        wandb_run.log(
+            {"rank/table": wandb.Table(dataframe=df), "rank/summary": wandb.Table(dataframe=summary_table(ranking))}
+        )
         if ranking.pick is not None:
             wandb_run.summary["rank/pick"] = f"{ranking.pick.candidate} {ranking.pick.layer}".strip()
     return paths

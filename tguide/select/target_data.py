@@ -8,7 +8,8 @@ always through the candidate's own transform (size, normalisation, grey ↔ RGB)
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -16,8 +17,15 @@ from torch import Tensor
 
 from tguide.errors import TGuideError
 
-__all__ = ["OFFLINE_SOURCES", "TargetDataModule", "candidate_transform", "input_shape", "resolve", "source_samples",
-           "target_datamodule"]
+__all__ = [
+    "OFFLINE_SOURCES",
+    "TargetDataModule",
+    "candidate_transform",
+    "input_shape",
+    "resolve",
+    "source_samples",
+    "target_datamodule",
+]
 
 #: candidate source dataset (Candidate.meta["source"]) → name for :func:`tguide.data.targets.load_target`
 OFFLINE_SOURCES = {"cifar10": "cifar10", "mnist": "mnist"}
@@ -51,8 +59,15 @@ class TargetDataModule(L.LightningDataModule):
         train_per_class: keep a seeded random subset of this many training images per class (few-shot).
     """
 
-    def __init__(self, parts: Mapping[str, Any], transform: Callable[[Any], Tensor], batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0, train_per_class: int | None = None) -> None:
+    def __init__(
+        self,
+        parts: Mapping[str, Any],
+        transform: Callable[[Any], Tensor],
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        train_per_class: int | None = None,
+    ) -> None:
         super().__init__()
         if "train" not in parts:
             raise TGuideError("TargetDataModule needs a 'train' part")
@@ -74,8 +89,13 @@ class TargetDataModule(L.LightningDataModule):
     def _loader(self, part: str, shuffle: bool) -> Any:
         from torch.utils.data import DataLoader
 
-        return DataLoader(self.parts[part].dataset(self.transform), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(
+            self.parts[part].dataset(self.transform),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def train_dataloader(self) -> Any:
         return self._loader("train", True)
@@ -107,10 +127,19 @@ def _named_parts(name: str, root: Any) -> dict[str, Any]:
     return {part: target.split(part) for part in ("train", "val", "test")}
 
 
-def target_datamodule(root: Any, transform: Callable[[Any], Tensor] | None = None, candidate: Any = None, *,
-                      batch_size: int = 64, num_workers: int = 0, seed: int = 0,
-                      split: Sequence[float] = (0.8, 0.1, 0.1), train_per_class: int | None = None,
-                      data_root: Any = None, **kwargs: Any) -> L.LightningDataModule:
+def target_datamodule(
+    root: Any,
+    transform: Callable[[Any], Tensor] | None = None,
+    candidate: Any = None,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    seed: int = 0,
+    split: Sequence[float] = (0.8, 0.1, 0.1),
+    train_per_class: int | None = None,
+    data_root: Any = None,
+    **kwargs: Any,
+) -> L.LightningDataModule:
     """A target's data module, read through the candidate's transform.
 
     Args:
@@ -133,23 +162,27 @@ def target_datamodule(root: Any, transform: Callable[[Any], Tensor] | None = Non
             raise TGuideError("target_datamodule needs a transform or a candidate (whose transform it uses)")
         transform = candidate_transform(candidate)
     if root is None or str(root) == "":
-        raise TGuideError("no target: set data.root to an image folder or a named target "
-                          f"({', '.join(targets.TARGETS)})")
+        raise TGuideError(
+            f"no target: set data.root to an image folder or a named target ({', '.join(targets.TARGETS)})"
+        )
     name = str(root)
     if name in targets.TARGETS:
-        return TargetDataModule(_named_parts(name, data_root), transform, batch_size, num_workers, seed,
-                                train_per_class)
+        return TargetDataModule(
+            _named_parts(name, data_root), transform, batch_size, num_workers, seed, train_per_class
+        )
     kwargs = {k: v for k, v in kwargs.items() if k in ("image_size", "channels", "mean", "std")}
-    dm = ImageFolderDataModule(root, batch_size=batch_size, num_workers=num_workers, split=split, seed=seed,
-                                   transform=transform, **kwargs)
+    dm = ImageFolderDataModule(
+        root, batch_size=batch_size, num_workers=num_workers, split=split, seed=seed, transform=transform, **kwargs
+    )
     if train_per_class is None:
         return dm
     dm.setup()
     return TargetDataModule(dm.parts, transform, batch_size, num_workers, seed, train_per_class)
 
 
-def source_samples(candidate: Any, source: Any = None, *, max_samples: int = 512, seed: int = 0,
-                   data_root: Any = None) -> tuple[Tensor, Tensor]:
+def source_samples(
+    candidate: Any, source: Any = None, *, max_samples: int = 512, seed: int = 0, data_root: Any = None
+) -> tuple[Tensor, Tensor]:
     """Source images ``(M, C, H, W)`` (through the candidate's transform) and labels ``(M,)`` for the pre-fine-tune.
 
     ``source``: a named dataset or folder for :func:`tguide.data.targets.load_target`; default

@@ -37,9 +37,10 @@ returns the model in eval mode. Every failure is a one-line :class:`~tguide.erro
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,9 +57,22 @@ from tguide.select.checkpoints import file_sha256, load_state_dict_checked  # re
 ENV_VAR = "TGUIDE_MODELS"
 DEFAULT_ROOT = Path("..") / "shared" / "models"
 
-__all__ = ["DEFAULT_ROOT", "ENV_VAR", "InputSpec", "RESIZE_POLICIES", "ZOO", "ZooEntry", "file_sha256",
-           "get_zoo_entry", "load_state_dict_checked", "load_zoo_model", "models_root", "register_zoo_model",
-           "zoo_names", "zoo_transform"]
+__all__ = [
+    "DEFAULT_ROOT",
+    "ENV_VAR",
+    "InputSpec",
+    "RESIZE_POLICIES",
+    "ZOO",
+    "ZooEntry",
+    "file_sha256",
+    "get_zoo_entry",
+    "load_state_dict_checked",
+    "load_zoo_model",
+    "models_root",
+    "register_zoo_model",
+    "zoo_names",
+    "zoo_transform",
+]
 
 
 @dataclass(frozen=True)
@@ -122,70 +136,169 @@ _RESNET_LAYERS = CifarResNet.STAGES
 
 def _resnet(depth: int, file: str, sha: str, reported: float, measured: float, params: int) -> ZooEntry:
     return ZooEntry(
-        name=f"resnet{depth}_cifar10", path=f"resnet_cifar10/{file}", sha256=sha,
-        builder=lambda: CifarResNet(depth), input=_CIFAR_IMAGENET_NORM, source="cifar10", num_classes=10,
-        reported_acc=reported, measured_acc=measured, measured_on=_CIFAR_JPEG, params=params,
-        layers=_RESNET_LAYERS, has_head=True, state_dict_key="state_dict", strip_prefix="module.",
+        name=f"resnet{depth}_cifar10",
+        path=f"resnet_cifar10/{file}",
+        sha256=sha,
+        builder=lambda: CifarResNet(depth),
+        input=_CIFAR_IMAGENET_NORM,
+        source="cifar10",
+        num_classes=10,
+        reported_acc=reported,
+        measured_acc=measured,
+        measured_on=_CIFAR_JPEG,
+        params=params,
+        layers=_RESNET_LAYERS,
+        has_head=True,
+        state_dict_key="state_dict",
+        strip_prefix="module.",
     )
 
 
-def _lite(k: int, file: str, sha: str, size: int, reported: float, params: int, layers: tuple[str, ...],
-          measured_on: str) -> ZooEntry:
+def _lite(
+    k: int, file: str, sha: str, size: int, reported: float, params: int, layers: tuple[str, ...], measured_on: str
+) -> ZooEntry:
     return ZooEntry(
-        name=f"efficientnet_lite{k}", path=f"efficientnet_lite_imagenet/{file}", sha256=sha,
-        builder=lambda: efficientnet_lite(f"efficientnet-lite{k}"), input=_lite_input(size), source="imagenet",
-        num_classes=1000, reported_acc=reported, measured_acc=None, measured_on=measured_on, params=params,
-        layers=layers, has_head=True,
+        name=f"efficientnet_lite{k}",
+        path=f"efficientnet_lite_imagenet/{file}",
+        sha256=sha,
+        builder=lambda: efficientnet_lite(f"efficientnet-lite{k}"),
+        input=_lite_input(size),
+        source="imagenet",
+        num_classes=1000,
+        reported_acc=reported,
+        measured_acc=None,
+        measured_on=measured_on,
+        params=params,
+        layers=layers,
+        has_head=True,
     )
 
 
 _ENTRIES: tuple[ZooEntry, ...] = (
-    _resnet(20, "resnet20-12fca82f.th", "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
-            0.9173, 0.8103, 269_722),
-    _resnet(32, "resnet32-d509ac18.th", "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850",
-            0.9263, 0.8310, 464_154),
-    _resnet(44, "resnet44-014dd654.th", "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4",
-            0.9310, 0.8250, 658_586),
-    _resnet(56, "resnet56-4bfd9763.th", "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
-            0.9339, 0.8293, 853_018),
-    ZooEntry(
-        name="simplecnn_cifar10", path="simplecnn_cifar10/cifar_torchvision.pt",
-        sha256="228d8332085282b6d2626d1b1b1b17944c760507d9b0cabe318dc6b108acf6e9", builder=CaptumCifarCNN,
-        input=_CIFAR_HALF_NORM, source="cifar10", num_classes=10, reported_acc=None, measured_acc=0.5903,
-        measured_on=_CIFAR_JPEG, params=62_006, layers=CaptumCifarCNN.STAGES, has_head=True,
+    _resnet(
+        20,
+        "resnet20-12fca82f.th",
+        "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+        0.9173,
+        0.8103,
+        269_722,
+    ),
+    _resnet(
+        32,
+        "resnet32-d509ac18.th",
+        "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850",
+        0.9263,
+        0.8310,
+        464_154,
+    ),
+    _resnet(
+        44,
+        "resnet44-014dd654.th",
+        "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4",
+        0.9310,
+        0.8250,
+        658_586,
+    ),
+    _resnet(
+        56,
+        "resnet56-4bfd9763.th",
+        "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+        0.9339,
+        0.8293,
+        853_018,
     ),
     ZooEntry(
-        name="lenet5_mnist", path="lenet5_mnist/mnist_lenet5_clntrained.pt",
-        sha256="551a11267982991fb0c9f74e9094de19e54b51455eff9bd1c19c77a69d85156a", builder=AdvertorchLeNet5,
-        input=_MNIST_RAW, source="mnist", num_classes=10, reported_acc=None, measured_acc=0.9889,
+        name="simplecnn_cifar10",
+        path="simplecnn_cifar10/cifar_torchvision.pt",
+        sha256="228d8332085282b6d2626d1b1b1b17944c760507d9b0cabe318dc6b108acf6e9",
+        builder=CaptumCifarCNN,
+        input=_CIFAR_HALF_NORM,
+        source="cifar10",
+        num_classes=10,
+        reported_acc=None,
+        measured_acc=0.5903,
+        measured_on=_CIFAR_JPEG,
+        params=62_006,
+        layers=CaptumCifarCNN.STAGES,
+        has_head=True,
+    ),
+    ZooEntry(
+        name="lenet5_mnist",
+        path="lenet5_mnist/mnist_lenet5_clntrained.pt",
+        sha256="551a11267982991fb0c9f74e9094de19e54b51455eff9bd1c19c77a69d85156a",
+        builder=AdvertorchLeNet5,
+        input=_MNIST_RAW,
+        source="mnist",
+        num_classes=10,
+        reported_acc=None,
+        measured_acc=0.9889,
         measured_on="MNIST test (10,000); USPS test 93.32% padded (resize 20 + pad to 28), 71.10% stretched",
-        params=648_226, layers=AdvertorchLeNet5.STAGES, has_head=True,
+        params=648_226,
+        layers=AdvertorchLeNet5.STAGES,
+        has_head=True,
     ),
     ZooEntry(
-        name="lenet5_mnist_adv", path="lenet5_mnist/mnist_lenet5_advtrained.pt",
-        sha256="b89abfcfe8b33235fe8f8e964188d82a97c56a12ffe25132eaba197e40ac7658", builder=AdvertorchLeNet5,
-        input=_MNIST_RAW, source="mnist", num_classes=10, reported_acc=None, measured_acc=0.9864,
+        name="lenet5_mnist_adv",
+        path="lenet5_mnist/mnist_lenet5_advtrained.pt",
+        sha256="b89abfcfe8b33235fe8f8e964188d82a97c56a12ffe25132eaba197e40ac7658",
+        builder=AdvertorchLeNet5,
+        input=_MNIST_RAW,
+        source="mnist",
+        num_classes=10,
+        reported_acc=None,
+        measured_acc=0.9864,
         measured_on="MNIST test (10,000); USPS test 87.10% padded, 71.70% stretched",
-        params=648_226, layers=AdvertorchLeNet5.STAGES, has_head=True,
+        params=648_226,
+        layers=AdvertorchLeNet5.STAGES,
+        has_head=True,
     ),
     ZooEntry(
-        name="shufflenetv2_trunk", path="shufflenetv2_imagenet_backbone/shufflenetv2.pth",
-        sha256="c9e6e3ac1c4997e05529cfb4897a3b5d29165e3ed4105cfb6897fc11efa72e4b", builder=ShuffleNetV2Trunk,
-        input=_RGB01, source="imagenet", num_classes=None, reported_acc=None, measured_acc=None,
+        name="shufflenetv2_trunk",
+        path="shufflenetv2_imagenet_backbone/shufflenetv2.pth",
+        sha256="c9e6e3ac1c4997e05529cfb4897a3b5d29165e3ed4105cfb6897fc11efa72e4b",
+        builder=ShuffleNetV2Trunk,
+        input=_RGB01,
+        source="imagenet",
+        num_classes=None,
+        reported_acc=None,
+        measured_acc=None,
         measured_on="no head; leave-one-out 1-NN on Office-31 webcam (224 px, pooled 192-d): 88.2% "
-                    "(random weights 16.2%); provenance of the weights undocumented",
-        params=143_136, layers=ShuffleNetV2Trunk.STAGES, has_head=False,
+        "(random weights 16.2%); provenance of the weights undocumented",
+        params=143_136,
+        layers=ShuffleNetV2Trunk.STAGES,
+        has_head=False,
     ),
-    _lite(0, "efficientnet-lite0-57934424.pth", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-          224, 0.751, 4_652_008, ("_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15", "_avg_pooling"),
-          "Office-31 webcam, 20 classes with an ImageNet counterpart: top-1 in the plausible set 64.4%, "
-          "top-5 88.5% (495 images)"),
-    _lite(1, "efficientnet-lite1-77cc7160.pth", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-          240, 0.767, 5_416_680, ("_blocks.3", "_blocks.6", "_blocks.14", "_blocks.20", "_avg_pooling"),
-          "Office-31 webcam plausible-set top-1 60.0%, top-5 89.0% (100 images)"),
-    _lite(2, "efficientnet-lite2-9656183e.pth", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-          260, 0.776, 6_092_072, ("_blocks.3", "_blocks.6", "_blocks.14", "_blocks.20", "_avg_pooling"),
-          "Office-31 webcam plausible-set top-1 71.0%, top-5 92.0% (100 images)"),
+    _lite(
+        0,
+        "efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        224,
+        0.751,
+        4_652_008,
+        ("_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15", "_avg_pooling"),
+        "Office-31 webcam, 20 classes with an ImageNet counterpart: top-1 in the plausible set 64.4%, "
+        "top-5 88.5% (495 images)",
+    ),
+    _lite(
+        1,
+        "efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        240,
+        0.767,
+        5_416_680,
+        ("_blocks.3", "_blocks.6", "_blocks.14", "_blocks.20", "_avg_pooling"),
+        "Office-31 webcam plausible-set top-1 60.0%, top-5 89.0% (100 images)",
+    ),
+    _lite(
+        2,
+        "efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        260,
+        0.776,
+        6_092_072,
+        ("_blocks.3", "_blocks.6", "_blocks.14", "_blocks.20", "_avg_pooling"),
+        "Office-31 webcam plausible-set top-1 71.0%, top-5 92.0% (100 images)",
+    ),
 )
 
 ZOO: dict[str, ZooEntry] = {}  # name -> entry, in registration order: the one zoo every part reads
@@ -203,8 +316,10 @@ def register_zoo_model(entry: ZooEntry, *, replace: bool = False) -> ZooEntry:
     if not entry.name or ":" in entry.name:
         raise TGuideError(f"a zoo name must be non-empty and without ':', got {entry.name!r}")
     if entry.load is None and not (entry.path and len(entry.sha256) == 64):
-        raise TGuideError(f"zoo entry {entry.name!r} needs a checkpoint (path and its 64-digit sha256) or a "
-                          "load=callable returning the model")
+        raise TGuideError(
+            f"zoo entry {entry.name!r} needs a checkpoint (path and its 64-digit sha256) or a "
+            "load=callable returning the model"
+        )
     if entry.load is not None and not callable(entry.load):
         raise TGuideError(f"zoo entry {entry.name!r}: load must be callable, got {type(entry.load).__name__}")
     if not callable(entry.builder):
@@ -218,7 +333,6 @@ def register_zoo_model(entry: ZooEntry, *, replace: bool = False) -> ZooEntry:
 for _e in _ENTRIES:
     register_zoo_model(_e)
 del _e
-
 
 
 def zoo_names() -> tuple[str, ...]:
@@ -248,8 +362,9 @@ def models_root(root: str | os.PathLike[str] | None = None) -> Path:
     return DEFAULT_ROOT.resolve()
 
 
-def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None = None,
-                   verify: bool = True) -> tuple[nn.Module, ZooEntry]:
+def load_zoo_model(
+    name: str | ZooEntry, *, root: str | os.PathLike[str] | None = None, verify: bool = True
+) -> tuple[nn.Module, ZooEntry]:
     """Build the zoo model ``name``, load its pretrained weights strictly, return ``(model.eval(), entry)``.
 
     An entry with ``load`` (no file) is built by calling it; ``root`` and ``verify`` do not apply.
@@ -289,14 +404,18 @@ def load_zoo_model(name: str | ZooEntry, *, root: str | os.PathLike[str] | None 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle, zip and weights-only errors all mean "not loadable"
-        raise TGuideError(f"zoo model {entry.name!r}: cannot load {str(path)!r}: {type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}") from err
+        raise TGuideError(
+            f"zoo model {entry.name!r}: cannot load {str(path)!r}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     if entry.state_dict_key is not None and isinstance(obj, Mapping) and entry.state_dict_key in obj:
         obj = obj[entry.state_dict_key]
     if not isinstance(obj, Mapping):
         raise TGuideError(f"zoo model {entry.name!r}: {str(path)!r} holds a {type(obj).__name__}, not a state dict")
-    state = {(k[len(entry.strip_prefix):] if entry.strip_prefix and k.startswith(entry.strip_prefix) else k): v
-             for k, v in obj.items()}
+    state = {
+        (k[len(entry.strip_prefix) :] if entry.strip_prefix and k.startswith(entry.strip_prefix) else k): v
+        for k, v in obj.items()
+    }
     model = entry.builder()
     load_state_dict_checked(model, state, f"zoo model {entry.name!r} ({str(path)!r})")
     return model.eval(), entry
@@ -310,8 +429,10 @@ def _load_built(entry: ZooEntry) -> nn.Module:
     except TGuideError:
         raise
     except Exception as err:  # noqa: BLE001 - a study's loader may fail in any way; say which entry
-        raise TGuideError(f"zoo model {entry.name!r}: its load() failed: {type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}") from err
+        raise TGuideError(
+            f"zoo model {entry.name!r}: its load() failed: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     if not isinstance(model, nn.Module):
         raise TGuideError(f"zoo model {entry.name!r}: load() returned a {type(model).__name__}, not an nn.Module")
     return model.eval()

@@ -90,8 +90,12 @@ def gbc(
         if isinstance(pca_dim, bool) or int(pca_dim) < 1:
             raise ValueError(f"`pca_dim` must be None or a positive integer, got {pca_dim!r}.")
         x, _ = pca_scores(x, int(pca_dim))
-    return gbc_from_statistics(ClassVarianceStatistics.from_samples(x, codes), gaussian=gaussian,
-                               min_variance=min_variance, reference_code=reference_code)
+    return gbc_from_statistics(
+        ClassVarianceStatistics.from_samples(x, codes),
+        gaussian=gaussian,
+        min_variance=min_variance,
+        reference_code=reference_code,
+    )
 
 
 def _check_options(gaussian: str, min_variance: float) -> None:
@@ -101,8 +105,13 @@ def _check_options(gaussian: str, min_variance: float) -> None:
         raise ValueError(f"`min_variance` must be positive, got {min_variance!r}.")
 
 
-def gbc_from_statistics(stats: ClassVarianceStatistics, *, gaussian: str = "spherical", min_variance: float = 1e-4,
-                        reference_code: bool = False) -> Tensor:
+def gbc_from_statistics(
+    stats: ClassVarianceStatistics,
+    *,
+    gaussian: str = "spherical",
+    min_variance: float = 1e-4,
+    reference_code: bool = False,
+) -> Tensor:
     r"""GBC (:func:`gbc`, no PCA) from :class:`~tguide.metrics.statistics.ClassVarianceStatistics`.
 
     From sufficient statistics only: the class means ``μ_c`` and per-dimension variances
@@ -114,8 +123,10 @@ def gbc_from_statistics(stats: ClassVarianceStatistics, *, gaussian: str = "sphe
     check_min_per_class(cls["n"].to(torch.long), 2, "labels", why="GBC fits a Gaussian to each class")
     c, d = cls["mean"].shape
     if c < 2:
-        raise ValueError(f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
-                         "a transferability score is undefined for a single class. Add samples of other classes.")
+        raise ValueError(
+            f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
+            "a transferability score is undefined for a single class. Add samples of other classes."
+        )
     means = cls["mean"] - (cls["n"][:, None] * cls["mean"]).sum(dim=0) / cls["n"].sum()  # centred: (C, D)
     var = (cls["m2d"] / cls["n"][:, None]).clamp_min(min_variance)  # (C, D)
 

@@ -27,15 +27,22 @@ from torch import Tensor
 from tguide.metrics._validate import check_features, check_labels
 from tguide.metrics.statistics import GramStatistics
 
-__all__ = ["hscore", "hscore_shrinkage", "hscore_from_statistics", "hscore_shrinkage_from_statistics",
-           "ledoit_wolf_shrinkage"]
+__all__ = [
+    "hscore",
+    "hscore_shrinkage",
+    "hscore_from_statistics",
+    "hscore_shrinkage_from_statistics",
+    "ledoit_wolf_shrinkage",
+]
 
 
 def _need_classes(stats: GramStatistics) -> None:
     c = stats.num_classes()
     if c < 2:
-        raise ValueError(f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
-                         "a transferability score is undefined for a single class. Add samples of other classes.")
+        raise ValueError(
+            f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
+            "a transferability score is undefined for a single class. Add samples of other classes."
+        )
 
 
 def _smaller_gram(z: Tensor) -> Tensor:

@@ -101,9 +101,7 @@ def knn_accuracy(
         dist[rows, rows + start] = torch.inf  # leave the query itself out
         nn_idx = torch.topk(dist, kk, dim=1, largest=False, sorted=True).indices  # (b, k) nearest first
         nn_lab = codes[nn_idx]
-        votes = torch.zeros(b, c, dtype=torch.int64, device=x.device).scatter_add_(
-            1, nn_lab, torch.ones_like(nn_lab)
-        )
+        votes = torch.zeros(b, c, dtype=torch.int64, device=x.device).scatter_add_(1, nn_lab, torch.ones_like(nn_lab))
         first = torch.full((b, c), kk, dtype=torch.int64, device=x.device).scatter_reduce_(
             1, nn_lab, arange_k.expand(b, kk), reduce="amin"
         )  # rank of each class's nearest neighbour (k when absent)

@@ -68,8 +68,10 @@ def leep_from_joint(table: LEEPJointTable, source_probs: Any, labels: Any) -> Te
     y, c = check_labels(labels, theta.shape[0], "labels", min_classes=2)
     joint = table.joint()  # (C, Cs): P̂(y, z), classes in sorted label order (= the codes of y)
     if joint.shape != (c, theta.shape[1]):
-        raise ValueError(f"the joint table is {tuple(joint.shape)} but the samples have {c} classes and "
-                         f"{theta.shape[1]} source classes; pass the samples the table was built from.")
+        raise ValueError(
+            f"the joint table is {tuple(joint.shape)} but the samples have {c} classes and "
+            f"{theta.shape[1]} source classes; pass the samples the table was built from."
+        )
     marginal = joint.sum(dim=0, keepdim=True)  # (1, Cs): P̂(z)
     cond = torch.where(marginal > 0, joint / torch.where(marginal > 0, marginal, 1.0), 0.0)
     eep = (theta @ cond.T).gather(1, y.to(theta.device)[:, None])[:, 0]  # (N,): Σ_z P̂(y_i|z) θ_iz
@@ -136,8 +138,10 @@ def nce_from_statistics(table: LabelPairCounts) -> Tensor:
     """
     c = table.num_classes()
     if c < 2:
-        raise ValueError(f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
-                         "a transferability score is undefined for a single class. Add samples of other classes.")
+        raise ValueError(
+            f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
+            "a transferability score is undefined for a single class. Add samples of other classes."
+        )
     rec = table.part("t")
     joint = rec["n"] / rec["n"].sum()
     _, z = torch.unique(rec["key"][:, 0], return_inverse=True)

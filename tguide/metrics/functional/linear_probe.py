@@ -65,9 +65,7 @@ def _ridge_predict(xtr: Tensor, ytr: Tensor, xte: Tensor, c: int, l2: float) -> 
     return score.masked_fill(absent[None, :], -torch.inf).argmax(dim=1)
 
 
-def linear_probe_accuracy(
-    features: Any, labels: Any, *, folds: int = 5, l2: float = 1.0, seed: int = 0
-) -> Tensor:
+def linear_probe_accuracy(features: Any, labels: Any, *, folds: int = 5, l2: float = 1.0, seed: int = 0) -> Tensor:
     r"""Mean held-out accuracy of a ridge-regression classifier over stratified folds.
 
     For each fold, on the other folds: standardise every feature (training mean and

@@ -78,8 +78,12 @@ class _Spectrum:
         m2 = (beta**2 * self.w2 / den**2).sum(dim=0)
         logdet = torch.log(den).sum(dim=0) + (self.d - self.lam.shape[0]) * torch.log(alpha)
         return (
-            0.5 * self.n * torch.log(beta) + 0.5 * self.d * torch.log(alpha) - 0.5 * self.n * _LOG2PI
-            - 0.5 * beta * self.residual(alpha, beta, den) - 0.5 * alpha * m2 - 0.5 * logdet
+            0.5 * self.n * torch.log(beta)
+            + 0.5 * self.d * torch.log(alpha)
+            - 0.5 * self.n * _LOG2PI
+            - 0.5 * beta * self.residual(alpha, beta, den)
+            - 0.5 * alpha * m2
+            - 0.5 * logdet
         )
 
     def _ns(self, rho: Tensor, one: Tensor) -> Tensor:
@@ -273,8 +277,10 @@ def logme_from_statistics(stats: GramStatistics, tol: float = 1e-7, max_iter: in
     _check_options(tol, max_iter)
     c = stats.num_classes()
     if c < 2:
-        raise ValueError(f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
-                         "a transferability score is undefined for a single class. Add samples of other classes.")
+        raise ValueError(
+            f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
+            "a transferability score is undefined for a single class. Add samples of other classes."
+        )
     return maximise_evidence(_spectrum(stats), tol, max_iter).mean()
 
 

@@ -47,9 +47,7 @@ class NCTITerms:
     nearest_centre: Tensor
 
 
-def pca_scores(
-    x: Tensor, k: int | None = None, *, variance: float | None = None
-) -> tuple[Tensor, Tensor]:
+def pca_scores(x: Tensor, k: int | None = None, *, variance: float | None = None) -> tuple[Tensor, Tensor]:
     """Exact PCA of ``x (N, D)``: scores ``(N, K)`` and explained variances ``(K,)`` (1/(N-1)).
 
     At most ``min(D, N-1)`` components (a centred cloud of N points spans N-1
@@ -138,9 +136,7 @@ def _lda(x: Tensor, codes: Tensor, c: int, shrinkage: float | None) -> tuple[Ten
     return proj, torch.log_softmax(logits, dim=1)
 
 
-def ncti_terms(
-    features: Any, labels: Any, *, pca_dim: int = 64, variance_components: int = 32
-) -> NCTITerms:
+def ncti_terms(features: Any, labels: Any, *, pca_dim: int = 64, variance_components: int = 32) -> NCTITerms:
     r"""The three raw NCTI terms (Wang et al., ICCV 2023 [1]) of one model on the target data.
 
     Following the authors' ``NCTI_Score`` step by step:

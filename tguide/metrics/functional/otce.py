@@ -114,8 +114,7 @@ def _check_weights(weights: Any) -> tuple[float, float, float] | None:
         w = tuple(float(v) for v in weights)
     except (TypeError, ValueError) as err:
         raise ValueError(
-            f"`weights` must be three numbers (λ1, λ2, λ3) or None, got {weights!r}; "
-            "fit them with `fit_otce_weights`."
+            f"`weights` must be three numbers (λ1, λ2, λ3) or None, got {weights!r}; fit them with `fit_otce_weights`."
         ) from err
     if len(w) != 3 or not all(math.isfinite(v) for v in w):
         raise ValueError(
@@ -369,8 +368,15 @@ def otce(
         null_wt = task_distance_null(plan, ys, cs, yt, ct, label_permutations(xt.shape[0], n_perm, seed, yt.device))
         fix = -null_wt.mean()
         null = calibrate(combine(w_t).detach(), combine(null_wt))
-    return OTCEResult(score=combine(w_t + fix), domain_distance=w_d, task_distance=w_t, coupling=plan,
-                      correction=correction, task_correction=fix, null=null)
+    return OTCEResult(
+        score=combine(w_t + fix),
+        domain_distance=w_d,
+        task_distance=w_t,
+        coupling=plan,
+        correction=correction,
+        task_correction=fix,
+        null=null,
+    )
 
 
 def otce_sim(
@@ -415,9 +421,7 @@ def otce_sim(
     ).score
 
 
-def fit_otce_weights(
-    domain_distances: Any, task_distances: Any, accuracies: Any
-) -> tuple[float, float, float]:
+def fit_otce_weights(domain_distances: Any, task_distances: Any, accuracies: Any) -> tuple[float, float, float]:
     r"""Least-squares weights of OTCE on auxiliary tasks (Tan et al., CVPR 2021 [1], Sec. 3.3).
 
     .. math::
@@ -446,8 +450,11 @@ def fit_otce_weights(
         (-0.1, -0.5, 1.25)
     """
     cols = []
-    for name, v in (("domain_distances", domain_distances), ("task_distances", task_distances),
-                    ("accuracies", accuracies)):
+    for name, v in (
+        ("domain_distances", domain_distances),
+        ("task_distances", task_distances),
+        ("accuracies", accuracies),
+    ):
         arr = as_tensor(v, name).detach().cpu().to(torch.float64).numpy()
         if arr.ndim != 1:
             raise ValueError(f"`{name}` must be 1-D (one value per auxiliary task), got shape {arr.shape}.")

@@ -29,7 +29,8 @@ from __future__ import annotations
 import ctypes
 import sys
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -140,15 +141,28 @@ def otce_large(
     n_iter = int(max_iter) if max_iter is not None else 10_000
     with warnings.catch_warnings():  # POT's own "did not converge" note: replaced by the warning below
         warnings.filterwarnings("ignore", message="Sinkhorn did not converge")
-        f, g, log = ot.bregman.empirical_sinkhorn(xs, xt, eps, a=a, b=b, metric="sqeuclidean", numIterMax=n_iter,
-                                                  stopThr=tol, isLazy=True, batchSize=bs, log=True)
+        f, g, log = ot.bregman.empirical_sinkhorn(
+            xs,
+            xt,
+            eps,
+            a=a,
+            b=b,
+            metric="sqeuclidean",
+            numIterMax=n_iter,
+            stopThr=tol,
+            isLazy=True,
+            batchSize=bs,
+            log=True,
+        )
     errors = [float(e) for e in log.get("err", [])]
     if not errors or errors[-1] > tol:
         last = f"{errors[-1]:.3g}" if errors else "not measured"
         warnings.warn(
             f"lazy Sinkhorn did not reach tol={tol:g} in max_iter={n_iter} iterations (last marginal error "
             f"{last}; reg={reg:g} relative to the mean cost); raise `max_iter` or `reg`.",
-            OTCEConvergenceWarning, stacklevel=stacklevel_outside("tguide.metrics"))
+            OTCEConvergenceWarning,
+            stacklevel=stacklevel_outside("tguide.metrics"),
+        )
     f = torch.as_tensor(f, dtype=xs.dtype, device=xs.device)
     g = torch.as_tensor(g, dtype=xs.dtype, device=xs.device)
 
@@ -157,10 +171,10 @@ def otce_large(
     w_d = torch.zeros((), dtype=xs.dtype, device=xs.device)
     joint = torch.zeros(cs, ct, dtype=xs.dtype, device=xs.device)
     for lo in range(0, ns, rows):
-        cost = squared_euclidean(xs[lo:lo + rows], xt)  # (b, Nt)
-        plan = torch.exp(f[lo:lo + rows, None] + g[None, :] - cost / eps)
+        cost = squared_euclidean(xs[lo : lo + rows], xt)  # (b, Nt)
+        plan = torch.exp(f[lo : lo + rows, None] + g[None, :] - cost / eps)
         w_d += torch.dot(plan.reshape(-1), cost.reshape(-1))
-        joint.index_add_(0, ys[lo:lo + rows], plan @ onehot_t)
+        joint.index_add_(0, ys[lo : lo + rows], plan @ onehot_t)
     w_t = _plogp(joint.sum(dim=1)).sum() - _plogp(joint).sum()
     score = -w_t if lam is None else lam[0] * w_d + lam[1] * w_t + lam[2]
     return OTCEResult(score=score, domain_distance=w_d, task_distance=w_t, coupling=None)  # type: ignore[arg-type]

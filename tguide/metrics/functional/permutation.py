@@ -62,8 +62,14 @@ class NullCalibrated:
 
     def as_dict(self) -> dict[str, Tensor]:
         """``{"score", "corrected", "z", "p_value", "null_mean", "null_std"}`` (loggable scalars)."""
-        return {"score": self.score, "corrected": self.corrected, "z": self.z, "p_value": self.p_value,
-                "null_mean": self.null_mean, "null_std": self.null_std}
+        return {
+            "score": self.score,
+            "corrected": self.corrected,
+            "z": self.z,
+            "p_value": self.p_value,
+            "null_mean": self.null_mean,
+            "null_std": self.null_std,
+        }
 
 
 def calibrate(score: Tensor, null: Tensor) -> NullCalibrated:

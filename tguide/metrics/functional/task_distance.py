@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 __all__ = ["task_distance", "joint_labels", "miller_madow_correction", "task_distance_null"]
 
 
@@ -73,8 +72,9 @@ def miller_madow_correction(joint: Tensor, n: int) -> Tensor:
     return torch.tensor((m_joint - m_src) / (2.0 * n), dtype=joint.dtype, device=joint.device)
 
 
-def task_distance_null(coupling: Tensor, source_codes: Tensor, cs: int, target_codes: Tensor, ct: int,
-                       perms: Tensor) -> Tensor:
+def task_distance_null(
+    coupling: Tensor, source_codes: Tensor, cs: int, target_codes: Tensor, ct: int, perms: Tensor
+) -> Tensor:
     r"""``W_T`` for every permutation of the target labels, reusing one coupling: ``(P,)``.
 
     Row ``p`` of ``perms (P, Nt)`` relabels target sample ``j`` with ``target_codes[perms[p, j]]``.
@@ -96,18 +96,18 @@ def task_distance_null(coupling: Tensor, source_codes: Tensor, cs: int, target_c
     if k > 8 * (cs + plan.shape[1]):  # a dense coupling (Sinkhorn): one matmul per block instead
         chunk = max(1, 2_000_000 // (plan.shape[1] * ct))
         for start in range(0, perms.shape[0], chunk):
-            block = target_codes[perms[start:start + chunk].to(plan.device)]  # (b, Nt)
+            block = target_codes[perms[start : start + chunk].to(plan.device)]  # (b, Nt)
             b = block.shape[0]
             onehot = torch.nn.functional.one_hot(block.T, ct).to(plan.dtype).reshape(plan.shape[1], b * ct)
             joint = (rows @ onehot).view(cs, b, ct).transpose(0, 1)  # (b, Cs, Ct)
-            out[start:start + b] = src_term - _plogp(joint).sum(dim=(1, 2))
+            out[start : start + b] = src_term - _plogp(joint).sum(dim=(1, 2))
         return out
     chunk = max(1, 4_000_000 // max(k, 1))
     for start in range(0, perms.shape[0], chunk):
-        block = perms[start:start + chunk].to(plan.device)  # (b, Nt)
+        block = perms[start : start + chunk].to(plan.device)  # (b, Nt)
         b = block.shape[0]
         labels = target_codes[block][:, t_idx]  # (b, K): permuted label of each entry's target sample
         flat = (s_idx[None, :] * ct + labels) + (torch.arange(b, device=plan.device) * cells)[:, None]
         joint = torch.bincount(flat.flatten(), weights=weights.repeat(b), minlength=b * cells).view(b, cells)
-        out[start:start + b] = src_term - _plogp(joint).sum(dim=1)
+        out[start : start + b] = src_term - _plogp(joint).sum(dim=1)
     return out

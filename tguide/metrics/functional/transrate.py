@@ -18,8 +18,15 @@ from torch import Tensor
 from tguide.metrics._validate import check_features, check_labels
 from tguide.metrics.statistics import ClassGramStatistics
 
-__all__ = ["transrate", "transrate_comparable", "transrate_from_statistics", "transrate_comparable_from_statistics",
-           "comparable_features", "transrate_layers", "coding_rate"]
+__all__ = [
+    "transrate",
+    "transrate_comparable",
+    "transrate_from_statistics",
+    "transrate_comparable_from_statistics",
+    "comparable_features",
+    "transrate_layers",
+    "coding_rate",
+]
 
 
 def _half_logdet_eye_plus(gram: Tensor, scale: float) -> Tensor:
@@ -33,7 +40,12 @@ def _half_logdet_eye_plus(gram: Tensor, scale: float) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
         return torch.log(chol.diagonal()).sum()
-    return 0.5 * torch.log1p(torch.linalg.eigvalsh(a - torch.eye(a.shape[0], dtype=a.dtype, device=a.device)).clamp_min(0)).sum()
+    return (
+        0.5
+        * torch.log1p(
+            torch.linalg.eigvalsh(a - torch.eye(a.shape[0], dtype=a.dtype, device=a.device)).clamp_min(0)
+        ).sum()
+    )
 
 
 def coding_rate(z: Tensor, eps: float = 1e-4) -> Tensor:
@@ -63,8 +75,10 @@ def _statistics(features: Any, labels: Any, eps: Any) -> ClassGramStatistics:
 def _need_classes(stats: ClassGramStatistics) -> None:
     c = stats.num_classes()
     if c < 2:
-        raise ValueError(f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
-                         "a transferability score is undefined for a single class. Add samples of other classes.")
+        raise ValueError(
+            f"`labels` has {c} distinct class(es) but this metric needs at least 2; "
+            "a transferability score is undefined for a single class. Add samples of other classes."
+        )
 
 
 def _rate_gap_grams(n: int, counts: list[int], grams: Tensor, eps: float) -> Tensor:
@@ -280,9 +294,7 @@ def transrate_layers(
             :func:`transrate` (the message names the layer).
     """
     if not isinstance(features_by_layer, Mapping) or len(features_by_layer) == 0:
-        raise ValueError(
-            "`features_by_layer` must be a non-empty mapping {layer name: (N, D) features}."
-        )
+        raise ValueError("`features_by_layer` must be a non-empty mapping {layer name: (N, D) features}.")
     scores: dict[str, float] = {}
     for name, feats in features_by_layer.items():
         try:

@@ -10,8 +10,27 @@ from __future__ import annotations
 
 from tguide.metrics.stateful.base import FeatureMetric
 from tguide.metrics.stateful.samples import LEEP, OTCE
-from tguide.metrics.stateful.streaming import (GBC, NCE, HScore, HScoreShrinkage, LogME, StreamingMetric, TransRate,
-                                               TransRateComparable)
+from tguide.metrics.stateful.streaming import (
+    GBC,
+    NCE,
+    HScore,
+    HScoreShrinkage,
+    LogME,
+    StreamingMetric,
+    TransRate,
+    TransRateComparable,
+)
 
-__all__ = ["FeatureMetric", "StreamingMetric", "HScore", "HScoreShrinkage", "TransRate", "TransRateComparable",
-           "LogME", "GBC", "LEEP", "NCE", "OTCE"]
+__all__ = [
+    "FeatureMetric",
+    "StreamingMetric",
+    "HScore",
+    "HScoreShrinkage",
+    "TransRate",
+    "TransRateComparable",
+    "LogME",
+    "GBC",
+    "LEEP",
+    "NCE",
+    "OTCE",
+]

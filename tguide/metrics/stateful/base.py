@@ -29,7 +29,8 @@ References:
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -87,8 +88,9 @@ class FeatureMetric(Metric):
     full_state_update: bool = False
     _fields: ClassVar[tuple[str, ...]] = ("features", "labels")
 
-    def __init__(self, max_stored: int | None = None, seed: int = 0, null: int | None = None, null_seed: int = 0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, max_stored: int | None = None, seed: int = 0, null: int | None = None, null_seed: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if null is not None and (isinstance(null, bool) or not isinstance(null, numbers.Integral) or null < 2):
             raise ValueError(f"`null` must be None or the number of label permutations (an integer ≥ 2), got {null!r}.")

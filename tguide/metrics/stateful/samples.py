@@ -11,7 +11,8 @@ Both keep their samples in ``cat`` list states (:class:`~tguide.metrics.stateful
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 
@@ -107,8 +108,13 @@ class OTCE(FeatureMetric):
                 raise ValueError(
                     f"OTCE.compute(): no {name} samples were given; call update(features, labels, domain={name!r})."
                 )
-        kwargs = {"solver": self.solver, "reg": self.reg, "weights": self.weights, "max_iter": self.otce_max_iter,
-                  "tol": self.tol}
+        kwargs = {
+            "solver": self.solver,
+            "reg": self.reg,
+            "weights": self.weights,
+            "max_iter": self.otce_max_iter,
+            "tol": self.tol,
+        }
         return otce, (x[src], y[src], x[tgt], y[tgt]), kwargs
 
     def _result(self) -> OTCEResult:

@@ -28,7 +28,8 @@ ignored with a warning (memory no longer grows with N).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -36,15 +37,28 @@ from torch import Tensor
 from tguide._deprecation import stacklevel_outside
 from tguide.metrics._validate import as_tensor, check_features
 from tguide.metrics.functional.gbc import gbc, gbc_from_statistics
-from tguide.metrics.functional.hscore import (hscore, hscore_from_statistics, hscore_shrinkage,
-                                              hscore_shrinkage_from_statistics)
+from tguide.metrics.functional.hscore import (
+    hscore,
+    hscore_from_statistics,
+    hscore_shrinkage,
+    hscore_shrinkage_from_statistics,
+)
 from tguide.metrics.functional.leep import nce, nce_from_statistics
 from tguide.metrics.functional.logme import logme, logme_from_statistics
-from tguide.metrics.functional.transrate import (transrate, transrate_comparable, transrate_comparable_from_statistics,
-                                                 transrate_from_statistics)
+from tguide.metrics.functional.transrate import (
+    transrate,
+    transrate_comparable,
+    transrate_comparable_from_statistics,
+    transrate_from_statistics,
+)
 from tguide.metrics.stateful.base import FeaturesLabelsMetric, batch_labels, owned
-from tguide.metrics.statistics import (ClassGramStatistics, ClassVarianceStatistics, GramStatistics, LabelPairCounts,
-                                       Statistics)
+from tguide.metrics.statistics import (
+    ClassGramStatistics,
+    ClassVarianceStatistics,
+    GramStatistics,
+    LabelPairCounts,
+    Statistics,
+)
 
 __all__ = ["StreamingMetric", "HScore", "HScoreShrinkage", "TransRate", "TransRateComparable", "LogME", "GBC", "NCE"]
 
@@ -76,8 +90,10 @@ class StreamingMetric(FeaturesLabelsMetric):
         if self.max_stored is not None:
             warnings.warn(
                 f"{type(self).__name__}: `max_stored` has no effect: without `null` the class keeps exact "
-                "sufficient statistics (memory O(C·D²) whatever N), not samples.", UserWarning,
-                stacklevel=stacklevel_outside("tguide.metrics"))
+                "sufficient statistics (memory O(C·D²) whatever N), not samples.",
+                UserWarning,
+                stacklevel=stacklevel_outside("tguide.metrics"),
+            )
         self._ndim: dict[str, int] = {}
         self._dtype: dict[str, torch.dtype] = {}
         for name, ndim, dtype in self.statistics_type().state_names():
@@ -267,8 +283,14 @@ class GBC(StreamingMetric):
     _function = staticmethod(gbc)
     _from_statistics = staticmethod(gbc_from_statistics)
 
-    def __init__(self, gaussian: str = "spherical", pca_dim: int | None = None, min_variance: float = 1e-4,
-                 reference_code: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        gaussian: str = "spherical",
+        pca_dim: int | None = None,
+        min_variance: float = 1e-4,
+        reference_code: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.pca_dim = pca_dim  # read by _register_states (called by the base __init__)
         super().__init__(**kwargs)
         self.gaussian = gaussian
@@ -308,5 +330,6 @@ class NCE(StreamingMetric):
             return
         z = as_tensor(source_labels, "source_labels")
         n = z.shape[0] if z.ndim >= 1 else 0
-        self._store((batch_labels(source_labels, n, "source_labels", z.device),
-                     batch_labels(labels, n, "labels", z.device)))
+        self._store(
+            (batch_labels(source_labels, n, "source_labels", z.device), batch_labels(labels, n, "labels", z.device))
+        )

@@ -31,11 +31,36 @@ Every mistake is a one-line :class:`CandidateError` (a :class:`~tguide.errors.TG
 from __future__ import annotations
 
 from tguide.select.candidates import file_sources, library_sources, zoo_source  # noqa: F401  (register, in order)
-from tguide.select.candidates.base import (BUILTIN_KINDS, INIT_SEED, Candidate, CandidateError, SourceInfo,
-                                           create_candidate, fallback_layers, list_candidates,
-                                           register_source, registered_sources, resolve_candidate,
-                                           resolve_candidates, seeded_init, state_fingerprint)
+from tguide.select.candidates.base import (
+    BUILTIN_KINDS,
+    INIT_SEED,
+    Candidate,
+    CandidateError,
+    SourceInfo,
+    create_candidate,
+    fallback_layers,
+    list_candidates,
+    register_source,
+    registered_sources,
+    resolve_candidate,
+    resolve_candidates,
+    seeded_init,
+    state_fingerprint,
+)
 
-__all__ = ["BUILTIN_KINDS", "Candidate", "CandidateError", "INIT_SEED", "SourceInfo", "create_candidate",
-           "fallback_layers", "list_candidates", "register_source", "registered_sources", "resolve_candidate",
-           "resolve_candidates", "seeded_init", "state_fingerprint"]
+__all__ = [
+    "BUILTIN_KINDS",
+    "Candidate",
+    "CandidateError",
+    "INIT_SEED",
+    "SourceInfo",
+    "create_candidate",
+    "fallback_layers",
+    "list_candidates",
+    "register_source",
+    "registered_sources",
+    "resolve_candidate",
+    "resolve_candidates",
+    "seeded_init",
+    "state_fingerprint",
+]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,9 +23,22 @@ from torch import Tensor, nn
 from tguide.errors import TGuideError
 from tguide.features import PoolSpec, auto_layers
 
-__all__ = ["BUILTIN_KINDS", "Candidate", "CandidateError", "INIT_SEED", "SourceInfo", "create_candidate",
-           "fallback_layers", "list_candidates", "register_source", "registered_sources", "resolve_candidate",
-           "resolve_candidates", "seeded_init", "state_fingerprint"]
+__all__ = [
+    "BUILTIN_KINDS",
+    "Candidate",
+    "CandidateError",
+    "INIT_SEED",
+    "SourceInfo",
+    "create_candidate",
+    "fallback_layers",
+    "list_candidates",
+    "register_source",
+    "registered_sources",
+    "resolve_candidate",
+    "resolve_candidates",
+    "seeded_init",
+    "state_fingerprint",
+]
 
 INIT_SEED = 0  # random-init candidates are seeded, so that they (and their cache entries) are reproducible
 
@@ -82,8 +96,11 @@ def state_fingerprint(module: nn.Module) -> str:
     for name, t in module.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
-                 else t.detach().float().cpu().numpy().tobytes())
+        h.update(
+            t.detach().cpu().contiguous().numpy().tobytes()
+            if t.dtype != torch.bfloat16
+            else t.detach().float().cpu().numpy().tobytes()
+        )
     return "state:" + h.hexdigest()
 
 
@@ -118,6 +135,7 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvisio
 
 # -- the registry of sources --------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SourceInfo:
     """One registered candidate source.
@@ -146,8 +164,14 @@ def _ordered() -> list[SourceInfo]:
     return sorted(_SOURCES.values(), key=lambda s: rank.get(s.kind, len(rank)))
 
 
-def register_source(kind: str, factory: Callable[[str], Candidate], *, usage: str | None = None,
-                    lister: Callable[[], Iterable[str]] | None = None, replace: bool = False) -> SourceInfo:
+def register_source(
+    kind: str,
+    factory: Callable[[str], Candidate],
+    *,
+    usage: str | None = None,
+    lister: Callable[[], Iterable[str]] | None = None,
+    replace: bool = False,
+) -> SourceInfo:
     """Make ``create_candidate("KIND:REST")`` call ``factory(REST)``.
 
     Args:
@@ -163,8 +187,10 @@ def register_source(kind: str, factory: Callable[[str], Candidate], *, usage: st
     if not isinstance(kind, str) or not kind or ":" in kind or not kind.replace("_", "a").replace("-", "a").isalnum():
         raise CandidateError(f"a source kind must be a non-empty word without ':', got {kind!r}")
     if not callable(factory):
-        raise CandidateError(f"the factory of source {kind!r} must be callable (rest of the spec -> Candidate), "
-                             f"got {type(factory).__name__}")
+        raise CandidateError(
+            f"the factory of source {kind!r} must be callable (rest of the spec -> Candidate), "
+            f"got {type(factory).__name__}"
+        )
     if kind in _SOURCES and not replace:
         raise CandidateError(f"candidate source {kind!r} is already registered; pass replace=True to replace it")
     info = SourceInfo(kind, factory, usage or f"{kind}:...", lister)
@@ -179,8 +205,9 @@ def registered_sources() -> tuple[str, ...]:
 
 def _unknown_spec(spec: str) -> CandidateError:
     usages = ", ".join(s.usage for s in _ordered())
-    return CandidateError(f"unknown candidate spec {spec!r}; use one of {usages} "
-                          f"(registered kinds: {', '.join(registered_sources())})")
+    return CandidateError(
+        f"unknown candidate spec {spec!r}; use one of {usages} (registered kinds: {', '.join(registered_sources())})"
+    )
 
 
 def _from_spec(spec: str) -> Candidate:
@@ -195,8 +222,13 @@ def _from_spec(spec: str) -> Candidate:
     return cand
 
 
-def create_candidate(spec: str | Candidate | nn.Module, *, transform: Callable[[Any], Tensor] | None = None,
-                     layers: list[str] | None = None, name: str | None = None) -> Candidate:
+def create_candidate(
+    spec: str | Candidate | nn.Module,
+    *,
+    transform: Callable[[Any], Tensor] | None = None,
+    layers: list[str] | None = None,
+    name: str | None = None,
+) -> Candidate:
     """A :class:`Candidate` from a spec (``KIND:REST`` of a registered source), a Candidate, or an ``nn.Module``.
 
     ``transform``, ``layers`` and ``name`` override what the spec gives (an ``nn.Module`` needs
@@ -208,12 +240,20 @@ def create_candidate(spec: str | Candidate | nn.Module, *, transform: Callable[[
     elif isinstance(spec, nn.Module):
         if transform is None:
             raise CandidateError(f"a bare {type(spec).__name__} needs transform= (PIL image -> input tensor)")
-        cand = Candidate(name or type(spec).__name__, spec, transform, layers or fallback_layers(spec),
-                         True, f"in-memory {type(spec).__name__}")
+        cand = Candidate(
+            name or type(spec).__name__,
+            spec,
+            transform,
+            layers or fallback_layers(spec),
+            True,
+            f"in-memory {type(spec).__name__}",
+        )
     elif isinstance(spec, str):
         cand = _from_spec(spec)
     else:
-        raise CandidateError(f"a candidate must be a spec string, a Candidate or an nn.Module, got {type(spec).__name__}")
+        raise CandidateError(
+            f"a candidate must be a spec string, a Candidate or an nn.Module, got {type(spec).__name__}"
+        )
     if transform is not None:
         cand.transform = transform
     if layers is not None:
@@ -232,7 +272,9 @@ def resolve_candidates(specs: Any) -> list[Candidate]:
         specs = [specs]
     cands = [create_candidate(s) for s in specs]
     if not cands:
-        raise CandidateError("no candidates given; pass e.g. rank.candidates=[zoo:resnet20_cifar10,zoo:simplecnn_cifar10]")
+        raise CandidateError(
+            "no candidates given; pass e.g. rank.candidates=[zoo:resnet20_cifar10,zoo:simplecnn_cifar10]"
+        )
     names = [c.name for c in cands]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -254,7 +296,10 @@ def list_candidates(pattern: str | None = None) -> list[str]:
             continue
         for name in info.lister():
             spec = f"{info.kind}:{name}"
-            if pattern is None or fnmatch.fnmatch(spec.lower(), pattern.lower()) \
-                    or fnmatch.fnmatch(str(name).lower(), pattern.lower()):
+            if (
+                pattern is None
+                or fnmatch.fnmatch(spec.lower(), pattern.lower())
+                or fnmatch.fnmatch(str(name).lower(), pattern.lower())
+            ):
                 out.append(spec)
     return out

@@ -7,15 +7,15 @@ rebuilt from the run folder's ``config.yaml`` (or the checkpoint's hyper-paramet
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from tguide.data.transforms import ConvertMode, plain_transform
-from tguide.select.candidates.base import (IMAGENET_MEAN_STD, Candidate, CandidateError, fallback_layers,
-                                           register_source)
+from tguide.data.transforms import plain_transform
+from tguide.select.candidates.base import IMAGENET_MEAN_STD, Candidate, CandidateError, fallback_layers, register_source
 
 __all__ = ["ckpt_source", "file_source"]
 
@@ -28,7 +28,7 @@ def _strip(state: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(state)
     for prefix in ("module.", "net."):
         if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix):]: v for k, v in out.items()}
+            out = {k[len(prefix) :]: v for k, v in out.items()}
     return out
 
 
@@ -39,8 +39,10 @@ def file_source(path_arch: str) -> Candidate:
     from tguide.select.zoo import ZOO
 
     if "#" not in path_arch:
-        raise CandidateError(f"file:{path_arch}: name the architecture after '#', e.g. file:weights.pt#resnet20_cifar10 "
-                             f"(zoo architectures: {', '.join(ZOO)}; or a torchvision arch such as resnet18)")
+        raise CandidateError(
+            f"file:{path_arch}: name the architecture after '#', e.g. file:weights.pt#resnet20_cifar10 "
+            f"(zoo architectures: {', '.join(ZOO)}; or a torchvision arch such as resnet18)"
+        )
     path_s, arch = path_arch.rsplit("#", 1)
     path = Path(path_s).expanduser()
     if not path.is_file():
@@ -52,8 +54,10 @@ def file_source(path_arch: str) -> Candidate:
         model, transform, layers, head = entry.builder(), zoo_transform(entry), list(entry.layers), entry.has_head
     else:
         if arch not in torchvision_archs():
-            raise CandidateError(f"file:{path_s}#{arch}: unknown architecture {arch!r}; valid: the zoo names "
-                                 f"({', '.join(ZOO)}) or a torchvision arch (torchvision.models.list_models())")
+            raise CandidateError(
+                f"file:{path_s}#{arch}: unknown architecture {arch!r}; valid: the zoo names "
+                f"({', '.join(ZOO)}) or a torchvision arch (torchvision.models.list_models())"
+            )
         from torchvision import models
 
         model = models.get_model(arch, weights=None)
@@ -62,7 +66,9 @@ def file_source(path_arch: str) -> Candidate:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
-        raise CandidateError(f"cannot load {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        raise CandidateError(
+            f"cannot load {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     if not isinstance(state, Mapping):
         raise CandidateError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
     state = _strip(state)
@@ -72,8 +78,17 @@ def file_source(path_arch: str) -> Candidate:
         model = models.get_model(arch, weights=None, num_classes=int(state["fc.weight"].shape[0]))
     load_state_dict_checked(model, state, f"file {str(path)!r}")
     sha = file_sha256(path)
-    return Candidate(f"{path.stem}#{arch}", model.eval(), transform, layers, head,
-                     f"state dict {path.resolve()} sha256 {sha} as {arch}", None, 0, f"sha256:{sha}")
+    return Candidate(
+        f"{path.stem}#{arch}",
+        model.eval(),
+        transform,
+        layers,
+        head,
+        f"state dict {path.resolve()} sha256 {sha} as {arch}",
+        None,
+        0,
+        f"sha256:{sha}",
+    )
 
 
 def ckpt_source(path_s: str) -> Candidate:
@@ -88,10 +103,13 @@ def ckpt_source(path_s: str) -> Candidate:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001
-        raise CandidateError(f"cannot load checkpoint {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        raise CandidateError(
+            f"cannot load checkpoint {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-        raise CandidateError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'); for a plain state dict "
-                             "use file:PATH#ARCH")
+        raise CandidateError(
+            f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'); for a plain state dict use file:PATH#ARCH"
+        )
     cfg = None
     for folder in (path.parent, path.parent.parent):
         if (folder / "config.yaml").is_file():
@@ -103,15 +121,17 @@ def ckpt_source(path_s: str) -> Candidate:
         if isinstance(hp, Mapping) and isinstance(hp.get("net"), Mapping) and "_target_" in hp["net"]:
             model_cfg = OmegaConf.create({"net": hp["net"]})
     if model_cfg is None or model_cfg.get("net") is None:
-        raise CandidateError(f"ckpt:{path_s}: cannot rebuild the network: no config.yaml with a model.net block in "
-                             f"{str(path.parent)!r} or its parent, and no net in the checkpoint's hyper-parameters")
+        raise CandidateError(
+            f"ckpt:{path_s}: cannot rebuild the network: no config.yaml with a model.net block in "
+            f"{str(path.parent)!r} or its parent, and no net in the checkpoint's hyper-parameters"
+        )
     from hydra.utils import instantiate
 
     try:
         net = instantiate(model_cfg.net)
     except Exception as err:  # noqa: BLE001
         raise CandidateError(f"ckpt:{path_s}: cannot build model.net ({model_cfg.net.get('_target_')}): {err}") from err
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     from tguide.select.checkpoints import load_state_dict_checked
 
     load_state_dict_checked(net, state, f"checkpoint {str(path)!r}")
@@ -136,9 +156,17 @@ def ckpt_source(path_s: str) -> Candidate:
             acc = None
     sha = file_sha256(path)
     head = isinstance(list(net.children())[-1] if list(net.children()) else None, nn.Linear)
-    return Candidate(f"ckpt:{path.parent.parent.name}/{path.name}", net.eval(),
-                     plain_transform(channels, size, mean, std), fallback_layers(net), head,
-                     f"tguide checkpoint {path.resolve()} sha256 {sha}", acc, 0, f"sha256:{sha}")
+    return Candidate(
+        f"ckpt:{path.parent.parent.name}/{path.name}",
+        net.eval(),
+        plain_transform(channels, size, mean, std),
+        fallback_layers(net),
+        head,
+        f"tguide checkpoint {path.resolve()} sha256 {sha}",
+        acc,
+        0,
+        f"sha256:{sha}",
+    )
 
 
 register_source("ckpt", ckpt_source, usage="ckpt:PATH")

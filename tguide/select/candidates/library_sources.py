@@ -9,14 +9,22 @@ installed; ``timm:NAME:random`` its seeded random init.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from tguide.data.transforms import ConvertMode, plain_transform
-from tguide.select.candidates.base import (IMAGENET_MEAN_STD, INIT_SEED, Candidate, CandidateError,
-                                           fallback_layers, register_source, seeded_init)
+from tguide.select.candidates.base import (
+    IMAGENET_MEAN_STD,
+    INIT_SEED,
+    Candidate,
+    CandidateError,
+    fallback_layers,
+    register_source,
+    seeded_init,
+)
 
 __all__ = ["timm_source", "torchvision_archs", "torchvision_source"]
 
@@ -55,9 +63,17 @@ def torchvision_source(rest: str) -> Candidate:
         raise CandidateError(f"unknown torchvision architecture {arch!r}{hint}; see torchvision.models.list_models()")
     if not weights:
         model = seeded_init(lambda: models.get_model(arch, weights=None))
-        return Candidate(f"torchvision:{arch}", model.eval(), plain_transform(3, 224, *IMAGENET_MEAN_STD, crop=True),
-                         fallback_layers(model), True, f"torchvision {arch}, random init (seed {INIT_SEED})",
-                         None, 0, f"torchvision:{arch}:random:{INIT_SEED}")
+        return Candidate(
+            f"torchvision:{arch}",
+            model.eval(),
+            plain_transform(3, 224, *IMAGENET_MEAN_STD, crop=True),
+            fallback_layers(model),
+            True,
+            f"torchvision {arch}, random init (seed {INIT_SEED})",
+            None,
+            0,
+            f"torchvision:{arch}:random:{INIT_SEED}",
+        )
     enum = models.get_model_weights(arch)
     names = [w.name for w in enum]
     if weights not in names and weights != "DEFAULT":
@@ -65,15 +81,19 @@ def torchvision_source(rest: str) -> Candidate:
     w = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
     if not path.is_file():
-        raise CandidateError(f"torchvision:{arch}:{w.name}: weights file not in the torch hub cache, expected "
-                             f"{str(path)!r} (offline: nothing is downloaded; copy the file there or set TORCH_HOME)")
+        raise CandidateError(
+            f"torchvision:{arch}:{w.name}: weights file not in the torch hub cache, expected "
+            f"{str(path)!r} (offline: nothing is downloaded; copy the file there or set TORCH_HOME)"
+        )
     from tguide.select.checkpoints import file_sha256, load_state_dict_checked
 
     model = models.get_model(arch, weights=None, num_classes=len(w.meta.get("categories") or []) or 1000)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
-        raise CandidateError(f"cannot load {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        raise CandidateError(
+            f"cannot load {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     load_state_dict_checked(model, state, f"torchvision weights {str(path)!r}")
     acc = None
     for metrics in (w.meta.get("_metrics") or {}).values():
@@ -82,8 +102,17 @@ def torchvision_source(rest: str) -> Candidate:
             break
     sha = file_sha256(path)
     transform = _Compose2(ConvertMode("RGB"), w.transforms())
-    return Candidate(f"torchvision:{arch}:{w.name}", model.eval(), transform, fallback_layers(model), True,
-                     f"torchvision {arch} {w.name}: {path} sha256 {sha}", acc, 0, f"sha256:{sha}")
+    return Candidate(
+        f"torchvision:{arch}:{w.name}",
+        model.eval(),
+        transform,
+        fallback_layers(model),
+        True,
+        f"torchvision {arch} {w.name}: {path} sha256 {sha}",
+        acc,
+        0,
+        f"sha256:{sha}",
+    )
 
 
 def timm_source(rest: str) -> Candidate:
@@ -98,14 +127,24 @@ def timm_source(rest: str) -> Candidate:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         model = seeded_init(lambda: timm.create_model(name, pretrained=pretrained))
     except Exception as err:  # noqa: BLE001 - unknown name, weights not cached
-        raise CandidateError(f"timm:{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        raise CandidateError(
+            f"timm:{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     cfg = timm.data.resolve_data_config({}, model=model)
     size = int(cfg["input_size"][-1])
     transform = plain_transform(3, size, tuple(cfg["mean"]), tuple(cfg["std"]), crop=True)
     head = getattr(model, "num_classes", 0) > 0
-    return Candidate(f"timm:{name}" + (":random" if not pretrained else ""), model.eval(), transform,
-                     fallback_layers(model), head, f"timm {name} ({'pretrained' if pretrained else 'random init'})",
-                     None, 0, "" if pretrained else f"timm:{name}:random:{INIT_SEED}")
+    return Candidate(
+        f"timm:{name}" + (":random" if not pretrained else ""),
+        model.eval(),
+        transform,
+        fallback_layers(model),
+        head,
+        f"timm {name} ({'pretrained' if pretrained else 'random init'})",
+        None,
+        0,
+        "" if pretrained else f"timm:{name}:random:{INIT_SEED}",
+    )
 
 
 def _timm_names() -> list[str]:

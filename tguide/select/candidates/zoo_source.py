@@ -21,18 +21,44 @@ def zoo_source(rest: str) -> Candidate:
         raise CandidateError(f"zoo:{name}:{option}: the only option after a zoo name is ':random' (random init)")
     if option == "random":
         model = seeded_init(entry.builder)
-        return Candidate(f"{name}:random", model.eval(), zoo_transform(entry), list(entry.layers), entry.has_head,
-                         f"zoo {name} architecture, random init (seed {INIT_SEED})", None,
-                         entry.params, f"zoo:{name}:random:{INIT_SEED}")
+        return Candidate(
+            f"{name}:random",
+            model.eval(),
+            zoo_transform(entry),
+            list(entry.layers),
+            entry.has_head,
+            f"zoo {name} architecture, random init (seed {INIT_SEED})",
+            None,
+            entry.params,
+            f"zoo:{name}:random:{INIT_SEED}",
+        )
     model, entry = load_zoo_model(name)
     acc = entry.measured_acc if entry.measured_acc is not None else entry.reported_acc
     meta = {"source": entry.source, "measured_on": entry.measured_on}
     if entry.load is not None:  # built in process (no file): the weights are the fingerprint
-        return Candidate(name, model, zoo_transform(entry), list(entry.layers), entry.has_head,
-                         f"zoo {name}: built in process by its loader", acc, entry.params, meta=meta)
-    return Candidate(name, model, zoo_transform(entry), list(entry.layers), entry.has_head,
-                     f"zoo {name}: {entry.path} sha256 {entry.sha256}", acc, entry.params, f"sha256:{entry.sha256}",
-                     meta=meta)
+        return Candidate(
+            name,
+            model,
+            zoo_transform(entry),
+            list(entry.layers),
+            entry.has_head,
+            f"zoo {name}: built in process by its loader",
+            acc,
+            entry.params,
+            meta=meta,
+        )
+    return Candidate(
+        name,
+        model,
+        zoo_transform(entry),
+        list(entry.layers),
+        entry.has_head,
+        f"zoo {name}: {entry.path} sha256 {entry.sha256}",
+        acc,
+        entry.params,
+        f"sha256:{entry.sha256}",
+        meta=meta,
+    )
 
 
 def _zoo_names() -> list[str]:

@@ -19,8 +19,8 @@ image index), so every model sees the same noisy test images.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import numpy as np
@@ -28,17 +28,26 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from tguide.studies.denoising.noise import NoiseModel, n2c_pair, n2n_pair, parse_noise
 from tguide.data.roots import dataset_dir
 from tguide.errors import DataNotFoundError, TGuideError
+from tguide.studies.denoising.noise import NoiseModel, n2c_pair, n2n_pair, parse_noise
 
 SETS = ("Train400", "BSD68", "Set12", "Kodak24")
 EVAL_SETS = ("BSD68", "Set12", "Kodak24")
 MODES = ("n2n", "n2c")
 VAL_EVERY = 20
 
-__all__ = ["SETS", "EVAL_SETS", "MODES", "load_images", "train_val_split", "center_crop", "RandomPatches",
-           "NoisyImages", "DenoiseDataModule"]
+__all__ = [
+    "SETS",
+    "EVAL_SETS",
+    "MODES",
+    "load_images",
+    "train_val_split",
+    "center_crop",
+    "RandomPatches",
+    "NoisyImages",
+    "DenoiseDataModule",
+]
 
 
 def _folder(name: str, root: str | Path | None) -> Path:
@@ -84,7 +93,7 @@ def center_crop(images: Sequence[Tensor], size: int) -> Tensor:
         if size > min(h, w):
             raise ValueError(f"crop size {size} exceeds an image of size {h}×{w}")
         top, left = (h - size) // 2, (w - size) // 2
-        out.append(x[..., top:top + size, left:left + size])
+        out.append(x[..., top : top + size, left : left + size])
     return torch.stack(out)
 
 
@@ -96,8 +105,16 @@ class RandomPatches(Dataset):
     """``length`` random ``patch × patch`` crops (random flips / 90° rotations) of ``images`` with
     fresh noise pairs at every draw. Item: ``(input, target, clean)``, each ``(C, patch, patch)``."""
 
-    def __init__(self, images: Sequence[Tensor], noise: NoiseModel, mode: str = "n2n", patch: int = 64,
-                 length: int = 4000, seed: int = 0, augment: bool = True) -> None:
+    def __init__(
+        self,
+        images: Sequence[Tensor],
+        noise: NoiseModel,
+        mode: str = "n2n",
+        patch: int = 64,
+        length: int = 4000,
+        seed: int = 0,
+        augment: bool = True,
+    ) -> None:
         if mode not in MODES:
             raise TGuideError(f"mode must be one of {MODES}, got {mode!r}")
         if not images:
@@ -124,7 +141,7 @@ class RandomPatches(Dataset):
         h, w = x.shape[-2:]
         top = int(torch.randint(h - self.patch + 1, (1,), generator=g))
         left = int(torch.randint(w - self.patch + 1, (1,), generator=g))
-        clean = x[..., top:top + self.patch, left:left + self.patch]
+        clean = x[..., top : top + self.patch, left : left + self.patch]
         if self.augment:
             k, flip = torch.randint(4, (2,), generator=g).tolist()
             clean = torch.rot90(clean, k, dims=(-2, -1))
@@ -168,10 +185,21 @@ class DenoiseDataModule(L.LightningDataModule):
         seed: seeds the training noise stream and the fixed evaluation noise.
     """
 
-    def __init__(self, root: str | None = None, noise: str = "gaussian:25", eval_noise: str | None = None,
-                 mode: str = "n2n", patch_size: int = 64, batch_size: int = 16, patches_per_epoch: int = 4000,
-                 test_sets: Sequence[str] = EVAL_SETS, grey: bool = True, max_eval_images: int | None = None,
-                 num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | None = None,
+        noise: str = "gaussian:25",
+        eval_noise: str | None = None,
+        mode: str = "n2n",
+        patch_size: int = 64,
+        batch_size: int = 16,
+        patches_per_epoch: int = 4000,
+        test_sets: Sequence[str] = EVAL_SETS,
+        grey: bool = True,
+        max_eval_images: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise TGuideError(f"data.mode must be one of {MODES}, got {mode!r}")
@@ -197,17 +225,31 @@ class DenoiseDataModule(L.LightningDataModule):
         images = load_images("Train400", self.root, self.grey)
         train_idx, val_idx = train_val_split(len(images))
         if self.train_set is None:
-            self.train_set = RandomPatches([images[i] for i in train_idx], self.noise, self.mode, self.patch_size,
-                                           self.patches_per_epoch, self.seed)
+            self.train_set = RandomPatches(
+                [images[i] for i in train_idx],
+                self.noise,
+                self.mode,
+                self.patch_size,
+                self.patches_per_epoch,
+                self.seed,
+            )
             self.val_set = NoisyImages(self._cap([images[i] for i in val_idx]), self.eval_noise, self.seed + 1)
         if stage in (None, "test") and not self.test_sets_data:
-            self.test_sets_data = [NoisyImages(self._cap(load_images(s, self.root, self.grey)), self.eval_noise,
-                                               self.seed + 2) for s in self.test_sets]
+            self.test_sets_data = [
+                NoisyImages(self._cap(load_images(s, self.root, self.grey)), self.eval_noise, self.seed + 2)
+                for s in self.test_sets
+            ]
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          drop_last=True, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            drop_last=True,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None

@@ -14,8 +14,9 @@ SSIM, both from torchmetrics.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -67,9 +68,16 @@ class Denoiser(L.LightningModule):
         loss: ``l2``, ``l1`` or ``l0`` (annealed over ``trainer.estimated_stepping_batches``).
     """
 
-    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
-                 scheduler: Callable[..., Any] | None = None, loss: str = "l2", l0_eps: float = 1e-8,
-                 test_names: Sequence[str] | None = None, log_images: int = 2) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        loss: str = "l2",
+        l0_eps: float = 1e-8,
+        test_names: Sequence[str] | None = None,
+        log_images: int = 2,
+    ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise TGuideError(f"model.loss must be one of {LOSSES}, got {loss!r}")
@@ -121,11 +129,12 @@ class Denoiser(L.LightningModule):
         w = max(e.shape[-1] for e in examples)
         grid = torch.zeros(examples[0].shape[0], h * len(examples), w)
         for i, e in enumerate(examples):
-            grid[:, i * h:i * h + e.shape[-2], : e.shape[-1]] = e
+            grid[:, i * h : i * h + e.shape[-2], : e.shape[-1]] = e
         for logger in self.loggers:
             if hasattr(logger, "log_image"):
-                logger.log_image(key="val/examples", images=[grid], caption=["noisy | denoised | clean"],
-                                 step=self.global_step)
+                logger.log_image(
+                    key="val/examples", images=[grid], caption=["noisy | denoised | clean"], step=self.global_step
+                )
         folder = Path(self.trainer.default_root_dir) / "images"
         folder.mkdir(parents=True, exist_ok=True)
         from PIL import Image
@@ -141,26 +150,38 @@ class Denoiser(L.LightningModule):
             names = list(getattr(dm, "test_sets", []) or [])
         loaders = self.trainer.test_dataloaders
         n = len(loaders) if isinstance(loaders, (list, tuple)) else (1 if loaders is not None else len(names))
-        self._test_names = (names + [f"set{i}" for i in range(len(names), n)])[:n] if names else \
-            [f"set{i}" for i in range(n)]
-        self.test_psnr = nn.ModuleList([PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean",
-                                                             dim=(1, 2, 3)) for _ in range(n)]).to(self.device)
-        self.test_ssim = nn.ModuleList([StructuralSimilarityIndexMeasure(data_range=1.0)
-                                        for _ in range(n)]).to(self.device)
+        self._test_names = (
+            (names + [f"set{i}" for i in range(len(names), n)])[:n] if names else [f"set{i}" for i in range(n)]
+        )
+        self.test_psnr = nn.ModuleList(
+            [PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)) for _ in range(n)]
+        ).to(self.device)
+        self.test_ssim = nn.ModuleList([StructuralSimilarityIndexMeasure(data_range=1.0) for _ in range(n)]).to(
+            self.device
+        )
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, out, clean = self._denoise_eval(batch)
         name = self._test_names[dataloader_idx]
         self.test_psnr[dataloader_idx].update(out, clean)
         self.test_ssim[dataloader_idx].update(out, clean)
-        self.log(f"test/psnr/{name}", self.test_psnr[dataloader_idx], on_epoch=True, batch_size=x.shape[0],
-                 add_dataloader_idx=False)
-        self.log(f"test/ssim/{name}", self.test_ssim[dataloader_idx], on_epoch=True, batch_size=x.shape[0],
-                 add_dataloader_idx=False)
+        self.log(
+            f"test/psnr/{name}",
+            self.test_psnr[dataloader_idx],
+            on_epoch=True,
+            batch_size=x.shape[0],
+            add_dataloader_idx=False,
+        )
+        self.log(
+            f"test/ssim/{name}",
+            self.test_ssim[dataloader_idx],
+            on_epoch=True,
+            batch_size=x.shape[0],
+            add_dataloader_idx=False,
+        )
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}

@@ -28,22 +28,34 @@ image (input, target); :func:`n2c_pair` returns (noisy, clean) for the Noise2Cle
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from tguide.errors import TGuideError
 
-__all__ = ["NOISE_KINDS", "NoiseModel", "parse_noise", "gaussian", "poisson", "bernoulli", "impulse",
-           "text_overlay", "n2n_pair", "n2c_pair"]
+__all__ = [
+    "NOISE_KINDS",
+    "NoiseModel",
+    "parse_noise",
+    "gaussian",
+    "poisson",
+    "bernoulli",
+    "impulse",
+    "text_overlay",
+    "n2n_pair",
+    "n2c_pair",
+]
 
 
 def _check(x: Tensor) -> None:
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise ValueError(f"images must be a float tensor in [0, 1], got {type(x).__name__} "
-                         f"{getattr(x, 'dtype', '')}; convert with x.float() / 255")
+        raise ValueError(
+            f"images must be a float tensor in [0, 1], got {type(x).__name__} "
+            f"{getattr(x, 'dtype', '')}; convert with x.float() / 255"
+        )
     if x.dim() < 3:
         raise ValueError(f"images must have shape (..., C, H, W), got {tuple(x.shape)}")
 
@@ -100,11 +112,11 @@ def _text_mask(h: int, w: int, p: float, generator: torch.Generator | None) -> t
     def r(n: int) -> int:
         return int(torch.randint(0, max(n, 1), (1,), generator=generator))
 
-    canvas = Image.new("L", (w, h), 0)       # 0 = untouched; k = drawn by string k (1..255)
+    canvas = Image.new("L", (w, h), 0)  # 0 = untouched; k = drawn by string k (1..255)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     greys = torch.rand(256, generator=generator)
-    for k in range(1, 256):                  # at most 255 strings
+    for k in range(1, 256):  # at most 255 strings
         covered = (torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8) > 0).float().mean()
         if covered >= p:
             break
@@ -119,7 +131,7 @@ def text_overlay(x: Tensor, p: float, generator: torch.Generator | None = None, 
     _check(x)
     if not 0 <= p < 1:
         raise ValueError(f"text coverage p must be in [0, 1), got {p}")
-    flat = x.reshape(-1, *x.shape[-3:])      # (N, C, H, W)
+    flat = x.reshape(-1, *x.shape[-3:])  # (N, C, H, W)
     out = flat.clone()
     for i in range(flat.shape[0]):
         mask, grey = _text_mask(flat.shape[-2], flat.shape[-1], p, generator)
@@ -129,7 +141,11 @@ def text_overlay(x: Tensor, p: float, generator: torch.Generator | None = None, 
 
 
 NOISE_KINDS: dict[str, Callable[..., Tensor]] = {
-    "gaussian": gaussian, "poisson": poisson, "bernoulli": bernoulli, "impulse": impulse, "text": text_overlay,
+    "gaussian": gaussian,
+    "poisson": poisson,
+    "bernoulli": bernoulli,
+    "impulse": impulse,
+    "text": text_overlay,
 }
 
 
@@ -157,7 +173,7 @@ class NoiseModel:
         return f"{self.kind}:{int(lv) if lv.is_integer() else lv:g}"
 
 
-def parse_noise(spec: "str | NoiseModel | dict") -> NoiseModel:
+def parse_noise(spec: str | NoiseModel | dict) -> NoiseModel:
     """``"gaussian:25"`` / ``{"kind": "gaussian", "level": 25}`` / a NoiseModel → :class:`NoiseModel`."""
     if isinstance(spec, NoiseModel):
         return spec
@@ -166,8 +182,10 @@ def parse_noise(spec: "str | NoiseModel | dict") -> NoiseModel:
         return NoiseModel(str(d["kind"]), float(d["level"]), bool(d.get("clip", False)))
     kind, sep, level = str(spec).partition(":")
     if not sep:
-        raise TGuideError(f"noise spec {spec!r} must be 'kind:level', e.g. 'gaussian:25', 'poisson:30', "
-                          f"'impulse:0.2'; kinds: {sorted(NOISE_KINDS)}")
+        raise TGuideError(
+            f"noise spec {spec!r} must be 'kind:level', e.g. 'gaussian:25', 'poisson:30', "
+            f"'impulse:0.2'; kinds: {sorted(NOISE_KINDS)}"
+        )
     try:
         value = float(level)
     except ValueError:

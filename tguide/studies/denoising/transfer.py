@@ -21,30 +21,55 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tguide.studies.denoising.data import RandomPatches, center_crop, load_images, train_val_split
-from tguide.studies.denoising.noise import NoiseModel, parse_noise
 from tguide.errors import TGuideError
+from tguide.metrics.denoising import (
+    DenoisingTransferResult,
+    denoiser_residuals,
+    denoising_transferability,
+    residual_patches,
+)
 from tguide.runs import prepare_run
-from tguide.metrics.denoising import (DenoisingTransferResult, denoiser_residuals, denoising_transferability,
-                                     residual_patches)
+from tguide.studies.denoising.data import RandomPatches, center_crop, load_images, train_val_split
 from tguide.studies.denoising.denoiser import DEFAULT_LOSS, denoise_loss, l0_gamma
+from tguide.studies.denoising.noise import NoiseModel, parse_noise
 from tguide.studies.denoising.unet import N2NUNet
 
 CACHE = Path("~/.cache/tguide/denoise")
 
-__all__ = ["CACHE", "train_denoiser", "load_or_train", "load_checkpoint", "score_pool", "noisy_copies",
-           "mean_psnr", "transfer_rows", "markdown", "run"]
+__all__ = [
+    "CACHE",
+    "train_denoiser",
+    "load_or_train",
+    "load_checkpoint",
+    "score_pool",
+    "noisy_copies",
+    "mean_psnr",
+    "transfer_rows",
+    "markdown",
+    "run",
+]
 
 
-def train_denoiser(noise: "str | NoiseModel", *, mode: str = "n2n", steps: int = 1000, width: int = 24,
-                   patch: int = 64, batch: int = 8, lr: float = 1e-3, loss: str | None = None, seed: int = 0,
-                   root: str | None = None) -> tuple[N2NUNet, dict[str, Any]]:
+def train_denoiser(
+    noise: str | NoiseModel,
+    *,
+    mode: str = "n2n",
+    steps: int = 1000,
+    width: int = 24,
+    patch: int = 64,
+    batch: int = 8,
+    lr: float = 1e-3,
+    loss: str | None = None,
+    seed: int = 0,
+    root: str | None = None,
+) -> tuple[N2NUNet, dict[str, Any]]:
     """Train an :class:`N2NUNet` of ``width`` on Train400 (380 training images) for ``steps`` steps.
 
     ``loss`` defaults to the paper's choice for the noise kind (:data:`DEFAULT_LOSS`); ``l0`` is
@@ -70,15 +95,26 @@ def train_denoiser(noise: "str | NoiseModel", *, mode: str = "n2n", steps: int =
         sched.step()
         losses.append(value.item())
     net.eval()
-    tail = losses[-max(1, len(losses) // 10):]
-    info = {"noise": noise.name, "mode": mode, "steps": steps, "width": width, "patch": patch, "batch": batch,
-            "lr": lr, "loss": loss, "seed": seed, "train_seconds": time.perf_counter() - t0,
-            "final_loss": sum(tail) / len(tail)}
+    tail = losses[-max(1, len(losses) // 10) :]
+    info = {
+        "noise": noise.name,
+        "mode": mode,
+        "steps": steps,
+        "width": width,
+        "patch": patch,
+        "batch": batch,
+        "lr": lr,
+        "loss": loss,
+        "seed": seed,
+        "train_seconds": time.perf_counter() - t0,
+        "final_loss": sum(tail) / len(tail),
+    }
     return net, info
 
 
-def load_or_train(noise: "str | NoiseModel", cache_dir: "str | Path | None" = CACHE, **hp: Any
-                  ) -> tuple[N2NUNet, dict[str, Any]]:
+def load_or_train(
+    noise: str | NoiseModel, cache_dir: str | Path | None = CACHE, **hp: Any
+) -> tuple[N2NUNet, dict[str, Any]]:
     """:func:`train_denoiser` with a disk cache: ``<cache_dir>/<noise>_<mode>_<hash of settings>.pt``.
 
     ``cache_dir=None`` disables the cache. ``info["reused"]`` says whether the file was loaded.
@@ -101,19 +137,21 @@ def load_or_train(noise: "str | NoiseModel", cache_dir: "str | Path | None" = CA
     return net, {**info, "reused": False, "path": str(path) if path else None}
 
 
-def load_checkpoint(path: "str | Path") -> nn.Module:
+def load_checkpoint(path: str | Path) -> nn.Module:
     """A denoiser from a Lightning checkpoint of :class:`~tguide.studies.denoising.denoiser.Denoiser` (recipe
     ``denoise_n2n``) or from a :func:`load_or_train` file."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise TGuideError(f"checkpoint {str(path)!r} does not exist; train one with "
-                          f"`python -m tguide.fit recipe=denoise_n2n` or leave transfer.checkpoint=null")
+        raise TGuideError(
+            f"checkpoint {str(path)!r} does not exist; train one with "
+            f"`python -m tguide.fit recipe=denoise_n2n` or leave transfer.checkpoint=null"
+        )
     blob = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" in blob and "in_channels" in blob:
         net = N2NUNet(blob["in_channels"], width=blob["info"]["width"])
         net.load_state_dict(blob["state_dict"])
         return net.eval()
-    state = {k[len("net."):]: v for k, v in blob.get("state_dict", {}).items() if k.startswith("net.")}
+    state = {k[len("net.") :]: v for k, v in blob.get("state_dict", {}).items() if k.startswith("net.")}
     if not state:
         raise TGuideError(f"{str(path)!r} holds no `net.*` weights of a Denoiser")
     width = int(state["enc_conv0.0.weight"].shape[0])
@@ -129,27 +167,40 @@ def score_pool(root: str | None = None, crop: int = 128, n_images: int = 68) -> 
     return images[:half], images[half:]
 
 
-def noisy_copies(clean: Tensor, noise: "str | NoiseModel", seed: int) -> Tensor:
+def noisy_copies(clean: Tensor, noise: str | NoiseModel, seed: int) -> Tensor:
     """Fixed noisy copies of ``clean (N, C, H, W)``: image i drawn with generator ``(seed, i)``."""
     noise = parse_noise(noise)
-    return torch.stack([noise(x, torch.Generator().manual_seed(seed * 1_000_003 + 7919 * i + 1))
-                        for i, x in enumerate(clean)])
+    return torch.stack(
+        [noise(x, torch.Generator().manual_seed(seed * 1_000_003 + 7919 * i + 1)) for i, x in enumerate(clean)]
+    )
 
 
 @torch.no_grad()
-def mean_psnr(model: nn.Module, noisy: "Tensor | Sequence[Tensor]", clean: "Tensor | Sequence[Tensor]") -> float:
+def mean_psnr(model: nn.Module, noisy: Tensor | Sequence[Tensor], clean: Tensor | Sequence[Tensor]) -> float:
     """Mean per-image PSNR (dB, data range 1) of ``model(noisy).clamp(0, 1)`` against ``clean``."""
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     model.eval()
-    vals = [float(peak_signal_noise_ratio(model(x[None]).clamp(0, 1), c[None], data_range=1.0))
-            for x, c in zip(noisy, clean)]
+    vals = [
+        float(peak_signal_noise_ratio(model(x[None]).clamp(0, 1), c[None], data_range=1.0))
+        for x, c in zip(noisy, clean)
+    ]
     return sum(vals) / len(vals)
 
 
-def transfer_rows(model: nn.Module, source: "str | NoiseModel", targets: Sequence["str | NoiseModel"],
-                  clean_a: Tensor, clean_b: Tensor, *, seed: int = 0, psnr: bool = True, patch: int = 8,
-                  variants: dict[str, dict[str, Any]] | None = None, **score_kwargs: Any) -> list[dict[str, Any]]:
+def transfer_rows(
+    model: nn.Module,
+    source: str | NoiseModel,
+    targets: Sequence[str | NoiseModel],
+    clean_a: Tensor,
+    clean_b: Tensor,
+    *,
+    seed: int = 0,
+    psnr: bool = True,
+    patch: int = 8,
+    variants: dict[str, dict[str, Any]] | None = None,
+    **score_kwargs: Any,
+) -> list[dict[str, Any]]:
     """Score A → B for every target B (and PSNR of A's model on B if ``psnr``).
 
     A's residual patches are computed once (noise seed ``2·seed+1``), B's images carry noise seed
@@ -161,7 +212,7 @@ def transfer_rows(model: nn.Module, source: "str | NoiseModel", targets: Sequenc
     source = parse_noise(source)
     t0 = time.perf_counter()
     held_a = noisy_copies(clean_a, source, seed * 2 + 1)
-    res_a_images = denoiser_residuals(model, held_a)                     # (N, C, H, W)
+    res_a_images = denoiser_residuals(model, held_a)  # (N, C, H, W)
     res_a = residual_patches(res_a_images, patch)
     a_seconds = time.perf_counter() - t0
     rows = []
@@ -169,14 +220,22 @@ def transfer_rows(model: nn.Module, source: "str | NoiseModel", targets: Sequenc
         t = parse_noise(t)
         noisy_b = noisy_copies(clean_b, t, seed * 2 + 2)
         t1 = time.perf_counter()
-        res_b = denoiser_residuals(model, noisy_b)                       # (N, C, H, W)
-        result = denoising_transferability(res_a, residual_patches(res_b, patch), patch=patch, seed=seed,
-                                           return_result=True, **score_kwargs)
+        res_b = denoiser_residuals(model, noisy_b)  # (N, C, H, W)
+        result = denoising_transferability(
+            res_a, residual_patches(res_b, patch), patch=patch, seed=seed, return_result=True, **score_kwargs
+        )
         assert isinstance(result, DenoisingTransferResult)
         b_seconds = time.perf_counter() - t1
-        row = {"source": source.name, "target": t.name, "score": float(result.score),
-               "distance": float(result.distance), "scale": float(result.scale),
-               "score_seconds": b_seconds + a_seconds, "a_seconds": a_seconds, "b_seconds": b_seconds}
+        row = {
+            "source": source.name,
+            "target": t.name,
+            "score": float(result.score),
+            "distance": float(result.distance),
+            "scale": float(result.scale),
+            "score_seconds": b_seconds + a_seconds,
+            "a_seconds": a_seconds,
+            "b_seconds": b_seconds,
+        }
         for name, kw in (variants or {}).items():
             row[f"score_{name}"] = float(denoising_transferability(res_a_images, res_b, seed=seed, **kw))
         if psnr:  # uses the clean images, which the score never sees
@@ -194,12 +253,18 @@ def _psnr(images: Tensor, clean: Tensor) -> float:
 
 def markdown(rows: list[dict[str, Any]], title: str) -> str:
     """Rows as a markdown table."""
-    lines = [f"### {title}", "", "| source A | target B | T(A→B) | SW₂ distance | s_A | PSNR A on B (dB) | noisy (dB) "
-             "| score s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| source A | target B | T(A→B) | SW₂ distance | s_A | PSNR A on B (dB) | noisy (dB) | score s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['source']} | {r['target']} | {r['score']:.3f} | {r['distance']:.4f} | {r['scale']:.4f} | "
-                     f"{r.get('psnr_a_on_b', float('nan')):.2f} | {r.get('psnr_noisy', float('nan')):.2f} | "
-                     f"{r['score_seconds']:.2f} |")
+        lines.append(
+            f"| {r['source']} | {r['target']} | {r['score']:.3f} | {r['distance']:.4f} | {r['scale']:.4f} | "
+            f"{r.get('psnr_a_on_b', float('nan')):.2f} | {r.get('psnr_noisy', float('nan')):.2f} | "
+            f"{r['score_seconds']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -218,13 +283,27 @@ def run(cfg: Any) -> dict[str, Any]:
             hp = dict(tr["train"])
             model, info = load_or_train(tr["source"], tr.get("cache_dir"), root=root, **hp)
         clean_a, clean_b = score_pool(root, tr["crop"], tr.get("n_images", 68))
-        rows = transfer_rows(model, tr["source"], tr["targets"], clean_a, clean_b, seed=int(cfg.get("seed", 0)),
-                             psnr=bool(tr.get("psnr", True)), patch=tr["patch"], n_projections=tr["n_projections"],
-                             max_patches=tr["max_patches"], method=tr["method"])
+        rows = transfer_rows(
+            model,
+            tr["source"],
+            tr["targets"],
+            clean_a,
+            clean_b,
+            seed=int(cfg.get("seed", 0)),
+            psnr=bool(tr.get("psnr", True)),
+            patch=tr["patch"],
+            n_projections=tr["n_projections"],
+            max_patches=tr["max_patches"],
+            method=tr["method"],
+        )
     finally:
         torch.set_num_threads(threads)
-    res = {"source": parse_noise(tr["source"]).name, "model": info, "rows": rows,
-           "note": "BSD68 grey central crops: images 1-34 = A's held-out side, 35-68 = B's side"}
+    res = {
+        "source": parse_noise(tr["source"]).name,
+        "model": info,
+        "rows": rows,
+        "note": "BSD68 grey central crops: images 1-34 = A's held-out side, 35-68 = B's side",
+    }
     (run_dir / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     md = markdown(rows, f"Denoising transferability from {res['source']}")
     (run_dir / "results.md").write_text(md)

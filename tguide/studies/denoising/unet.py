@@ -43,8 +43,9 @@ class N2NUNet(nn.Module):
 
     DEPTH = 5
 
-    def __init__(self, in_channels: int = 1, out_channels: int | None = None, width: int = 48,
-                 residual: bool = False) -> None:
+    def __init__(
+        self, in_channels: int = 1, out_channels: int | None = None, width: int = 48, residual: bool = False
+    ) -> None:
         super().__init__()
         if in_channels < 1 or width < 1:
             raise ValueError(f"in_channels and width must be ≥ 1, got {in_channels}, {width}")
@@ -53,13 +54,13 @@ class N2NUNet(nn.Module):
         a, b = max(1, round(64 * w / 48)), max(1, round(32 * w / 48))
         self.in_channels, self.out_channels, self.width, self.residual = in_channels, out_channels, w, residual
         self.enc_conv0 = _conv(in_channels, w)
-        self.enc_conv1 = _conv(w, w)                       # then pool1
+        self.enc_conv1 = _conv(w, w)  # then pool1
         self.enc_blocks = nn.ModuleList([_conv(w, w) for _ in range(4)])  # enc_conv2..5, each then pool
         self.enc_conv6 = _conv(w, w)
         # decoder levels 5..2: concat(upsampled, pool_{k-1}) → two convs of d channels
-        self.dec_blocks = nn.ModuleList([
-            nn.Sequential(_conv(w + w if k == 0 else d + w, d), _conv(d, d)) for k in range(4)
-        ])
+        self.dec_blocks = nn.ModuleList(
+            [nn.Sequential(_conv(w + w if k == 0 else d + w, d), _conv(d, d)) for k in range(4)]
+        )
         self.dec_conv1 = nn.Sequential(_conv(d + in_channels, a), _conv(a, b), _conv(b, out_channels, act=False))
         self._init()
 
@@ -73,17 +74,17 @@ class N2NUNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"N2NUNet expects (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        m = 2 ** self.DEPTH
+        m = 2**self.DEPTH
         ph, pw = (-h) % m, (-w) % m
-        mode = "reflect" if ph < h and pw < w else "replicate"   # reflect needs pad < side
+        mode = "reflect" if ph < h and pw < w else "replicate"  # reflect needs pad < side
         xp = F.pad(x, (0, pw, 0, ph), mode=mode) if (ph or pw) else x
-        skips = [xp]                                          # input, pool1..pool4
+        skips = [xp]  # input, pool1..pool4
         t = F.max_pool2d(self.enc_conv1(self.enc_conv0(xp)), 2)
         for block in self.enc_blocks:
             skips.append(t)
-            t = F.max_pool2d(block(t), 2)                     # pool2..pool5
+            t = F.max_pool2d(block(t), 2)  # pool2..pool5
         t = self.enc_conv6(t)
-        for block in self.dec_blocks:                         # levels 5, 4, 3, 2
+        for block in self.dec_blocks:  # levels 5, 4, 3, 2
             t = F.interpolate(t, scale_factor=2, mode="nearest")
             t = block(torch.cat([t, skips.pop()], dim=1))
         t = F.interpolate(t, scale_factor=2, mode="nearest")

@@ -23,30 +23,39 @@ train part, :func:`tguide.data.mnist.split_indices`); Omniglot is the background
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tguide.studies.fewshot.episodes import Episode, EpisodeSampler
 from tguide.data.mnist import load_mnist_test, normalise, random_affine, split_indices
 from tguide.errors import TGuideError
-from tguide.stats import mean_ci
-from tguide.runs import prepare_run
 from tguide.nets.lenet import LeNet5
+from tguide.runs import prepare_run
 from tguide.select.pretune import accuracy, finetune, otce_head, otce_pretune
+from tguide.stats import mean_ci
+from tguide.studies.fewshot.episodes import Episode, EpisodeSampler
 
 METHODS = ("scratch", "vanilla", "otce")
 EPISODES_FILE = "episodes.jsonl"
 TARGETS = ("usps", "omniglot")
 
-__all__ = ["METHODS", "train_source", "load_or_train_source", "target_pool",
-           "run_episode", "run_protocol", "summarise", "markdown_table", "run"]
+__all__ = [
+    "METHODS",
+    "train_source",
+    "load_or_train_source",
+    "target_pool",
+    "run_episode",
+    "run_protocol",
+    "summarise",
+    "markdown_table",
+    "run",
+]
 
 
 # ----------------------------------------------------------------------------- source model
@@ -62,8 +71,9 @@ def _source_data(digits: Sequence[int], root: str | None) -> tuple[Tensor, Tenso
     return x[train], labels[train], x[held], labels[held]
 
 
-def train_source(x: Tensor, y: Tensor, *, epochs: int = 12, lr: float = 1e-3, batch: int = 128,
-                 augment: bool = True, seed: int = 0) -> LeNet5:
+def train_source(
+    x: Tensor, y: Tensor, *, epochs: int = 12, lr: float = 1e-3, batch: int = 128, augment: bool = True, seed: int = 0
+) -> LeNet5:
     """LeNet-5 (10 outputs, digit labels) trained with Adam and cross-entropy on ``x (N,1,28,28)``."""
     torch.manual_seed(int(seed))
     net = LeNet5(num_classes=10)
@@ -80,14 +90,28 @@ def train_source(x: Tensor, y: Tensor, *, epochs: int = 12, lr: float = 1e-3, ba
     return net
 
 
-def load_or_train_source(path: str | Path, digits: Sequence[int], *, epochs: int = 12, lr: float = 1e-3,
-                         batch: int = 128, seed: int = 0, root: str | None = None) -> tuple[LeNet5, dict]:
+def load_or_train_source(
+    path: str | Path,
+    digits: Sequence[int],
+    *,
+    epochs: int = 12,
+    lr: float = 1e-3,
+    batch: int = 128,
+    seed: int = 0,
+    root: str | None = None,
+) -> tuple[LeNet5, dict]:
     """The cached source LeNet at ``path`` if its settings match, else train it and save it there.
 
     Returns the network and its info (settings, held-out MNIST accuracy, training seconds).
     """
-    meta = {"digits": sorted(int(d) for d in digits), "epochs": int(epochs), "lr": float(lr),
-            "batch": int(batch), "seed": int(seed), "data": "MNIST 10k test set, train part (8 of 10)"}
+    meta = {
+        "digits": sorted(int(d) for d in digits),
+        "epochs": int(epochs),
+        "lr": float(lr),
+        "batch": int(batch),
+        "seed": int(seed),
+        "data": "MNIST 10k test set, train part (8 of 10)",
+    }
     path = Path(path)
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=False)
@@ -99,8 +123,11 @@ def load_or_train_source(path: str | Path, digits: Sequence[int], *, epochs: int
     xs, ys, xh, yh = _source_data(meta["digits"], root)
     t0 = time.perf_counter()
     net = train_source(xs, ys, epochs=epochs, lr=lr, batch=batch, seed=seed)
-    info = {"train_seconds": time.perf_counter() - t0, "heldout_accuracy": accuracy(net, xh, yh),
-            "n_train": int(xs.shape[0])}
+    info = {
+        "train_seconds": time.perf_counter() - t0,
+        "heldout_accuracy": accuracy(net, xh, yh),
+        "n_train": int(xs.shape[0]),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"meta": meta, "info": info, "state_dict": net.state_dict()}, path)
     return net, {**meta, **info, "reused": None}
@@ -109,8 +136,15 @@ def load_or_train_source(path: str | Path, digits: Sequence[int], *, epochs: int
 # ----------------------------------------------------------------------------- target data
 
 
-def target_pool(target: str, split: str, *, root: str | None = None, classes: Sequence[int] | None = None,
-                val_alphabets: Sequence[str] = (), usps_mode: str = "pad") -> tuple[Tensor, Tensor, list[int]]:
+def target_pool(
+    target: str,
+    split: str,
+    *,
+    root: str | None = None,
+    classes: Sequence[int] | None = None,
+    val_alphabets: Sequence[str] = (),
+    usps_mode: str = "pad",
+) -> tuple[Tensor, Tensor, list[int]]:
     """Normalised target images ``(N,1,28,28)``, labels, and the class ids episodes may draw.
 
     ``usps``: split ``"val"`` = USPS train file, ``"test"`` = USPS test file; classes (default
@@ -141,8 +175,15 @@ def target_pool(target: str, split: str, *, root: str | None = None, classes: Se
 # ----------------------------------------------------------------------------- protocol
 
 
-def run_episode(source: LeNet5, src_x: Tensor, src_y: Tensor, tgt_x: Tensor, episode: Episode,
-                hp: dict[str, Any], methods: Sequence[str] = METHODS) -> dict[str, Any]:
+def run_episode(
+    source: LeNet5,
+    src_x: Tensor,
+    src_y: Tensor,
+    tgt_x: Tensor,
+    episode: Episode,
+    hp: dict[str, Any],
+    methods: Sequence[str] = METHODS,
+) -> dict[str, Any]:
     """Accuracy of each method on one episode's query set, plus W_T before/after step 1 and timings."""
     xs, ys = tgt_x[episode.support], episode.support_labels
     xq, yq = tgt_x[episode.query], episode.query_labels
@@ -154,8 +195,15 @@ def run_episode(source: LeNet5, src_x: Tensor, src_y: Tensor, tgt_x: Tensor, epi
         t0 = time.perf_counter()
         if method == "scratch":
             torch.manual_seed(head_seed)
-            net = finetune(LeNet5(num_classes=n_way), xs, ys, n_way, new_head=False, seed=head_seed,
-                           **{k: v for k, v in ft.items() if k != "freeze"})
+            net = finetune(
+                LeNet5(num_classes=n_way),
+                xs,
+                ys,
+                n_way,
+                new_head=False,
+                seed=head_seed,
+                **{k: v for k, v in ft.items() if k != "freeze"},
+            )
         elif method == "vanilla":
             net = finetune(source, xs, ys, n_way, seed=head_seed, **ft)
         elif method == "otce":
@@ -168,8 +216,17 @@ def run_episode(source: LeNet5, src_x: Tensor, src_y: Tensor, tgt_x: Tensor, epi
             if head_init:  # our addition: new head = source head rows mixed by P̂(y_s | y_t)
                 idx = torch.randperm(src_x.shape[0], generator=torch.Generator().manual_seed(head_seed))
                 idx = idx[: pt.get("batch", 128)]
-                pre.fc3 = otce_head(pre, src_x[idx], src_y[idx], xs, ys, n_way, reg=pt.get("reg", 0.1),
-                                    max_iter=pt.get("max_iter", 200), normalise=pt.get("normalise", "none"))
+                pre.fc3 = otce_head(
+                    pre,
+                    src_x[idx],
+                    src_y[idx],
+                    xs,
+                    ys,
+                    n_way,
+                    reg=pt.get("reg", 0.1),
+                    max_iter=pt.get("max_iter", 200),
+                    normalise=pt.get("normalise", "none"),
+                )
             net = finetune(pre, xs, ys, n_way, seed=head_seed, new_head=not head_init, **ft)
         else:
             raise TGuideError(f"unknown few-shot method {method!r}; choose from {METHODS}")
@@ -184,37 +241,67 @@ def summarise(rows: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
     for m in methods:
         acc = [r[m] for r in rows]
         mean, ci = mean_ci(acc)
-        res["methods"][m] = {"mean": mean, "ci95": ci, "per_episode": acc,
-                             "seconds": float(sum(r[f"{m}_seconds"] for r in rows))}
+        res["methods"][m] = {
+            "mean": mean,
+            "ci95": ci,
+            "per_episode": acc,
+            "seconds": float(sum(r[f"{m}_seconds"] for r in rows)),
+        }
     if "otce" in methods and "vanilla" in methods:
         d = [r["otce"] - r["vanilla"] for r in rows]
         mean, ci = mean_ci(d)
-        res["paired_otce_minus_vanilla"] = {"mean": mean, "ci95": ci, "per_episode": d,
-                                            "wins": int(sum(x > 0 for x in d)), "losses": int(sum(x < 0 for x in d))}
+        res["paired_otce_minus_vanilla"] = {
+            "mean": mean,
+            "ci95": ci,
+            "per_episode": d,
+            "wins": int(sum(x > 0 for x in d)),
+            "losses": int(sum(x < 0 for x in d)),
+        }
     if rows and "w_t_before" in rows[0]:
-        res["w_t"] = {"before": float(np.mean([r["w_t_before"] for r in rows])),
-                      "after": float(np.mean([r["w_t_after"] for r in rows]))}
+        res["w_t"] = {
+            "before": float(np.mean([r["w_t_before"] for r in rows])),
+            "after": float(np.mean([r["w_t_after"] for r in rows])),
+        }
     return res
 
 
 def markdown_table(res: dict[str, Any], title: str) -> str:
     """The summary as a markdown table (accuracy in %, ± 95% half-width)."""
-    lines = [f"### {title}", "", f"{res['episodes']} episodes.", "",
-             "| method | mean accuracy (%) | 95% CI (±) | time (s) |", "|---|---|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        f"{res['episodes']} episodes.",
+        "",
+        "| method | mean accuracy (%) | 95% CI (±) | time (s) |",
+        "|---|---|---|---|",
+    ]
     for m, r in res["methods"].items():
         lines.append(f"| {m} | {100 * r['mean']:.2f} | {100 * r['ci95']:.2f} | {r['seconds']:.1f} |")
     if "paired_otce_minus_vanilla" in res:
         p = res["paired_otce_minus_vanilla"]
-        lines.append(f"| otce − vanilla (paired) | {100 * p['mean']:+.2f} | {100 * p['ci95']:.2f} | "
-                     f"wins {p['wins']} / losses {p['losses']} |")
+        lines.append(
+            f"| otce − vanilla (paired) | {100 * p['mean']:+.2f} | {100 * p['ci95']:.2f} | "
+            f"wins {p['wins']} / losses {p['losses']} |"
+        )
     if "w_t" in res:
-        lines += ["", f"Mean W_T = H(Y_t|Y_s) before / after step 1: {res['w_t']['before']:.3f} / "
-                      f"{res['w_t']['after']:.3f} nats."]
+        lines += [
+            "",
+            f"Mean W_T = H(Y_t|Y_s) before / after step 1: {res['w_t']['before']:.3f} / "
+            f"{res['w_t']['after']:.3f} nats.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def run_protocol(fs: dict[str, Any], run_dir: str | Path, *, root: str | None = None, logger: Any = None,
-                 log_every: int = 1, verbose: bool = True, resume: bool = False) -> dict[str, Any]:
+def run_protocol(
+    fs: dict[str, Any],
+    run_dir: str | Path,
+    *,
+    root: str | None = None,
+    logger: Any = None,
+    log_every: int = 1,
+    verbose: bool = True,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Build source model, target pool and episodes from the ``fewshot`` settings; run every episode.
 
     Writes ``results.json`` and ``results.md`` into ``run_dir`` and returns the results dict;
@@ -230,16 +317,30 @@ def run_protocol(fs: dict[str, Any], run_dir: str | Path, *, root: str | None = 
         torch.set_num_threads(threads)
 
 
-def _run_protocol(fs: dict[str, Any], run_dir: Path, root: str | None, logger: Any, log_every: int,
-                  verbose: bool, resume: bool = False) -> dict[str, Any]:
+def _run_protocol(
+    fs: dict[str, Any],
+    run_dir: Path,
+    root: str | None,
+    logger: Any,
+    log_every: int,
+    verbose: bool,
+    resume: bool = False,
+) -> dict[str, Any]:
     methods = list(fs.get("methods", METHODS))
     src = fs["source"]
     ckpt = src.get("checkpoint") or (run_dir / "source_lenet.pt")
-    source, source_info = load_or_train_source(ckpt, src["digits"], epochs=src["epochs"], lr=src["lr"],
-                                               batch=src["batch"], seed=src["seed"], root=root)
+    source, source_info = load_or_train_source(
+        ckpt, src["digits"], epochs=src["epochs"], lr=src["lr"], batch=src["batch"], seed=src["seed"], root=root
+    )
     src_x, src_y, _, _ = _source_data(src["digits"], root)
-    tgt_x, tgt_y, pool = target_pool(fs["target"], fs["split"], root=root, classes=fs.get("classes"),
-                                     val_alphabets=fs.get("val_alphabets") or (), usps_mode=fs.get("usps_mode", "pad"))
+    tgt_x, tgt_y, pool = target_pool(
+        fs["target"],
+        fs["split"],
+        root=root,
+        classes=fs.get("classes"),
+        val_alphabets=fs.get("val_alphabets") or (),
+        usps_mode=fs.get("usps_mode", "pad"),
+    )
     sampler = EpisodeSampler(tgt_y, fs["n_way"], fs["k_shot"], fs["n_query"], classes=pool, seed=fs["seed"])
     hp = {"finetune": dict(fs["finetune"]), "pretune": dict(fs["pretune"])}
     if "src_batch" in hp["pretune"]:  # the recipes' key; otce_pretune calls it `batch`
@@ -277,13 +378,24 @@ def _run_protocol(fs: dict[str, Any], run_dir: Path, root: str | None, logger: A
         if verbose and (i + 1) % log_every == 0:
             print(f"episode {i + 1}/{fs['episodes']}: " + " ".join(f"{m}={row[m]:.3f}" for m in methods), flush=True)
     res = summarise(rows, methods)
-    res.update({"target": fs["target"], "split": fs["split"], "seed": fs["seed"], "n_way": fs["n_way"],
-                "k_shot": fs["k_shot"], "n_query": fs["n_query"], "pool_classes": len(pool),
-                "hyperparameters": hp, "source": source_info, "wall_seconds": time.perf_counter() - t0,
-                "rows": rows, "note": "MNIST here is the 10k test set (train part 8/10 for the source model)"
-                + ("; Omniglot is the background 'small' subset (242 characters)" if fs["target"] == "omniglot" else "")})
-    title = (f"MNIST{tuple(src['digits'])} → {fs['target']} ({fs['split']}), "
-             f"{fs['n_way']}-way {fs['k_shot']}-shot")
+    res.update(
+        {
+            "target": fs["target"],
+            "split": fs["split"],
+            "seed": fs["seed"],
+            "n_way": fs["n_way"],
+            "k_shot": fs["k_shot"],
+            "n_query": fs["n_query"],
+            "pool_classes": len(pool),
+            "hyperparameters": hp,
+            "source": source_info,
+            "wall_seconds": time.perf_counter() - t0,
+            "rows": rows,
+            "note": "MNIST here is the 10k test set (train part 8/10 for the source model)"
+            + ("; Omniglot is the background 'small' subset (242 characters)" if fs["target"] == "omniglot" else ""),
+        }
+    )
+    title = f"MNIST{tuple(src['digits'])} → {fs['target']} ({fs['split']}), {fs['n_way']}-way {fs['k_shot']}-shot"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     (run_dir / "results.md").write_text(markdown_table(res, title))

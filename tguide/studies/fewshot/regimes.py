@@ -82,44 +82,76 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tguide.features import eval_mode
 from tguide.metrics.functional.otce import OTCEConvergenceWarning, otce_coupling, squared_euclidean
 from tguide.metrics.functional.task_distance import joint_labels, task_distance
 from tguide.select.pretune import feature_extractor, otce_pretune, trainable_parameters
-from tguide.features import eval_mode
 from tguide.stats import mean_ci
 from tguide.studies.fewshot.episodes import Episode, EpisodeSampler
 
-__all__ = ["GRID", "PAIRS", "SHOTS", "MAIN_METHODS", "VARIANT_METHODS", "FIXED", "HP_GRID", "Cell", "cells",
-           "paired_stats", "summarise_cells", "loo_rule", "loo_pays_rule", "diagnose_steps", "run_grid", "CSV_COLUMNS"]
+__all__ = [
+    "GRID",
+    "PAIRS",
+    "SHOTS",
+    "MAIN_METHODS",
+    "VARIANT_METHODS",
+    "FIXED",
+    "HP_GRID",
+    "Cell",
+    "cells",
+    "paired_stats",
+    "summarise_cells",
+    "loo_rule",
+    "loo_pays_rule",
+    "diagnose_steps",
+    "run_grid",
+    "CSV_COLUMNS",
+]
 
 SHOTS = (1, 5)
 N_WAY = 5
 PAIRS: tuple[dict[str, Any], ...] = (
-    {"source": "lenet5_mnist", "target": "usps", "n_query": 15,
-     "val": "USPS train file, digits 0-4", "test": "USPS test file, digits 5-9"},
-    {"source": "lenet5_mnist", "target": "mnist_m", "n_query": 15,
-     "val": "digits 0-4", "test": "digits 5-9"},
-    {"source": "lenet5_mnist", "target": "omniglot", "n_query": 15,
-     "val": "alphabets Japanese_(katakana), Tagalog", "test": "the other 6 alphabets"},
-    {"source": "resnet20_cifar10", "target": "mnist_m", "n_query": 15,
-     "val": "digits 0-4", "test": "digits 5-9"},
-    {"source": "resnet20_cifar10", "target": "office31_webcam", "n_query": 10,
-     "val": "classes 0,3,...,30 (sorted names)", "test": "the other 20 classes"},
+    {
+        "source": "lenet5_mnist",
+        "target": "usps",
+        "n_query": 15,
+        "val": "USPS train file, digits 0-4",
+        "test": "USPS test file, digits 5-9",
+    },
+    {"source": "lenet5_mnist", "target": "mnist_m", "n_query": 15, "val": "digits 0-4", "test": "digits 5-9"},
+    {
+        "source": "lenet5_mnist",
+        "target": "omniglot",
+        "n_query": 15,
+        "val": "alphabets Japanese_(katakana), Tagalog",
+        "test": "the other 6 alphabets",
+    },
+    {"source": "resnet20_cifar10", "target": "mnist_m", "n_query": 15, "val": "digits 0-4", "test": "digits 5-9"},
+    {
+        "source": "resnet20_cifar10",
+        "target": "office31_webcam",
+        "n_query": 10,
+        "val": "classes 0,3,...,30 (sorted names)",
+        "test": "the other 20 classes",
+    },
 )
 VAL_ALPHABETS = ("Japanese_(katakana)", "Tagalog")
 VAL_DIGITS = (0, 1, 2, 3, 4)
 TEST_DIGITS = (5, 6, 7, 8, 9)
 OFFICE_VAL = tuple(range(0, 31, 3))
-IMPOSSIBLE = ("resnet20_cifar10 → CIFAR-10 classes unseen by the source: impossible, the checkpoint was "
-              "trained on all 10 CIFAR-10 classes")
+IMPOSSIBLE = (
+    "resnet20_cifar10 → CIFAR-10 classes unseen by the source: impossible, the checkpoint was "
+    "trained on all 10 CIFAR-10 classes"
+)
 MAIN_METHODS = ("vanilla", "otce", "proto", "probe")
 VARIANT_METHODS = ("otce_wd", "otce_last", "scratch")
 FIXED: dict[str, Any] = {
@@ -127,15 +159,52 @@ FIXED: dict[str, Any] = {
     "step2": {"steps": 20},
     "lambda_wd": 1.0,
     "probe": {"steps": 50, "lr": 0.01},
-    "val_episodes_per_shot": 5, "test_episodes": 100, "val_seed": 1000, "test_seed": 0,
+    "val_episodes_per_shot": 5,
+    "test_episodes": 100,
+    "val_seed": 1000,
+    "test_seed": 0,
 }
 HP_GRID = {"step2_lr": (1e-3, 3e-3, 1e-2), "step1_lr": (3e-4, 3e-3)}
-GRID = {"pairs": PAIRS, "shots": SHOTS, "n_way": N_WAY, "main": MAIN_METHODS, "variants": VARIANT_METHODS,
-        "fixed": FIXED, "hp_grid": HP_GRID, "impossible": IMPOSSIBLE}
-CSV_COLUMNS = ("cell", "source", "target", "shot", "n_test", "n_variant", "vanilla", "vanilla_ci", "otce", "otce_ci",
-               "proto", "proto_ci", "probe", "probe_ci", "gain_otce", "gain_otce_ci", "gain_otce_wd",
-               "gain_otce_wd_ci", "gain_otce_last", "gain_otce_last_ci", "scratch", "scratch_ci", "w_d", "w_t",
-               "h_joint", "step1_lr", "step2_lr", "sec_per_episode")
+GRID = {
+    "pairs": PAIRS,
+    "shots": SHOTS,
+    "n_way": N_WAY,
+    "main": MAIN_METHODS,
+    "variants": VARIANT_METHODS,
+    "fixed": FIXED,
+    "hp_grid": HP_GRID,
+    "impossible": IMPOSSIBLE,
+}
+CSV_COLUMNS = (
+    "cell",
+    "source",
+    "target",
+    "shot",
+    "n_test",
+    "n_variant",
+    "vanilla",
+    "vanilla_ci",
+    "otce",
+    "otce_ci",
+    "proto",
+    "proto_ci",
+    "probe",
+    "probe_ci",
+    "gain_otce",
+    "gain_otce_ci",
+    "gain_otce_wd",
+    "gain_otce_wd_ci",
+    "gain_otce_last",
+    "gain_otce_last_ci",
+    "scratch",
+    "scratch_ci",
+    "w_d",
+    "w_t",
+    "h_joint",
+    "step1_lr",
+    "step2_lr",
+    "sec_per_episode",
+)
 
 
 @dataclass(frozen=True)
@@ -166,12 +235,12 @@ def cells() -> list[Cell]:
 class PairData:
     """Precomputed input tensors of one (source, target) pair."""
 
-    net: nn.Module                       # the module step 1/2 start from (LeNet, or ResNet-20 tail)
-    head: str                            # attribute name of the linear head
+    net: nn.Module  # the module step 1/2 start from (LeNet, or ResNet-20 tail)
+    head: str  # attribute name of the linear head
     src_x: Tensor
     src_y: Tensor
     pools: dict[str, tuple[Tensor, Tensor, list[int]]] = field(default_factory=dict)  # split -> (x, y, classes)
-    last_block: Any = None               # `trainable` argument for variant c
+    last_block: Any = None  # `trainable` argument for variant c
     scratch: Callable[[], nn.Module] | None = None
 
 
@@ -195,7 +264,7 @@ class ResNetTail(nn.Module):
 def _resnet_trunk(net: nn.Module, x: Tensor, chunk: int = 250) -> Tensor:
     out = []
     for i in range(0, x.shape[0], chunk):
-        h = torch.relu(net.bn1(net.conv1(x[i:i + chunk])))
+        h = torch.relu(net.bn1(net.conv1(x[i : i + chunk])))
         out.append(net.layer2(net.layer1(h)))
     return torch.cat(out) if out else x.new_zeros((0, 32, 16, 16))
 
@@ -299,8 +368,18 @@ def _seed(episode: Episode) -> int:
     return 1_000_003 * int(episode.seed) + int(episode.index)
 
 
-def step2(net: nn.Module, x: Tensor, y: Tensor, n_way: int, *, head: str, steps: int, lr: float, seed: int,
-          new_head: bool = True) -> nn.Module:
+def step2(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    n_way: int,
+    *,
+    head: str,
+    steps: int,
+    lr: float,
+    seed: int,
+    new_head: bool = True,
+) -> nn.Module:
     """Full-batch Adam fine-tune of a copy of ``net`` (eval mode: BatchNorm statistics frozen), new head."""
     model = copy.deepcopy(net)
     if new_head:
@@ -323,8 +402,9 @@ def _acc(net: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((net(x).argmax(1) == y).double().mean())
 
 
-def _coupling(fs: Tensor, ys: Tensor, ft: Tensor, yt: Tensor, reg: float, max_iter: int
-              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _coupling(
+    fs: Tensor, ys: Tensor, ft: Tensor, yt: Tensor, reg: float, max_iter: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(plan, cost, W_D, W_T, H(Y_s, Y_t)) on L2-normalised float64 features."""
     fs = nn.functional.normalize(fs.double(), dim=1)
     ft = nn.functional.normalize(ft.double(), dim=1)
@@ -344,8 +424,18 @@ def _coupling(fs: Tensor, ys: Tensor, ft: Tensor, yt: Tensor, reg: float, max_it
 
 
 @torch.no_grad()
-def properties(net: nn.Module, src_x: Tensor, src_y: Tensor, xs: Tensor, ys: Tensor, *, batch: int, reg: float,
-               max_iter: int, seed: int) -> dict[str, float]:
+def properties(
+    net: nn.Module,
+    src_x: Tensor,
+    src_y: Tensor,
+    xs: Tensor,
+    ys: Tensor,
+    *,
+    batch: int,
+    reg: float,
+    max_iter: int,
+    seed: int,
+) -> dict[str, float]:
     """W_D, W_T and H(Y_s, Y_t) before step 1, on the first source batch step 1 would draw."""
     gen = torch.Generator().manual_seed(int(seed))
     idx = torch.randperm(src_x.shape[0], generator=gen)[: min(batch, src_x.shape[0])]
@@ -356,8 +446,22 @@ def properties(net: nn.Module, src_x: Tensor, src_y: Tensor, xs: Tensor, ys: Ten
     return {"w_d": float(wd), "w_t": float(wt), "h_joint": float(hj)}
 
 
-def pretune_wd(net: nn.Module, src_x: Tensor, src_y: Tensor, xs: Tensor, ys: Tensor, *, steps: int, lr: float,
-               batch: int, reg: float, max_iter: int, lam: float, seed: int, **_: Any) -> list[float]:
+def pretune_wd(
+    net: nn.Module,
+    src_x: Tensor,
+    src_y: Tensor,
+    xs: Tensor,
+    ys: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch: int,
+    reg: float,
+    max_iter: int,
+    lam: float,
+    seed: int,
+    **_: Any,
+) -> list[float]:
     """Variant b: Adam on W_T + lam·W_D/W_D⁰ (same batches as :func:`otce_pretune` with that seed)."""
     ext = feature_extractor(net)
     params = [p for _, p in trainable_parameters(ext, "all")]
@@ -381,8 +485,14 @@ def pretune_wd(net: nn.Module, src_x: Tensor, src_y: Tensor, xs: Tensor, ys: Ten
     return hist
 
 
-def run_episode(data: PairData, split: str, episode: Episode, methods: Sequence[str], hp: dict[str, Any],
-                fixed: dict[str, Any] = FIXED) -> dict[str, Any]:
+def run_episode(
+    data: PairData,
+    split: str,
+    episode: Episode,
+    methods: Sequence[str],
+    hp: dict[str, Any],
+    fixed: dict[str, Any] = FIXED,
+) -> dict[str, Any]:
     """Query accuracy of each method on one episode (+ properties and seconds)."""
     x, _, _ = data.pools[split]
     xs, ys = x[episode.support], episode.support_labels
@@ -398,15 +508,36 @@ def run_episode(data: PairData, split: str, episode: Episode, methods: Sequence[
             out[m] = _acc(step2(data.net, xs, ys, n_way, **s2), xq, yq)
         elif m in ("otce", "otce_last", "otce_wd"):
             if m == "otce" and "w_t" not in out:
-                out.update(properties(data.net, data.src_x, data.src_y, xs, ys, batch=s1["batch"], reg=s1["reg"],
-                                      max_iter=s1["max_iter"], seed=seed))
+                out.update(
+                    properties(
+                        data.net,
+                        data.src_x,
+                        data.src_y,
+                        xs,
+                        ys,
+                        batch=s1["batch"],
+                        reg=s1["reg"],
+                        max_iter=s1["max_iter"],
+                        seed=seed,
+                    )
+                )
             pre = copy.deepcopy(data.net)
             if m == "otce_wd":
-                pretune_wd(pre, data.src_x, data.src_y, xs, ys, lr=hp["step1_lr"], lam=fixed["lambda_wd"],
-                           seed=seed, **s1)
+                pretune_wd(
+                    pre, data.src_x, data.src_y, xs, ys, lr=hp["step1_lr"], lam=fixed["lambda_wd"], seed=seed, **s1
+                )
             else:
-                otce_pretune(pre, data.src_x, data.src_y, xs, ys, lr=hp["step1_lr"], seed=seed,
-                             trainable="all" if m == "otce" else data.last_block, **s1)
+                otce_pretune(
+                    pre,
+                    data.src_x,
+                    data.src_y,
+                    xs,
+                    ys,
+                    lr=hp["step1_lr"],
+                    seed=seed,
+                    trainable="all" if m == "otce" else data.last_block,
+                    **s1,
+                )
             out[m] = _acc(step2(pre, xs, ys, n_way, **s2), xq, yq)
         elif m in ("proto", "probe"):
             ext = feature_extractor(data.net)
@@ -453,8 +584,14 @@ def summarise_cells(rows: list[dict[str, Any]], hps: dict[str, dict[str, float]]
     for cell in cells():
         main = {r["episode"]: r for r in rows if r["cell"] == cell.id and r["phase"] == "main"}
         var = {r["episode"]: r for r in rows if r["cell"] == cell.id and r["phase"] == "var"}
-        rec: dict[str, Any] = {"cell": cell.id, "source": cell.source, "target": cell.target, "shot": cell.shot,
-                               "n_test": len(main), "n_variant": len(var)}
+        rec: dict[str, Any] = {
+            "cell": cell.id,
+            "source": cell.source,
+            "target": cell.target,
+            "shot": cell.shot,
+            "n_test": len(main),
+            "n_variant": len(var),
+        }
         hp = hps.get(cell.pair, {})
         rec["step1_lr"], rec["step2_lr"] = hp.get("step1_lr", float("nan")), hp.get("step2_lr", float("nan"))
         for k in CSV_COLUMNS:
@@ -467,8 +604,11 @@ def summarise_cells(rows: list[dict[str, Any]], hps: dict[str, dict[str, float]]
             rec["gain_otce"], rec["gain_otce_ci"] = p["mean"], p["ci"]
             for k in ("w_d", "w_t", "h_joint"):
                 rec[k] = float(np.mean([main[e][k] for e in eps]))
-            rec["sec_per_episode"] = float(np.mean([sum(v for kk, v in main[e]["result"].items() if kk.endswith("_s"))
-                                                    for e in eps])) if "result" in main[eps[0]] else float("nan")
+            rec["sec_per_episode"] = (
+                float(np.mean([sum(v for kk, v in main[e]["result"].items() if kk.endswith("_s")) for e in eps]))
+                if "result" in main[eps[0]]
+                else float("nan")
+            )
         ve = [e for e in sorted(var) if e in main]
         if ve:
             for m in ("otce_wd", "otce_last"):
@@ -502,9 +642,21 @@ def loo_rule(cells_: list[dict[str, Any]], prop: str, gain: str = "gain_otce") -
                     best = (s, t, d)
         _, t, d = best
         switch = t is not None and (v < t if d == "<" else v > t)
-        held.append({"value": v, "gain": g, "threshold": t, "direction": d, "switch_on": bool(switch),
-                     "realised": g if switch else 0.0})
-    return {"prop": prop, "held_out": held, "mean_realised": float(np.mean([h["realised"] for h in held])) if held else 0.0}
+        held.append(
+            {
+                "value": v,
+                "gain": g,
+                "threshold": t,
+                "direction": d,
+                "switch_on": bool(switch),
+                "realised": g if switch else 0.0,
+            }
+        )
+    return {
+        "prop": prop,
+        "held_out": held,
+        "mean_realised": float(np.mean([h["realised"] for h in held])) if held else 0.0,
+    }
 
 
 def loo_pays_rule(cells_: list[dict[str, Any]], prop: str, gain: str = "gain_otce") -> dict[str, Any]:
@@ -513,8 +665,11 @@ def loo_pays_rule(cells_: list[dict[str, Any]], prop: str, gain: str = "gain_otc
     Fitted on the other cells by the fewest misclassified cells (ties: the rule that switches on
     fewest cells, i.e. "never" when the others hold no paying cell); applied to the held-out one.
     """
-    vals = [(c[prop], bool(c[gain] - c[f"{gain}_ci"] > 0)) for c in cells_
-            if np.isfinite(c[prop]) and np.isfinite(c[gain]) and np.isfinite(c[f"{gain}_ci"])]
+    vals = [
+        (c[prop], bool(c[gain] - c[f"{gain}_ci"] > 0))
+        for c in cells_
+        if np.isfinite(c[prop]) and np.isfinite(c[gain]) and np.isfinite(c[f"{gain}_ci"])
+    ]
     held = []
     for i, (v, pays) in enumerate(vals):
         others = [vals[j] for j in range(len(vals)) if j != i]
@@ -531,10 +686,14 @@ def loo_pays_rule(cells_: list[dict[str, Any]], prop: str, gain: str = "gain_otc
         _, _, t, d = best
         pred = v < t if d == "<" else v > t
         held.append({"value": v, "pays": pays, "threshold": t, "direction": d, "predicted": bool(pred)})
-    return {"prop": prop, "held_out": held, "correct": int(sum(h["pays"] == h["predicted"] for h in held)),
-            "paying_caught": int(sum(h["pays"] and h["predicted"] for h in held)),
-            "paying": int(sum(h["pays"] for h in held)),
-            "false_on": int(sum(h["predicted"] and not h["pays"] for h in held))}
+    return {
+        "prop": prop,
+        "held_out": held,
+        "correct": int(sum(h["pays"] == h["predicted"] for h in held)),
+        "paying_caught": int(sum(h["pays"] and h["predicted"] for h in held)),
+        "paying": int(sum(h["pays"] for h in held)),
+        "false_on": int(sum(h["predicted"] and not h["pays"] for h in held)),
+    }
 
 
 # ----------------------------------------------------------------------------- runner
@@ -555,8 +714,14 @@ def _key(r: dict[str, Any]) -> tuple:
     return (r["phase"], r["cell"], r.get("hp", ""), int(r["episode"]))
 
 
-def run_grid(jsonl: str | Path, *, quick: bool = False, budget_s: float = 70 * 60, root: str | None = None,
-             log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+def run_grid(
+    jsonl: str | Path,
+    *,
+    quick: bool = False,
+    budget_s: float = 70 * 60,
+    root: str | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Validation, then the 100 main test episodes of every cell, then variant rounds until ``budget_s``.
 
     Every finished episode is appended to ``jsonl`` at once; rows already there are skipped.
@@ -616,12 +781,21 @@ def _run_grid(jsonl: Path, quick: bool, budget_s: float, root: str | None, log: 
     def _sampler(c: Cell, split: str) -> EpisodeSampler:
         _, y, cls = pair_data(c).pools[split]
         q = 2 if quick else c.n_query
-        return EpisodeSampler(y, N_WAY, c.shot, q, classes=cls,
-                              seed=fixed["val_seed"] if split == "val" else fixed["test_seed"])
+        return EpisodeSampler(
+            y, N_WAY, c.shot, q, classes=cls, seed=fixed["val_seed"] if split == "val" else fixed["test_seed"]
+        )
 
     def flat(phase: str, c: Cell, ep: Episode, res: dict[str, Any], hp_tag: str = "") -> dict[str, Any]:
-        row = {"phase": phase, "cell": c.id, "pair": c.pair, "shot": c.shot, "episode": ep.index, "hp": hp_tag,
-               "classes": ep.classes.tolist(), "result": res}
+        row = {
+            "phase": phase,
+            "cell": c.id,
+            "pair": c.pair,
+            "shot": c.shot,
+            "episode": ep.index,
+            "hp": hp_tag,
+            "classes": ep.classes.tolist(),
+            "result": res,
+        }
         row.update({k: v for k, v in res.items() if not k.endswith("_s")})
         return row
 
@@ -650,15 +824,18 @@ def _run_grid(jsonl: Path, quick: bool, budget_s: float, root: str | None, log: 
                     tag = f"s2={lr2:g},s1={lr1:g}"
                     if ("val", c.id, tag, i) not in done:
                         s = sampler(c, "val")
-                        res = run_episode(pair_data(c), "val", s.episode(i), ["otce"],
-                                          {"step2_lr": lr2, "step1_lr": lr1}, fixed)
+                        res = run_episode(
+                            pair_data(c), "val", s.episode(i), ["otce"], {"step2_lr": lr2, "step1_lr": lr1}, fixed
+                        )
                         record(flat("val", c, s.episode(i), res, tag))
                     accs += [r["otce"] for r in rows if _key(r) == ("val", c.id, tag, i)]
             score1[lr1] = float(np.mean(accs))
         lr1 = max(grid1, key=lambda v: (score1[v], -v))
         hps[pair] = {"step2_lr": lr2, "step1_lr": lr1, "val_vanilla": score2, "val_otce": score1}
-        log(f"validation {pair}: step-2 lr {lr2:g} (vanilla {score2}), step-1 lr {lr1:g} (otce {score1}) "
-            f"[{time.perf_counter() - t_start:.0f}s]")
+        log(
+            f"validation {pair}: step-2 lr {lr2:g} (vanilla {score2}), step-1 lr {lr1:g} (otce {score1}) "
+            f"[{time.perf_counter() - t_start:.0f}s]"
+        )
 
     # ---- main test episodes
     for c in cells():
@@ -672,8 +849,10 @@ def _run_grid(jsonl: Path, quick: bool, budget_s: float, root: str | None, log: 
             record(flat("main", c, s.episode(i), res))
             n_new += 1
             if i == 0 or (i + 1) % 25 == 0:
-                log(f"main {c.id} episode {i + 1}/{n_test} ({(time.perf_counter() - t0) / n_new:.2f}s/ep) "
-                    f"[{time.perf_counter() - t_start:.0f}s]")
+                log(
+                    f"main {c.id} episode {i + 1}/{n_test} ({(time.perf_counter() - t0) / n_new:.2f}s/ep) "
+                    f"[{time.perf_counter() - t_start:.0f}s]"
+                )
     # ---- variant rounds until the budget is spent
     n_rounds = 2 if quick else n_test
     for i in range(n_rounds):
@@ -690,8 +869,15 @@ def _run_grid(jsonl: Path, quick: bool, budget_s: float, root: str | None, log: 
     return rows, hps
 
 
-def diagnose_steps(jsonl: str | Path, cell_ids: Sequence[str], *, hps: dict[str, dict[str, float]],
-                   root: str | None = None, n: int | None = None, log: Callable[[str], None] = print) -> None:
+def diagnose_steps(
+    jsonl: str | Path,
+    cell_ids: Sequence[str],
+    *,
+    hps: dict[str, dict[str, float]],
+    root: str | None = None,
+    n: int | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
     """Post-hoc diagnostic (not part of the fixed grid): ``vanilla`` with as many gradient steps as
     ``otce`` spends (step-1 steps + step-2 steps) on the same test episodes, as phase ``diag`` rows.
 
@@ -717,8 +903,17 @@ def diagnose_steps(jsonl: str | Path, cell_ids: Sequence[str], *, hps: dict[str,
                 s = EpisodeSampler(y, N_WAY, c.shot, c.n_query, classes=cls, seed=FIXED["test_seed"])
             ep = s.episode(i)
             res = run_episode(data, "test", ep, ["vanilla"], hps[c.pair], fixed)
-            row = {"phase": "diag", "cell": c.id, "pair": c.pair, "shot": c.shot, "episode": i, "hp": "",
-                   "classes": ep.classes.tolist(), "result": res, "vanilla_long": res["vanilla"]}
+            row = {
+                "phase": "diag",
+                "cell": c.id,
+                "pair": c.pair,
+                "shot": c.shot,
+                "episode": i,
+                "hp": "",
+                "classes": ep.classes.tolist(),
+                "result": res,
+                "vanilla_long": res["vanilla"],
+            }
             with jsonl.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
         log(f"diagnostic {c.id}: done")

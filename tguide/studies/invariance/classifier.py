@@ -40,17 +40,42 @@ class InvarianceClassifier(Classifier):
         head_above, tail_at_most: class-size bucket bounds for the per-bucket test accuracy.
     """
 
-    def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory,
-                 scheduler: SchedulerFactory | None = None, git: bool = False, git_threshold: int = 20,
-                 git_prob: float = 1.0, git_family: str | None = None, git_steps: int = 600, git_batch: int = 64,
-                 git_lr: float = 2e-3, git_z_dim: int = 2, git_beta: float = 1.0, git_seed: int = 0,
-                 head_above: int = 50, tail_at_most: int = 10) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        git: bool = False,
+        git_threshold: int = 20,
+        git_prob: float = 1.0,
+        git_family: str | None = None,
+        git_steps: int = 600,
+        git_batch: int = 64,
+        git_lr: float = 2e-3,
+        git_z_dim: int = 2,
+        git_beta: float = 1.0,
+        git_seed: int = 0,
+        head_above: int = 50,
+        tail_at_most: int = 10,
+    ) -> None:
         super().__init__(net, num_classes, optimizer, scheduler)
         if not 0.0 <= git_prob <= 1.0:
             raise TGuideError(f"model.git_prob must be in [0, 1], got {git_prob}")
-        self.git, self.git_threshold, self.git_prob, self.git_family = bool(git), int(git_threshold), git_prob, git_family
-        self.git_kwargs = {"steps": git_steps, "batch": git_batch, "lr": git_lr, "z_dim": git_z_dim,
-                           "beta": git_beta, "seed": git_seed}
+        self.git, self.git_threshold, self.git_prob, self.git_family = (
+            bool(git),
+            int(git_threshold),
+            git_prob,
+            git_family,
+        )
+        self.git_kwargs = {
+            "steps": git_steps,
+            "batch": git_batch,
+            "lr": git_lr,
+            "z_dim": git_z_dim,
+            "beta": git_beta,
+            "seed": git_seed,
+        }
         self.head_above, self.tail_at_most = int(head_above), int(tail_at_most)
         self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
         # kept out of the module tree: not trained by the classifier's optimizer, not in checkpoints
@@ -76,8 +101,10 @@ class InvarianceClassifier(Classifier):
             dm = self._datamodule()
             counts = getattr(dm, "class_counts", None) if dm is not None else None
             if counts is None:
-                raise TGuideError("InvarianceClassifier needs the training class sizes: use a datamodule with a "
-                                  "`class_counts` attribute (data=mnist_lt) or call set_generator(gen, counts)")
+                raise TGuideError(
+                    "InvarianceClassifier needs the training class sizes: use a datamodule with a "
+                    "`class_counts` attribute (data=mnist_lt) or call set_generator(gen, counts)"
+                )
             self._class_counts = torch.as_tensor(counts)
         return self._class_counts
 
@@ -90,8 +117,10 @@ class InvarianceClassifier(Classifier):
             dm = self._datamodule()
             fam = self.git_family or getattr(dm, "transform", None)
             if fam is None or getattr(dm, "train_set", None) is None:
-                raise TGuideError("GIT trains on the datamodule's `train_set` with its `transform` family; "
-                                  "set model.git_family or use data=mnist_lt")
+                raise TGuideError(
+                    "GIT trains on the datamodule's `train_set` with its `transform` family; "
+                    "set model.git_family or use data=mnist_lt"
+                )
             x, y = dm.train_set.tensors
             self._generator = [fit_git(x, y, counts, self.git_threshold, fam, **self.git_kwargs)]
             self.git_info = dict(self._generator[0].info)
@@ -105,8 +134,7 @@ class InvarianceClassifier(Classifier):
             x, y = batch
             gen = self._generator[0]
             x, y, replaced = git_batch(x, y, self._small, lambda v: gen(v, self._rng), self.git_prob, self._rng)
-            self.log("train/git_fraction", replaced.float().mean(), on_step=False, on_epoch=True,
-                     batch_size=y.shape[0])
+            self.log("train/git_fraction", replaced.float().mean(), on_step=False, on_epoch=True, batch_size=y.shape[0])
             batch = (x, y)
         return self._step(batch, "train")
 

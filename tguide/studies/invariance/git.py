@@ -37,8 +37,9 @@ pixel space (``x * std + mean``) and the result standardised again.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +61,13 @@ def _gauss_kernel(sigma: float, radius: int) -> Tensor:
 def _conv_trunk(in_channels: int, hidden: int) -> nn.Sequential:
     """28×28 → ``hidden`` features: two stride-2 convs and a linear layer."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, 16, 5, stride=2, padding=2), nn.ReLU(),
-        nn.Conv2d(16, 32, 5, stride=2, padding=2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, hidden), nn.ReLU(),
+        nn.Conv2d(in_channels, 16, 5, stride=2, padding=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 5, stride=2, padding=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, hidden),
+        nn.ReLU(),
     )
 
 
@@ -134,7 +139,7 @@ class GITGenerator:
         finally:
             self.model.train(was)
 
-    def to(self, device: torch.device | str) -> "GITGenerator":
+    def to(self, device: torch.device | str) -> GITGenerator:
         self.model.to(device)
         return self
 
@@ -147,9 +152,22 @@ def small_class_mask(class_counts: Tensor, threshold: int) -> Tensor:
     return counts <= int(threshold)
 
 
-def fit_git(x: Tensor, y: Tensor, class_counts: Tensor, threshold: int, fam: str | Family, *,
-            steps: int = 600, batch: int = 64, lr: float = 2e-3, z_dim: int = 2, hidden: int = 64,
-            beta: float = 1.0, seed: int = 0, log_every: int = 0) -> GITGenerator:
+def fit_git(
+    x: Tensor,
+    y: Tensor,
+    class_counts: Tensor,
+    threshold: int,
+    fam: str | Family,
+    *,
+    steps: int = 600,
+    batch: int = 64,
+    lr: float = 2e-3,
+    z_dim: int = 2,
+    hidden: int = 64,
+    beta: float = 1.0,
+    seed: int = 0,
+    log_every: int = 0,
+) -> GITGenerator:
     """Train :class:`TransformationCVAE` on same-class pairs of the classes with **more than**
     ``threshold`` images (standardised ``x (N, 1, 28, 28)``, labels ``y (N,)``).
 
@@ -161,8 +179,10 @@ def fit_git(x: Tensor, y: Tensor, class_counts: Tensor, threshold: int, fam: str
     big = ~small_class_mask(counts, threshold)
     keep = big[y]
     if int(big.sum()) == 0:
-        raise ValueError(f"no class has more than threshold={threshold} images: nothing to learn the "
-                         "transformation from; lower the threshold.")
+        raise ValueError(
+            f"no class has more than threshold={threshold} images: nothing to learn the "
+            "transformation from; lower the threshold."
+        )
     xs, ys = _to_pixels(x[keep]), y[keep]
     by_class = {int(c): torch.nonzero(ys == c).flatten() for c in torch.unique(ys)}
     if any(v.numel() < 2 for v in by_class.values()):
@@ -190,14 +210,27 @@ def fit_git(x: Tensor, y: Tensor, class_counts: Tensor, threshold: int, fam: str
         if log_every and (step + 1) % log_every == 0:
             print(f"git step {step + 1}: rec {float(rec.detach()):.2f} kl {float(kl.detach()):.3f}", flush=True)
     model.eval()
-    info = {"family": model.family.name, "steps": int(steps), "seconds": time.perf_counter() - start,
-            "reconstruction": float(rec.detach()), "kl": float(kl.detach()), "trained_on_classes": sorted(by_class),
-            "trained_on_images": int(xs.shape[0]), "threshold": int(threshold)}
+    info = {
+        "family": model.family.name,
+        "steps": int(steps),
+        "seconds": time.perf_counter() - start,
+        "reconstruction": float(rec.detach()),
+        "kl": float(kl.detach()),
+        "trained_on_classes": sorted(by_class),
+        "trained_on_images": int(xs.shape[0]),
+        "threshold": int(threshold),
+    }
     return GITGenerator(model, info)
 
 
-def git_batch(x: Tensor, y: Tensor, small: Tensor, generate: Callable[[Tensor], Tensor],
-              prob: float = 1.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def git_batch(
+    x: Tensor,
+    y: Tensor,
+    small: Tensor,
+    generate: Callable[[Tensor], Tensor],
+    prob: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     r"""The GIT batch rule: rows whose class is ``small`` are replaced by ``generate(x[rows])``.
 
     Args:
@@ -243,5 +276,10 @@ def diagnose(gen: GITGenerator, x: Tensor, true_params: Tensor, samples: int = 4
         a, b = a - a.mean(), b - b.mean()
         return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
 
-    return {"corr_t_after": corr(t, after), "corr_t_theta": corr(t, theta), "std_theta": float(theta.std()),
-            "std_after": float(after.std()), "std_t": float(t.std())}
+    return {
+        "corr_t_after": corr(t, after),
+        "corr_t_theta": corr(t, theta),
+        "std_theta": float(theta.std()),
+        "std_after": float(after.std()),
+        "std_t": float(t.std()),
+    }

@@ -24,18 +24,17 @@ are kept (``train_params``) for diagnostics only; nothing trains on them.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
+from tguide.callbacks.invariance import size_buckets
 from tguide.data.mnist import IMAGES, LABELS, load_mnist_test, split_indices
 from tguide.data.roots import dataset_dir
-from tguide.studies.invariance.transforms import family, sample_params
-from tguide.callbacks.invariance import size_buckets
 from tguide.errors import TGuideError
+from tguide.studies.invariance.transforms import family, sample_params
 
 __all__ = ["zipf_counts", "longtail_indices", "transform_images", "LongTailMNISTDataModule"]
 
@@ -48,7 +47,7 @@ def zipf_counts(num_classes: int = 10, n_max: int = 500, n_min: int = 5) -> list
     if not 1 <= n_min <= n_max:
         raise TGuideError(f"need 1 ≤ n_min ≤ n_max, got n_min={n_min}, n_max={n_max}")
     s = math.log(n_max / n_min) / math.log(num_classes)
-    return [max(n_min, int(round(n_max / k ** s))) for k in range(1, num_classes + 1)]
+    return [max(n_min, int(round(n_max / k**s))) for k in range(1, num_classes + 1)]
 
 
 def longtail_indices(labels: Tensor, counts_by_class: dict[int, int], generator: torch.Generator) -> Tensor:
@@ -57,20 +56,31 @@ def longtail_indices(labels: Tensor, counts_by_class: dict[int, int], generator:
     for c, n in counts_by_class.items():
         idx = torch.nonzero(labels == c).flatten()
         if n > idx.numel():
-            raise TGuideError(f"class {c} has {idx.numel()} images in the train part but {n} were asked for; "
-                              f"lower data.n_max (at most {idx.numel()})")
+            raise TGuideError(
+                f"class {c} has {idx.numel()} images in the train part but {n} were asked for; "
+                f"lower data.n_max (at most {idx.numel()})"
+            )
         chosen.append(idx[torch.randperm(idx.numel(), generator=generator)[:n]])
     return torch.sort(torch.cat(chosen)).values
 
 
-def transform_images(images: Tensor, fam: str, generator: torch.Generator, low: float | None = None,
-                     high: float | None = None, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+def transform_images(
+    images: Tensor,
+    fam: str,
+    generator: torch.Generator,
+    low: float | None = None,
+    high: float | None = None,
+    chunk: int = 2048,
+) -> tuple[Tensor, Tensor]:
     """``uint8 (N, 28, 28)`` → transformed pixel-space float ``(N, 1, 28, 28)`` and the parameters ``(N,)``."""
     fam_ = family(fam, low, high)
     t = sample_params(fam_, images.shape[0], generator)
     x = images.float().div(255.0).unsqueeze(1)
-    out = torch.cat([fam_.apply(x[i:i + chunk], t[i:i + chunk]) for i in range(0, x.shape[0], chunk)]) \
-        if x.shape[0] else x
+    out = (
+        torch.cat([fam_.apply(x[i : i + chunk], t[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
+        if x.shape[0]
+        else x
+    )
     return out.clamp(0.0, 1.0), t
 
 
@@ -102,10 +112,21 @@ class LongTailMNISTDataModule(L.LightningDataModule):
     parameters, diagnostics only), ``train_indices`` (positions in the MNIST files).
     """
 
-    def __init__(self, root: str | None = None, transform: str = "rotation", low: float | None = None,
-                 high: float | None = None, n_max: int = 500, n_min: int = 5, class_order: str = "random",
-                 seed: int = 0, eval_seed: int = 1234, batch_size: int = 64, sampler: str = "class_balanced",
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | None = None,
+        transform: str = "rotation",
+        low: float | None = None,
+        high: float | None = None,
+        n_max: int = 500,
+        n_min: int = 5,
+        class_order: str = "random",
+        seed: int = 0,
+        eval_seed: int = 1234,
+        batch_size: int = 64,
+        sampler: str = "class_balanced",
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         family(transform, low, high)  # fail fast on a wrong name or range
         if class_order not in ("random", "identity"):
@@ -161,12 +182,13 @@ class LongTailMNISTDataModule(L.LightningDataModule):
         assert self.train_set is not None
         gen = torch.Generator().manual_seed(self.seed + 1)
         if self.sampler == "class_balanced":
-            sampler = WeightedRandomSampler(self._weights(), num_samples=len(self.train_set), replacement=True,
-                                            generator=gen)
-            return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
-                              num_workers=self.num_workers)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          num_workers=self.num_workers)
+            sampler = WeightedRandomSampler(
+                self._weights(), num_samples=len(self.train_set), replacement=True, generator=gen
+            )
+            return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, generator=gen, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

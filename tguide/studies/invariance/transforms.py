@@ -15,7 +15,7 @@ rotation   rotate by ``t`` degrees about the centre      degrees               [
 scale      zoom by ``exp(t)`` about the centre           log factor            [log .55, log 1.2]
 background :math:`t + (1-t)x` for ``t ≥ 0``; the inverse  background intensity  [0, 0.8]
            map :math:`(x+t)/(1+t)` (clamped) for ``t<0``
-dilation   grey dilation by a (2r+1)² square for          radius ``r``          {-1, 0, 1}   
+dilation   grey dilation by a (2r+1)² square for          radius ``r``          {-1, 0, 1}
            ``r > 0``, erosion for ``r < 0``; fractional   (negative = erosion)  (integers)
            ``r`` interpolates the two nearest radii
 ========== ============================================ ===================== ====================
@@ -27,15 +27,25 @@ the same on every run with the same seed (:func:`sample_params`, :func:`random_t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Family", "FAMILIES", "family", "sample_params", "apply_transform", "random_transform",
-           "rotate", "rescale", "background", "dilate"]
+__all__ = [
+    "Family",
+    "FAMILIES",
+    "family",
+    "sample_params",
+    "apply_transform",
+    "random_transform",
+    "rotate",
+    "rescale",
+    "background",
+    "dilate",
+]
 
 
 def _check_images(x: Tensor) -> None:
@@ -135,7 +145,7 @@ class Family:
     def span(self) -> float:
         return float(self.high - self.low)
 
-    def with_range(self, low: float | None = None, high: float | None = None) -> "Family":
+    def with_range(self, low: float | None = None, high: float | None = None) -> Family:
         """The same family drawn from another range (``None`` keeps the default)."""
         lo = self.low if low is None else float(low)
         hi = self.high if high is None else float(high)

@@ -19,11 +19,11 @@ n_perm = 100 and rank = 32 are fixed a priori.
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from tguide.studies.metric_quality.scores import PairInputs, register
+from collections.abc import Callable
+from typing import Any
 
 from tguide import metrics as M
+from tguide.studies.metric_quality.scores import PairInputs, register
 
 N_PERM = 100
 
@@ -76,8 +76,16 @@ def _nce_mm(p: PairInputs) -> float:
 
 def _otce_null(p: PairInputs) -> M.OTCEResult:
     if "otce_null" not in p.memo:
-        p.memo["otce_null"] = M.otce(p.source_features, p.source_labels, p.features, p.labels, solver="emd",
-                                     correction="null", n_perm=N_PERM, seed=0)
+        p.memo["otce_null"] = M.otce(
+            p.source_features,
+            p.source_labels,
+            p.features,
+            p.labels,
+            solver="emd",
+            correction="null",
+            n_perm=N_PERM,
+            seed=0,
+        )
     return p.memo["otce_null"]
 
 
@@ -93,8 +101,9 @@ def _otce_sim_null(p: PairInputs) -> float:
 
 @register("otce_sim_mm")
 def _otce_sim_mm(p: PairInputs) -> float:
-    return float(M.otce(p.source_features, p.source_labels, p.features, p.labels, solver="emd",
-                        correction="miller_madow").score)
+    return float(
+        M.otce(p.source_features, p.source_labels, p.features, p.labels, solver="emd", correction="miller_madow").score
+    )
 
 
 @register("transrate_comparable")

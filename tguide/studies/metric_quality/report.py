@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from tguide.studies.metric_quality.scores import PARTS
 from tguide.metrics import fit_otce_weights
-from tguide.stats import mean_ci
 from tguide.select.correlation import summarise
+from tguide.stats import mean_ci
+from tguide.studies.metric_quality.scores import PARTS
 
 MEASURES = ("pearson", "spearman", "kendall", "weighted_tau", "top1", "regret")
 
@@ -67,8 +68,10 @@ def score_table(score_rows: list[dict[str, Any]]) -> tuple[dict, dict]:
         if r["penultimate"]:
             secs[r["score"]].append(r["seconds"])
             pen[r["target"]][r["source"]] = r["layer"]
-    values = {t: {s: {src: {l: _mean(v) for l, v in layers.items()} for src, layers in d2.items()}
-                  for s, d2 in d1.items()} for t, d1 in acc.items()}
+    values = {
+        t: {s: {src: {l: _mean(v) for l, v in layers.items()} for src, layers in d2.items()} for s, d2 in d1.items()}
+        for t, d1 in acc.items()
+    }
     for t in values:
         values[t][PEN] = pen[t]
     return values, secs
@@ -94,7 +97,9 @@ def otce_fitted(values: dict, gt: dict) -> dict[str, dict[str, float]]:
                 continue
             for src in d:
                 if src in w:
-                    wd.append(d[src]); wt.append(w[src]); acc.append(gt[other][src]["acc"])
+                    wd.append(d[src])
+                    wt.append(w[src])
+                    acc.append(gt[other][src]["acc"])
         if len(acc) < 3:
             continue
         try:
@@ -106,8 +111,17 @@ def otce_fitted(values: dict, gt: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def write_report(records: list[dict[str, Any]], score_rows: list[dict[str, Any]], zoo_meta: dict[str, Any], out: Path, *,
-                 settings: dict[str, Any], layer_free: Sequence[str], zoo_seconds: float, total_seconds: float) -> dict[str, Any]:
+def write_report(
+    records: list[dict[str, Any]],
+    score_rows: list[dict[str, Any]],
+    zoo_meta: dict[str, Any],
+    out: Path,
+    *,
+    settings: dict[str, Any],
+    layer_free: Sequence[str],
+    zoo_seconds: float,
+    total_seconds: float,
+) -> dict[str, Any]:
     gt = ground_truth(records)
     values, secs = score_table(score_rows)
     targets = sorted(gt)
@@ -129,49 +143,101 @@ def write_report(records: list[dict[str, Any]], score_rows: list[dict[str, Any]]
     for s in names:
         rows = [per_target[t][s] for t in targets if s in per_target[t]]
         sec = float(np.mean(secs[s])) if secs.get(s) else float("nan")
-        summary[s] = {m: _mean([r[m] for r in rows]) for m in MEASURES} | {"seconds": sec, "speedup": ft_mean / sec if sec > 0 else float("inf")}
+        summary[s] = {m: _mean([r[m] for r in rows]) for m in MEASURES} | {
+            "seconds": sec,
+            "speedup": ft_mean / sec if sec > 0 else float("inf"),
+        }
     layer_sel = layer_selection(gt, values, [s for s in ranked if s not in layer_free])
 
-    lines = ["# Metric-quality benchmark", "",
-             "Measured on 2 shared CPU cores (1 thread), short training: timings are inflated and noisy.",
-             f"MNIST here is the 10k test set. Settings: `{json.dumps(settings)}`.",
-             f"Zoo: {len(zoo_meta)} source models ({zoo_seconds:.0f} s to train/load); total run {total_seconds:.0f} s.", "",
-             "## Summary: mean over targets (penultimate layer)", "",
-             "| score | " + " | ".join(f"wτ {t}" for t in targets) + " | mean Pearson | mean Spearman | mean Kendall | mean wτ | top-1 | mean regret | s/score | fine-tune s | × cheaper |",
-             "|---|" + "---|" * (len(targets) + 9)]
+    lines = [
+        "# Metric-quality benchmark",
+        "",
+        "Measured on 2 shared CPU cores (1 thread), short training: timings are inflated and noisy.",
+        f"MNIST here is the 10k test set. Settings: `{json.dumps(settings)}`.",
+        f"Zoo: {len(zoo_meta)} source models ({zoo_seconds:.0f} s to train/load); total run {total_seconds:.0f} s.",
+        "",
+        "## Summary: mean over targets (penultimate layer)",
+        "",
+        "| score | "
+        + " | ".join(f"wτ {t}" for t in targets)
+        + " | mean Pearson | mean Spearman | mean Kendall | mean wτ | top-1 | mean regret | s/score | fine-tune s | × cheaper |",
+        "|---|" + "---|" * (len(targets) + 9),
+    ]
     for s in sorted(names, key=lambda k: -np.nan_to_num(summary[k]["weighted_tau"], nan=-9)):
         sm = summary[s]
         cells = [f"{per_target[t][s]['weighted_tau']:+.2f}" if s in per_target[t] else "–" for t in targets]
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {sm['pearson']:+.2f} | {sm['spearman']:+.2f} | {sm['kendall']:+.2f} | "
-                     f"**{sm['weighted_tau']:+.2f}** | {sm['top1']:.2f} | {sm['regret']:.3f} | {sm['seconds']:.3f} | {ft_mean:.1f} | {sm['speedup']:.0f} |")
-    lines += ["", "`otce_fitted`: OTCE with λ fitted on the other targets' pairs (leave-one-target-out); its time is OTCE's.",
-              "Fine-tune s: mean time of one fine-tuning run (one seed) at the penultimate layer.", ""]
+        lines.append(
+            f"| {s} | "
+            + " | ".join(cells)
+            + f" | {sm['pearson']:+.2f} | {sm['spearman']:+.2f} | {sm['kendall']:+.2f} | "
+            f"**{sm['weighted_tau']:+.2f}** | {sm['top1']:.2f} | {sm['regret']:.3f} | {sm['seconds']:.3f} | {ft_mean:.1f} | {sm['speedup']:.0f} |"
+        )
+    lines += [
+        "",
+        "`otce_fitted`: OTCE with λ fitted on the other targets' pairs (leave-one-target-out); its time is OTCE's.",
+        "Fine-tune s: mean time of one fine-tuning run (one seed) at the penultimate layer.",
+        "",
+    ]
     for t in targets:
-        lines += [f"## Target `{t}` ({len(gt[t])} sources)", "", "| score | n | Pearson | Spearman | Kendall | weighted τ | top-1 | regret |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Target `{t}` ({len(gt[t])} sources)",
+            "",
+            "| score | n | Pearson | Spearman | Kendall | weighted τ | top-1 | regret |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for s in names:
             if s in per_target[t]:
                 r = per_target[t][s]
-                lines.append(f"| {s} | {int(r['n'])} | {r['pearson']:+.3f} | {r['spearman']:+.3f} | {r['kendall']:+.3f} | {r['weighted_tau']:+.3f} | {r['top1']:.0f} | {r['regret']:.3f} |")
+                lines.append(
+                    f"| {s} | {int(r['n'])} | {r['pearson']:+.3f} | {r['spearman']:+.3f} | {r['kendall']:+.3f} | {r['weighted_tau']:+.3f} | {r['top1']:.0f} | {r['regret']:.3f} |"
+                )
         lines.append("")
     sources = sorted(zoo_meta)
-    lines += ["## Ground truth: test accuracy after the fixed fine-tuning budget (mean ± 95% CI over seeds)", "",
-              "| source | arch | source data | held-out acc | " + " | ".join(targets) + " |", "|---|---|---|---|" + "---|" * len(targets)]
+    lines += [
+        "## Ground truth: test accuracy after the fixed fine-tuning budget (mean ± 95% CI over seeds)",
+        "",
+        "| source | arch | source data | held-out acc | " + " | ".join(targets) + " |",
+        "|---|---|---|---|" + "---|" * len(targets),
+    ]
     for src in sources:
         m = zoo_meta[src]
-        cells = [f"{gt[t][src]['acc']:.3f} ± {gt[t][src]['ci']:.3f}" if src in gt[t] and "acc" in gt[t][src] else "–" for t in targets]
-        lines.append(f"| {src} | {m['arch']}{m['width'] if m['arch'] != 'lenet' else ''} | {m['data']} | {m['held_out_acc']:.3f} | " + " | ".join(cells) + " |")
-    lines += ["", "## Layer selection (every stage fine-tuned and scored)", "",
-              f"Pairs: {layer_sel['pairs']}; always-penultimate baseline picks the best layer in "
-              f"{layer_sel['baseline_top1']:.2f} of them (mean regret {layer_sel['baseline_regret']:.3f}).", "",
-              "| score | best-layer agreement | mean regret | mean Kendall over layers |", "|---|---|---|---|"]
+        cells = [
+            f"{gt[t][src]['acc']:.3f} ± {gt[t][src]['ci']:.3f}" if src in gt[t] and "acc" in gt[t][src] else "–"
+            for t in targets
+        ]
+        lines.append(
+            f"| {src} | {m['arch']}{m['width'] if m['arch'] != 'lenet' else ''} | {m['data']} | {m['held_out_acc']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "## Layer selection (every stage fine-tuned and scored)",
+        "",
+        f"Pairs: {layer_sel['pairs']}; always-penultimate baseline picks the best layer in "
+        f"{layer_sel['baseline_top1']:.2f} of them (mean regret {layer_sel['baseline_regret']:.3f}).",
+        "",
+        "| score | best-layer agreement | mean regret | mean Kendall over layers |",
+        "|---|---|---|---|",
+    ]
     for s, r in sorted(layer_sel["scores"].items(), key=lambda kv: -kv[1]["top1"]):
         lines.append(f"| {s} | {r['top1']:.2f} | {r['regret']:.3f} | {r['kendall']:+.2f} |")
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
-    pen_scores = {t: {s: _penultimate(values, gt, t, s) for s in ranked} | {"otce_fitted": fitted.get(t, {})} for t in targets}
-    result = {"summary": summary, "per_target": per_target, "ground_truth": gt, "layer_selection": layer_sel,
-              "scores": pen_scores,
-              "zoo": zoo_meta, "settings": settings, "fine_tune_seconds": ft_mean, "total_seconds": total_seconds}
+    pen_scores = {
+        t: {s: _penultimate(values, gt, t, s) for s in ranked} | {"otce_fitted": fitted.get(t, {})} for t in targets
+    }
+    result = {
+        "summary": summary,
+        "per_target": per_target,
+        "ground_truth": gt,
+        "layer_selection": layer_sel,
+        "scores": pen_scores,
+        "zoo": zoo_meta,
+        "settings": settings,
+        "fine_tune_seconds": ft_mean,
+        "total_seconds": total_seconds,
+    }
     (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
     plot(gt, values, fitted, targets, names, per_target, out)
     return result
@@ -194,22 +260,30 @@ def layer_selection(gt: dict, values: dict, scores: Sequence[str]) -> dict[str, 
             pairs += 1
             pen = e["layer"]
             best = max(acc.values())
-            base_top.append(float(acc[pen] >= best)); base_reg.append(best - acc[pen])
+            base_top.append(float(acc[pen] >= best))
+            base_reg.append(best - acc[pen])
             for s in scores:
                 sv = values.get(t, {}).get(s, {}).get(src, {})
                 common = [l for l in layers if l in sv and not math.isnan(sv[l])]
                 if len(common) < 2:
                     continue
                 x, y = [sv[l] for l in common], [acc[l] for l in common]
-                res[s]["top1"].append(top1(x, y)); res[s]["regret"].append(regret(x, y))
+                res[s]["top1"].append(top1(x, y))
+                res[s]["regret"].append(regret(x, y))
                 k = kendall(x, y)
                 if not math.isnan(k):
                     res[s]["kendall"].append(k)
-    return {"pairs": pairs, "baseline_top1": _mean(base_top), "baseline_regret": _mean(base_reg),
-            "scores": {s: {m: _mean(v) for m, v in d.items()} | {"n": len(d.get("top1", []))} for s, d in res.items() if d}}
+    return {
+        "pairs": pairs,
+        "baseline_top1": _mean(base_top),
+        "baseline_regret": _mean(base_reg),
+        "scores": {s: {m: _mean(v) for m, v in d.items()} | {"n": len(d.get("top1", []))} for s, d in res.items() if d},
+    }
 
 
-def plot(gt: dict, values: dict, fitted: dict, targets: list[str], names: list[str], per_target: dict, out: Path) -> None:
+def plot(
+    gt: dict, values: dict, fitted: dict, targets: list[str], names: list[str], per_target: dict, out: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,7 +306,12 @@ def plot(gt: dict, values: dict, fitted: dict, targets: list[str], names: list[s
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(names), 3.2))
     width = 0.8 / max(1, len(targets))
     for i, t in enumerate(targets):
-        ax.bar([j + i * width for j in range(len(names))], [per_target[t].get(s, {}).get("weighted_tau", np.nan) for s in names], width, label=t)
+        ax.bar(
+            [j + i * width for j in range(len(names))],
+            [per_target[t].get(s, {}).get("weighted_tau", np.nan) for s in names],
+            width,
+            label=t,
+        )
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30, fontsize=7)
     ax.axhline(0, color="k", lw=0.5)
     ax.set_ylabel("weighted Kendall τ")

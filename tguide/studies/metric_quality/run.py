@@ -26,18 +26,17 @@ import copy
 import dataclasses
 import hashlib
 import json
-import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from tguide.studies.metric_quality.report import write_report
 from tguide.studies.metric_quality.scores import LAYER_FREE, SCORES, PairInputs
 from tguide.studies.metric_quality.tasks import DEFAULT_SOURCES, QUICK_SOURCES, TARGETS, Task, target_tasks
-
 from tguide.studies.metric_quality.zoo import SourceSpec, Trunk, Zoo, extract, stages, train_classifier
 
 
@@ -57,8 +56,10 @@ class Settings:
     split_seed: int = 0
 
     @staticmethod
-    def quick() -> "Settings":
-        return Settings(targets=("usps",), layer_targets=("usps",), n_train=150, n_test=150, episodes=1, steps=8, seeds=(0, 1))
+    def quick() -> Settings:
+        return Settings(
+            targets=("usps",), layer_targets=("usps",), n_train=150, n_test=150, episodes=1, steps=8, seeds=(0, 1)
+        )
 
     def task_key(self) -> str:
         return _hash([self.n_train, self.n_test, self.episodes, self.split_seed])
@@ -89,8 +90,9 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- steps
 
 
-def features_for(net: torch.nn.Module, spec: SourceSpec, task: Task, zoo: Zoo, out: Path, tkey: str,
-                 cached_only: bool = False) -> dict[str, Any] | None:
+def features_for(
+    net: torch.nn.Module, spec: SourceSpec, task: Task, zoo: Zoo, out: Path, tkey: str, cached_only: bool = False
+) -> dict[str, Any] | None:
     """Cached per (source, task): ``{"target": {layer: (N, D)}, "source": {layer: (M, D)}, ...}``."""
     path = out / "cache" / "features" / f"{spec.name}-{spec.key()}__{task.name.replace('/', '_')}-{tkey}.pt"
     if path.is_file():
@@ -114,8 +116,16 @@ def scores_for(spec: SourceSpec, task: Task, blob: dict[str, Any], out: Path, tk
     done = _load_json(path)
     changed = False
     for layer in blob["target"]:
-        p = PairInputs(blob["target"][layer], blob["labels"], blob["source"][layer], blob["source_labels"],
-                       blob["logits"], spec.name, task.name, layer)
+        p = PairInputs(
+            blob["target"][layer],
+            blob["labels"],
+            blob["source"][layer],
+            blob["source_labels"],
+            blob["logits"],
+            spec.name,
+            task.name,
+            layer,
+        )
         row = done.setdefault(layer, {})
         for name, fn in SCORES.items():
             if name in row:
@@ -135,11 +145,25 @@ def scores_for(spec: SourceSpec, task: Task, blob: dict[str, Any], out: Path, tk
     return done
 
 
-def finetune_for(net: torch.nn.Module, spec: SourceSpec, task: Task, layer: str, dim: int, seed: int,
-                 st: Settings, out: Path, tkey: str, cached_only: bool = False) -> dict[str, float] | None:
+def finetune_for(
+    net: torch.nn.Module,
+    spec: SourceSpec,
+    task: Task,
+    layer: str,
+    dim: int,
+    seed: int,
+    st: Settings,
+    out: Path,
+    tkey: str,
+    cached_only: bool = False,
+) -> dict[str, float] | None:
     """Test accuracy and seconds of one fine-tuning run (cached)."""
-    path = (out / "cache" / "finetune" /
-            f"{spec.name}-{spec.key()}__{task.name.replace('/', '_')}-{tkey}__{layer}__s{seed}-{st.ft_key()}.json")
+    path = (
+        out
+        / "cache"
+        / "finetune"
+        / f"{spec.name}-{spec.key()}__{task.name.replace('/', '_')}-{tkey}__{layer}__s{seed}-{st.ft_key()}.json"
+    )
     if path.is_file():
         return _load_json(path)
     if cached_only:
@@ -157,8 +181,14 @@ def finetune_for(net: torch.nn.Module, spec: SourceSpec, task: Task, layer: str,
     return res
 
 
-def run(st: Settings, sources: Sequence[SourceSpec], out: Path, zoo_dir: str | None, root: str | None,
-        cached_only: bool = False) -> dict[str, Any]:
+def run(
+    st: Settings,
+    sources: Sequence[SourceSpec],
+    out: Path,
+    zoo_dir: str | None,
+    root: str | None,
+    cached_only: bool = False,
+) -> dict[str, Any]:
     """The whole pipeline; ``cached_only`` trains and fine-tunes nothing (report from what is cached;
     scores missing for cached features are still computed, they are cheap)."""
     torch.set_num_threads(1)
@@ -191,21 +221,47 @@ def run(st: Settings, sources: Sequence[SourceSpec], out: Path, zoo_dir: str | N
                     for name, v in row.items():
                         if name not in SCORES:  # cached from an earlier registry: kept on disk, not reported
                             continue
-                        score_rows.append({"source": spec.name, "target": target, "task": task.name, "layer": layer,
-                                           "penultimate": layer == names[-1], "score": name, **v})
+                        score_rows.append(
+                            {
+                                "source": spec.name,
+                                "target": target,
+                                "task": task.name,
+                                "layer": layer,
+                                "penultimate": layer == names[-1],
+                                "score": name,
+                                **v,
+                            }
+                        )
                 for layer in layers:
                     dim = blob["target"][layer].shape[1]
                     for seed in st.seeds:
                         r = finetune_for(net, spec, task, layer, dim, seed, st, out, tkey, cached_only)
                         if r is None:
                             continue
-                        records.append({"source": spec.name, "target": target, "task": task.name, "layer": layer,
-                                        "penultimate": layer == names[-1], "seed": seed, **r})
+                        records.append(
+                            {
+                                "source": spec.name,
+                                "target": target,
+                                "task": task.name,
+                                "layer": layer,
+                                "penultimate": layer == names[-1],
+                                "seed": seed,
+                                **r,
+                            }
+                        )
             log(f"  {target} <- {spec.name}: done ({time.perf_counter() - t0:.0f}s so far)")
         log(f"target {target}: done ({time.perf_counter() - t0:.0f}s so far)")
     zoo_meta = {n: {"arch": s.arch, "width": s.width, "data": s.data, **m} for n, (s, _, m) in nets.items()}
-    result = write_report(records, score_rows, zoo_meta, out, settings=dataclasses.asdict(st),
-                          layer_free=sorted(LAYER_FREE), zoo_seconds=t_zoo, total_seconds=time.perf_counter() - t0)
+    result = write_report(
+        records,
+        score_rows,
+        zoo_meta,
+        out,
+        settings=dataclasses.asdict(st),
+        layer_free=sorted(LAYER_FREE),
+        zoo_seconds=t_zoo,
+        total_seconds=time.perf_counter() - t0,
+    )
     log(f"done in {time.perf_counter() - t0:.0f}s; report: {out / 'results.md'}")
     return result
 
@@ -218,17 +274,44 @@ def log_wandb(result: dict[str, Any], out: Path) -> None:
 
     os.environ.setdefault("WANDB_MODE", "offline")
     run = wandb.init(project="tguide-quality", dir=str(out), config=result["settings"], job_type="quality_bench")
-    cols = ["score", "mean_pearson", "mean_spearman", "mean_kendall", "mean_weighted_tau", "top1", "regret", "seconds", "speedup"]
+    cols = [
+        "score",
+        "mean_pearson",
+        "mean_spearman",
+        "mean_kendall",
+        "mean_weighted_tau",
+        "top1",
+        "regret",
+        "seconds",
+        "speedup",
+    ]
     table = wandb.Table(columns=cols)
     for name, sm in result["summary"].items():
-        table.add_data(name, sm["pearson"], sm["spearman"], sm["kendall"], sm["weighted_tau"], sm["top1"], sm["regret"],
-                       sm["seconds"], sm["speedup"])
+        table.add_data(
+            name,
+            sm["pearson"],
+            sm["spearman"],
+            sm["kendall"],
+            sm["weighted_tau"],
+            sm["top1"],
+            sm["regret"],
+            sm["seconds"],
+            sm["speedup"],
+        )
     rows = wandb.Table(columns=["target", "score", "pearson", "spearman", "kendall", "weighted_tau", "top1", "regret"])
     for target, by_score in result["per_target"].items():
         for name, r in by_score.items():
-            rows.add_data(target, name, r["pearson"], r["spearman"], r["kendall"], r["weighted_tau"], r["top1"], r["regret"])
-    run.log({"summary": table, "per_target": rows, "scatter": wandb.Image(str(out / "scatter.png")),
-             "weighted_tau": wandb.Image(str(out / "weighted_tau.png"))})
+            rows.add_data(
+                target, name, r["pearson"], r["spearman"], r["kendall"], r["weighted_tau"], r["top1"], r["regret"]
+            )
+    run.log(
+        {
+            "summary": table,
+            "per_target": rows,
+            "scatter": wandb.Image(str(out / "scatter.png")),
+            "weighted_tau": wandb.Image(str(out / "weighted_tau.png")),
+        }
+    )
     run.finish()
 
 
@@ -241,9 +324,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--targets", nargs="*", default=None, help=f"subset of {TARGETS}")
     ap.add_argument("--seeds", type=int, default=None, help="number of fine-tuning seeds")
     ap.add_argument("--report-only", action="store_true", help="train and fine-tune nothing: report what is cached")
-    ap.add_argument("--extra-scores", nargs="*", default=(), metavar="FILE.py",
-                    help="Python files that add entries to scores.SCORES with @register (e.g. calibrated scores)")
-    ap.add_argument("--wandb", action="store_true", help="also log the tables and plots to W&B (offline unless configured)")
+    ap.add_argument(
+        "--extra-scores",
+        nargs="*",
+        default=(),
+        metavar="FILE.py",
+        help="Python files that add entries to scores.SCORES with @register (e.g. calibrated scores)",
+    )
+    ap.add_argument(
+        "--wandb", action="store_true", help="also log the tables and plots to W&B (offline unless configured)"
+    )
     args = ap.parse_args(argv)
     st = Settings.quick() if args.quick else Settings()
     if args.targets:

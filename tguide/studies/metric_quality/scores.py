@@ -23,8 +23,9 @@ Expensive intermediate results shared by several scores (the OT coupling) are me
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -70,13 +70,22 @@ def _split(name: str, images: Tensor, labels: Tensor, n_train: int, n_test: int,
     _, codes = torch.unique(labels, return_inverse=True)
     perm = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed))
     n_train = min(n_train, labels.numel() // 2)
-    tr, te = perm[:n_train], perm[n_train:n_train + n_test]
+    tr, te = perm[:n_train], perm[n_train : n_train + n_test]
     x = to_input(images)
     return Task(name, x[tr], codes[tr], x[te], codes[te])
 
 
-def target_tasks(name: str, root: str | None, n_train: int, n_test: int, episodes: int, ways: int = 5,
-                 shots: int = 5, queries: int = 15, seed: int = 0) -> list[Task]:
+def target_tasks(
+    name: str,
+    root: str | None,
+    n_train: int,
+    n_test: int,
+    episodes: int,
+    ways: int = 5,
+    shots: int = 5,
+    queries: int = 15,
+    seed: int = 0,
+) -> list[Task]:
     """The task(s) of a target: one for a plain target, ``episodes`` for ``omniglot_5way``."""
     if name == "usps":
         from tguide.data.usps import load_usps
@@ -114,9 +123,13 @@ def target_tasks(name: str, root: str | None, n_train: int, n_test: int, episode
                 idx = torch.nonzero(om.labels == char).flatten()
                 idx = idx[torch.randperm(idx.numel(), generator=gen)]
                 xs.append(om.images[idx[:shots]])
-                xq.append(om.images[idx[shots:shots + queries]])
+                xq.append(om.images[idx[shots : shots + queries]])
                 ys += [c] * shots
                 yq += [c] * min(queries, idx.numel() - shots)
-            out.append(Task(f"{name}/e{e}", to_input(torch.cat(xs)), torch.tensor(ys), to_input(torch.cat(xq)), torch.tensor(yq)))
+            out.append(
+                Task(
+                    f"{name}/e{e}", to_input(torch.cat(xs)), torch.tensor(ys), to_input(torch.cat(xq)), torch.tensor(yq)
+                )
+            )
         return out
     raise ValueError(f"unknown target {name!r}; choose from {TARGETS}")

@@ -30,9 +30,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,8 +48,20 @@ SOURCES = ("mnist", "mnist_m", "cifar10", "omniglot", "office31_amazon")
 FORMAT = 1
 SIDE = 32
 
-__all__ = ["ARCHS", "SOURCES", "SourceSpec", "Trunk", "Zoo", "build_net", "default_zoo_dir", "extract",
-           "source_data", "stages", "to_input", "train_classifier"]
+__all__ = [
+    "ARCHS",
+    "SOURCES",
+    "SourceSpec",
+    "Trunk",
+    "Zoo",
+    "build_net",
+    "default_zoo_dir",
+    "extract",
+    "source_data",
+    "stages",
+    "to_input",
+    "train_classifier",
+]
 
 
 @dataclass(frozen=True)
@@ -153,7 +166,7 @@ def source_data(spec: SourceSpec, root: str | None = None) -> tuple[Tensor, Tens
         images, labels = _subset(images, labels, [int(c) for c in spec.classes])
     _, codes = torch.unique(labels, return_inverse=True)
     perm = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(spec.seed))
-    held, train = perm[: spec.held_out], perm[spec.held_out:][: spec.max_train]
+    held, train = perm[: spec.held_out], perm[spec.held_out :][: spec.max_train]
     if train.numel() == 0:
         raise TGuideError(f"source {spec.name!r}: no training images left after holding out {spec.held_out}")
     x = to_input(images)
@@ -187,7 +200,14 @@ def stages(net: nn.Module) -> list[tuple[str, Callable[[Tensor], Tensor]]]:
         out: list[tuple[str, Callable[[Tensor], Tensor]]] = []
         for k, n in enumerate(net.hidden_names):
             lin = getattr(net, n)
-            out.append((n, (lambda x, lin=lin: torch.relu(lin(x.flatten(1)))) if k == 0 else (lambda x, lin=lin: torch.relu(lin(x)))))
+            out.append(
+                (
+                    n,
+                    (lambda x, lin=lin: torch.relu(lin(x.flatten(1))))
+                    if k == 0
+                    else (lambda x, lin=lin: torch.relu(lin(x))),
+                )
+            )
         return out
     raise TGuideError(f"stages() knows LeNet5, SmallResNet and MLP, got {type(net).__name__}")
 
@@ -209,7 +229,7 @@ def extract(net: nn.Module, x: Tensor, batch: int = 500) -> tuple[dict[str, Tens
     logits: list[Tensor] = []
     with torch.no_grad():
         for i in range(0, x.shape[0], batch):
-            h = x[i:i + batch]
+            h = x[i : i + batch]
             for name, fn in stages(net):
                 h = fn(h)
                 feats[name].append(_pool(h))
@@ -255,7 +275,7 @@ def train_classifier(model: nn.Module, x: Tensor, y: Tensor, *, steps: int, lr: 
     for _ in range(int(steps)):
         if pos >= x.shape[0]:
             order, pos = torch.randperm(x.shape[0], generator=gen), 0
-        idx = order[pos:pos + batch]
+        idx = order[pos : pos + batch]
         pos += batch
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
@@ -293,8 +313,13 @@ class Zoo:
 
     def save(self, spec: SourceSpec, net: nn.Module, num_classes: int, meta: dict[str, Any]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        blob = {"format": FORMAT, "spec": dataclasses.asdict(spec), "num_classes": int(num_classes),
-                "state_dict": net.state_dict(), "meta": dict(meta)}
+        blob = {
+            "format": FORMAT,
+            "spec": dataclasses.asdict(spec),
+            "num_classes": int(num_classes),
+            "state_dict": net.state_dict(),
+            "meta": dict(meta),
+        }
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         os.close(fd)
         torch.save(blob, tmp)
@@ -330,8 +355,13 @@ class Zoo:
         if xh.numel():
             with torch.no_grad():
                 acc = float((net(xh).argmax(1) == yh).double().mean())
-        meta = {"train_seconds": seconds, "held_out_acc": acc, "final_loss": loss, "num_train": int(x.shape[0]),
-                "num_classes": num_classes}
+        meta = {
+            "train_seconds": seconds,
+            "held_out_acc": acc,
+            "final_loss": loss,
+            "num_train": int(x.shape[0]),
+            "num_classes": num_classes,
+        }
         self.save(spec, net, num_classes, meta)
         return net, meta
 

@@ -28,7 +28,7 @@ random flips); evaluation reads whole images padded with label 255 to a multiple
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -40,8 +40,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tguide.data.roots import dataset_dir
 
-__all__ = ["IGNORE", "DATASETS", "SPLITS", "load_retina", "downscale_pair", "pad_to_multiple",
-           "RetinaPatches", "RetinaImages", "EpochSampler", "RetinaDataModule"]
+__all__ = [
+    "IGNORE",
+    "DATASETS",
+    "SPLITS",
+    "load_retina",
+    "downscale_pair",
+    "pad_to_multiple",
+    "RetinaPatches",
+    "RetinaImages",
+    "EpochSampler",
+    "RetinaDataModule",
+]
 
 IGNORE = 255
 DATASETS = ("drive", "chasedb1")
@@ -49,8 +59,11 @@ CHASE_RED_THRESHOLD = 20  # FOV of CHASE_DB1 = red channel > this (0-255)
 
 _CHASE = [f"{i:02d}{s}" for i in range(1, 15) for s in "LR"]
 SPLITS: dict[str, dict[str, list[str]]] = {
-    "drive": {"train": [f"{i:02d}" for i in range(21, 37)], "val": [f"{i:02d}" for i in range(37, 41)],
-              "test": [f"{i:02d}" for i in range(1, 21)]},
+    "drive": {
+        "train": [f"{i:02d}" for i in range(21, 37)],
+        "val": [f"{i:02d}" for i in range(37, 41)],
+        "test": [f"{i:02d}" for i in range(1, 21)],
+    },
     "chasedb1": {"train": _CHASE[:16], "val": _CHASE[16:20], "test": _CHASE[20:]},
 }
 Transform = Callable[[Tensor, int], Tensor]  # (image (3, H, W), index) -> image
@@ -64,8 +77,11 @@ def _read(path) -> np.ndarray:
 def _drive_files(root, split: str, ident: str) -> tuple:
     folder = dataset_dir("seg/DRIVE", root)
     part, kind = ("test", "test") if split == "test" else ("training", "training")
-    return (folder / part / "images" / f"{ident}_{kind}.tif", folder / part / "1st_manual" / f"{ident}_manual1.gif",
-            folder / part / "mask" / f"{ident}_{kind}_mask.gif")
+    return (
+        folder / part / "images" / f"{ident}_{kind}.tif",
+        folder / part / "1st_manual" / f"{ident}_manual1.gif",
+        folder / part / "mask" / f"{ident}_{kind}_mask.gif",
+    )
 
 
 def _load_one(name: str, root, split: str, ident: str) -> tuple[Tensor, Tensor]:
@@ -79,6 +95,7 @@ def _load_one(name: str, root, split: str, ident: str) -> tuple[Tensor, Tensor]:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         from tguide.errors import DataNotFoundError
+
         raise DataNotFoundError(f"{name}: missing file(s) {', '.join(missing)}; the dataset folder is incomplete.")
     rgb = _read(img_p)[..., :3]  # (H, W, 3) uint8
     vessel = _read(ves_p) > 0
@@ -97,8 +114,8 @@ def downscale_pair(image: Tensor, label: Tensor, factor: int) -> tuple[Tensor, T
     if factor == 1:
         return image, label
     h, w = image.shape[-2] // factor, image.shape[-1] // factor
-    img = F.interpolate(image[None, :, :h * factor, :w * factor], size=(h, w), mode="area")[0]
-    lab = label[:h * factor, :w * factor]
+    img = F.interpolate(image[None, :, : h * factor, : w * factor], size=(h, w), mode="area")[0]
+    lab = label[: h * factor, : w * factor]
     fov = F.interpolate((lab != IGNORE).float()[None, None], size=(h, w), mode="area")[0, 0] >= 0.5
     ves = F.interpolate((lab == 1).float()[None, None], size=(h, w), mode="area")[0, 0] >= 0.5
     out = ves.to(torch.int64)
@@ -137,8 +154,9 @@ class RetinaImages(Dataset):
     """Whole images ``(image (3, H', W'), label (H', W'))`` padded to ``pad_multiple``;
     ``transform(image, index)`` (e.g. a graded shift) is applied before padding."""
 
-    def __init__(self, pairs: Sequence[tuple[Tensor, Tensor]], pad_multiple: int = 32,
-                 transform: Transform | None = None) -> None:
+    def __init__(
+        self, pairs: Sequence[tuple[Tensor, Tensor]], pad_multiple: int = 32, transform: Transform | None = None
+    ) -> None:
         self.pairs, self.pad_multiple, self.transform = list(pairs), pad_multiple, transform
 
     def __len__(self) -> int:
@@ -161,20 +179,32 @@ class RetinaPatches(Dataset):
     patch are padded with label 255.
     """
 
-    def __init__(self, pairs: Sequence[tuple[Tensor, Tensor]], patch_size: int = 96, length: int = 256,
-                 seed: int = 0, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Tensor, Tensor]],
+        patch_size: int = 96,
+        length: int = 256,
+        seed: int = 0,
+        transform: Transform | None = None,
+    ) -> None:
         if not pairs:
             raise ValueError("RetinaPatches needs at least one (image, label) pair.")
         if patch_size < 8:
             raise ValueError(f"`patch_size` must be ≥ 8, got {patch_size}.")
-        self.pairs, self.patch, self.length, self.seed, self.transform = list(pairs), patch_size, length, seed, transform
+        self.pairs, self.patch, self.length, self.seed, self.transform = (
+            list(pairs),
+            patch_size,
+            length,
+            seed,
+            transform,
+        )
         self._centres = [torch.nonzero(lab != IGNORE) for _, lab in self.pairs]  # (n_fov, 2) each
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        gen = torch.Generator().manual_seed((self.seed * 1_000_000_007 + int(i)) % (2 ** 62))
+        gen = torch.Generator().manual_seed((self.seed * 1_000_000_007 + int(i)) % (2**62))
         k = int(torch.randint(len(self.pairs), (1,), generator=gen))
         image, label = self.pairs[k]
         if self.transform is not None:
@@ -184,7 +214,7 @@ class RetinaPatches(Dataset):
         r, c = centres[int(torch.randint(len(centres), (1,), generator=gen))].tolist()
         image = F.pad(image, (half, half, half, half))
         label = F.pad(label, (half, half, half, half), value=IGNORE)
-        x, y = image[:, r:r + p, c:c + p], label[r:r + p, c:c + p]  # centre (r, c) in padded coords
+        x, y = image[:, r : r + p, c : c + p], label[r : r + p, c : c + p]  # centre (r, c) in padded coords
         flips = torch.rand(2, generator=gen)
         if flips[0] < 0.5:
             x, y = x.flip(-1), y.flip(-1)
@@ -223,9 +253,20 @@ class RetinaDataModule(L.LightningDataModule):
         seed: seeds the crops; num_workers: DataLoader workers.
     """
 
-    def __init__(self, dataset: str = "drive", root: str | None = None, downscale: int = 2, patch_size: int = 96,
-                 patches_per_epoch: int = 256, batch_size: int = 8, eval_batch_size: int = 2, pad_multiple: int = 32,
-                 train_ids: Sequence[str] | None = None, seed: int = 0, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: str = "drive",
+        root: str | None = None,
+        downscale: int = 2,
+        patch_size: int = 96,
+        patches_per_epoch: int = 256,
+        batch_size: int = 8,
+        eval_batch_size: int = 2,
+        pad_multiple: int = 32,
+        train_ids: Sequence[str] | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"`dataset` must be one of {list(DATASETS)}, got {dataset!r}.")
@@ -258,14 +299,19 @@ class RetinaDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         if split not in self.sets:
             self.sets[split] = RetinaImages(self.pairs(split), self.pad_multiple)
-        return DataLoader(self.sets[split], batch_size=self.eval_batch_size, shuffle=False,
-                          num_workers=self.num_workers)
+        return DataLoader(
+            self.sets[split], batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers
+        )
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         assert self.train_set is not None
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=EpochSampler(len(self.train_set)),
-                          num_workers=self.num_workers)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(self.train_set)),
+            num_workers=self.num_workers,
+        )
 
     def train_images_dataloader(self) -> DataLoader:
         """Whole training images (e.g. the source side of OTCE in a TransferabilityMonitor)."""

@@ -20,7 +20,8 @@ blocks ``"net.decoder.blocks.<i>"`` are the named layers for pixel-level transfe
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -35,9 +36,14 @@ SchedulerFactory = Callable[..., Any]
 IGNORE = 255
 
 
-def build_unet(encoder_name: str = "resnet18", encoder_depth: int = 3,
-               decoder_channels: Sequence[int] = (64, 32, 16), encoder_weights: str | None = None,
-               in_channels: int = 3, classes: int = 1) -> nn.Module:
+def build_unet(
+    encoder_name: str = "resnet18",
+    encoder_depth: int = 3,
+    decoder_channels: Sequence[int] = (64, 32, 16),
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    classes: int = 1,
+) -> nn.Module:
     """``segmentation_models_pytorch.Unet`` with a checked configuration.
 
     ``encoder_weights=None`` (default) starts from random weights: pretrained ones
@@ -47,13 +53,23 @@ def build_unet(encoder_name: str = "resnet18", encoder_depth: int = 3,
 
     decoder_channels = [int(c) for c in decoder_channels]
     if len(decoder_channels) != encoder_depth:
-        raise ValueError(f"`decoder_channels` needs one entry per encoder stage (encoder_depth={encoder_depth}), "
-                         f"got {decoder_channels}.")
+        raise ValueError(
+            f"`decoder_channels` needs one entry per encoder stage (encoder_depth={encoder_depth}), "
+            f"got {decoder_channels}."
+        )
     try:
-        return smp.Unet(encoder_name=encoder_name, encoder_depth=encoder_depth, encoder_weights=encoder_weights,
-                        decoder_channels=decoder_channels, in_channels=in_channels, classes=classes)
+        return smp.Unet(
+            encoder_name=encoder_name,
+            encoder_depth=encoder_depth,
+            encoder_weights=encoder_weights,
+            decoder_channels=decoder_channels,
+            in_channels=in_channels,
+            classes=classes,
+        )
     except KeyError as err:
-        raise ValueError(f"`encoder_name` {encoder_name!r} is not a segmentation_models_pytorch encoder: {err}") from err
+        raise ValueError(
+            f"`encoder_name` {encoder_name!r} is not a segmentation_models_pytorch encoder: {err}"
+        ) from err
 
 
 def dice_bce_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE, smooth: float = 1.0) -> Tensor:
@@ -86,8 +102,14 @@ class Segmenter(L.LightningModule):
         log_images: how many validation images to log (0 = none).
     """
 
-    def __init__(self, net: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None,
-                 ignore_index: int = IGNORE, log_images: int = 2) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        ignore_index: int = IGNORE,
+        log_images: int = 2,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
@@ -135,8 +157,12 @@ class Segmenter(L.LightningModule):
 
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image("val/predictions", [p.permute(1, 2, 0).cpu().numpy() for p in panels],
-                                 step=self.global_step, caption=["image | reference | prediction"] * len(panels))
+                logger.log_image(
+                    "val/predictions",
+                    [p.permute(1, 2, 0).cpu().numpy() for p in panels],
+                    step=self.global_step,
+                    caption=["image | reference | prediction"] * len(panels),
+                )
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")

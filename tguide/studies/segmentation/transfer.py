@@ -29,8 +29,9 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +41,17 @@ from torch.utils.data import DataLoader
 from tguide.studies.segmentation.retina import IGNORE, SPLITS, RetinaImages, RetinaPatches, load_retina
 from tguide.studies.segmentation.segmenter import dice_bce_loss
 
-__all__ = ["SHIFTS", "SEVERITIES", "graded_shift", "shifted_pairs", "train_patches", "evaluate",
-           "pixel_scores", "load_source", "run"]
+__all__ = [
+    "SHIFTS",
+    "SEVERITIES",
+    "graded_shift",
+    "shifted_pairs",
+    "train_patches",
+    "evaluate",
+    "pixel_scores",
+    "load_source",
+    "run",
+]
 
 Pairs = list[tuple[Tensor, Tensor]]
 SHIFTS = ("none", "contrast", "blur", "noise", "colour")
@@ -92,8 +102,17 @@ def graded_shift(kind: str, severity: int, seed: int = 0) -> Callable[[Tensor, i
     return shift
 
 
-def shifted_pairs(dataset: str, split: str, shift: str = "none", severity: int = 1, *, downscale: int = 2,
-                  root: str | None = None, ids: Sequence[str] | None = None, seed: int = 0) -> Pairs:
+def shifted_pairs(
+    dataset: str,
+    split: str,
+    shift: str = "none",
+    severity: int = 1,
+    *,
+    downscale: int = 2,
+    root: str | None = None,
+    ids: Sequence[str] | None = None,
+    seed: int = 0,
+) -> Pairs:
     """``[(shifted image, label)]`` of a split (optionally only ``ids``), shift applied once."""
     pairs = load_retina(dataset, split, root, downscale)
     names = SPLITS[dataset][split]
@@ -108,8 +127,17 @@ def shifted_pairs(dataset: str, split: str, shift: str = "none", severity: int =
     return [(f(pairs[i][0], i), pairs[i][1]) for i in chosen]
 
 
-def train_patches(model: nn.Module, pairs: Pairs, *, steps: int, lr: float = 1e-3, batch_size: int = 8,
-                  patch_size: int = 96, seed: int = 0, weight_decay: float = 0.0) -> list[float]:
+def train_patches(
+    model: nn.Module,
+    pairs: Pairs,
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    patch_size: int = 96,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+) -> list[float]:
     """Train ``model`` in place with Adam on ``steps`` batches of random patches of ``pairs``
     (Dice + BCE inside the FOV); returns the loss per step."""
     if steps < 0:
@@ -146,14 +174,26 @@ def evaluate(model: nn.Module, pairs: Pairs, pad_multiple: int = 32) -> dict[str
         labels.append(y[keep])
     model.train(was)
     p, y = torch.cat(probs), torch.cat(labels)
-    return {"dice": float(binary_f1_score(p, y)), "iou": float(binary_jaccard_index(p, y)),
-            "auroc": float(binary_auroc(p, y))}
+    return {
+        "dice": float(binary_f1_score(p, y)),
+        "iou": float(binary_jaccard_index(p, y)),
+        "auroc": float(binary_auroc(p, y)),
+    }
 
 
-def pixel_scores(model: nn.Module, source: Pairs, target: Pairs, *, layer: str = "net.decoder",
-                 samplings: Sequence[str] = ("boundary", "uniform"), band: int = 3, pixels_per_image: int = 250,
-                 target_pixels_per_image: int | None = None, seed: int = 0,
-                 otce_max_samples: int = 1000) -> dict[str, float]:
+def pixel_scores(
+    model: nn.Module,
+    source: Pairs,
+    target: Pairs,
+    *,
+    layer: str = "net.decoder",
+    samplings: Sequence[str] = ("boundary", "uniform"),
+    band: int = 3,
+    pixels_per_image: int = 250,
+    target_pixels_per_image: int | None = None,
+    seed: int = 0,
+    otce_max_samples: int = 1000,
+) -> dict[str, float]:
     """Transferability scores of ``model``'s ``layer`` from ``source`` to ``target`` pixels.
 
     Keys: ``otce_sim_<sampling>`` for each sampling (OTCE_sim, exact OT on at most
@@ -173,8 +213,9 @@ def pixel_scores(model: nn.Module, source: Pairs, target: Pairs, *, layer: str =
     for sampling in samplings:
         kw = dict(ignore_index=IGNORE, sampling=sampling, band=band)
         fs = extract_pixel_features(model, src_loader, layer, pixels_per_image=pixels_per_image, seed=seed, **kw)
-        ft = extract_pixel_features(model, tgt_loader, layer, seed=seed + 1,
-                                    pixels_per_image=target_pixels_per_image or pixels_per_image, **kw)
+        ft = extract_pixel_features(
+            model, tgt_loader, layer, seed=seed + 1, pixels_per_image=target_pixels_per_image or pixels_per_image, **kw
+        )
         xs, ys, xt, yt = fs.features[layer].double(), fs.labels, ft.features[layer].double(), ft.labels
         out[f"otce_sim_{sampling}"] = float(otce_sim(xs, ys, xt, yt, max_samples=otce_max_samples))
         out[f"hscore_{sampling}"] = float(hscore(xt, yt))
@@ -190,8 +231,11 @@ def load_source(model: nn.Module, checkpoint: str | Path) -> dict[str, Any]:
     path = Path(checkpoint)
     if not path.is_file():
         from tguide.errors import TGuideError
-        raise TGuideError(f"source checkpoint {str(path)!r} does not exist; train one with "
-                          "`python -m tguide.fit recipe=seg_drive` or set seg_transfer.checkpoint=null.")
+
+        raise TGuideError(
+            f"source checkpoint {str(path)!r} does not exist; train one with "
+            "`python -m tguide.fit recipe=seg_drive` or set seg_transfer.checkpoint=null."
+        )
     blob = torch.load(path, map_location="cpu", weights_only=path.suffix != ".ckpt")
     state = blob["state_dict"]
     state = {k: v for k, v in state.items() if k.startswith("net.")}
@@ -206,11 +250,20 @@ def _source_model(cfg: Any, run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     torch.manual_seed(int(st.source.seed))
     model = instantiate(cfg.model)
     if st.checkpoint:
-        return model.eval(), {"dataset": st.source.dataset, "checkpoint": str(st.checkpoint),
-                              **load_source(model, st.checkpoint)}
+        return model.eval(), {
+            "dataset": st.source.dataset,
+            "checkpoint": str(st.checkpoint),
+            **load_source(model, st.checkpoint),
+        }
     cache = Path(st.source.cache) if st.source.cache else run_dir / f"source_{st.source.dataset}.pt"
-    meta = {"dataset": st.source.dataset, "steps": int(st.source.steps), "lr": float(st.source.lr),
-            "downscale": int(st.downscale), "seed": int(st.source.seed), "net": str(cfg.model.net)}
+    meta = {
+        "dataset": st.source.dataset,
+        "steps": int(st.source.steps),
+        "lr": float(st.source.lr),
+        "downscale": int(st.downscale),
+        "seed": int(st.source.seed),
+        "net": str(cfg.model.net),
+    }
     if cache.is_file():
         blob = torch.load(cache, map_location="cpu", weights_only=True)
         if blob.get("meta", {}).get("settings") == meta:
@@ -218,9 +271,21 @@ def _source_model(cfg: Any, run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
             return model.eval(), {**blob["meta"], "reused": True, "cache": str(cache)}
     start = time.perf_counter()
     pairs = load_retina(st.source.dataset, "train", None, int(st.downscale))
-    losses = train_patches(model, pairs, steps=int(st.source.steps), lr=float(st.source.lr),
-                           batch_size=int(st.batch_size), patch_size=int(st.patch_size), seed=int(st.source.seed))
-    info = {"dataset": meta["dataset"], "settings": meta, "seconds": time.perf_counter() - start, "final_loss": float(sum(losses[-20:]) / max(1, len(losses[-20:])))}
+    losses = train_patches(
+        model,
+        pairs,
+        steps=int(st.source.steps),
+        lr=float(st.source.lr),
+        batch_size=int(st.batch_size),
+        patch_size=int(st.patch_size),
+        seed=int(st.source.seed),
+    )
+    info = {
+        "dataset": meta["dataset"],
+        "settings": meta,
+        "seconds": time.perf_counter() - start,
+        "final_loss": float(sum(losses[-20:]) / max(1, len(losses[-20:]))),
+    }
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "meta": info}, cache)
     return model.eval(), {**info, "reused": False, "cache": str(cache)}
@@ -246,21 +311,43 @@ def run(cfg: Any) -> dict[str, Any]:
     order = [pool[i] for i in torch.randperm(len(pool), generator=gen).tolist()]
     test = shifted_pairs(st.target, "test", st.shift, int(st.severity), downscale=ds, seed=int(st.shot_seed))
     before = evaluate(model, test)
-    result: dict[str, Any] = {"source": source_info, "target": st.target, "shift": st.shift,
-                              "severity": int(st.severity) if st.shift != "none" else 0,
-                              "before": before, "shots": {}}
+    result: dict[str, Any] = {
+        "source": source_info,
+        "target": st.target,
+        "shift": st.shift,
+        "severity": int(st.severity) if st.shift != "none" else 0,
+        "before": before,
+        "shots": {},
+    }
     for k in st.shots:
         k = int(k)
         if k > len(order):
-            raise ValueError(f"seg_transfer.shots: k={k} but the {st.target} {st.shot_split} split has {len(order)} images.")
-        shots = shifted_pairs(st.target, st.shot_split, st.shift, int(st.severity), downscale=ds, ids=order[:k],
-                              seed=int(st.shot_seed))
-        scores = pixel_scores(model, src_pairs, shots, layer=st.score.layer, band=int(st.score.band),
-                              pixels_per_image=int(st.score.pixels_per_image), seed=int(st.shot_seed))
+            raise ValueError(
+                f"seg_transfer.shots: k={k} but the {st.target} {st.shot_split} split has {len(order)} images."
+            )
+        shots = shifted_pairs(
+            st.target, st.shot_split, st.shift, int(st.severity), downscale=ds, ids=order[:k], seed=int(st.shot_seed)
+        )
+        scores = pixel_scores(
+            model,
+            src_pairs,
+            shots,
+            layer=st.score.layer,
+            band=int(st.score.band),
+            pixels_per_image=int(st.score.pixels_per_image),
+            seed=int(st.shot_seed),
+        )
         tuned = copy.deepcopy(model)
         start = time.perf_counter()
-        train_patches(tuned, shots, steps=int(st.finetune.steps), lr=float(st.finetune.lr),
-                      batch_size=int(st.batch_size), patch_size=int(st.patch_size), seed=int(st.shot_seed))
+        train_patches(
+            tuned,
+            shots,
+            steps=int(st.finetune.steps),
+            lr=float(st.finetune.lr),
+            batch_size=int(st.batch_size),
+            patch_size=int(st.patch_size),
+            seed=int(st.shot_seed),
+        )
         seconds = time.perf_counter() - start
         after = evaluate(tuned, test)
         result["shots"][str(k)] = {"ids": order[:k], "scores": scores, "after": after, "finetune_seconds": seconds}
@@ -282,13 +369,19 @@ def run(cfg: Any) -> dict[str, Any]:
 def markdown_table(result: dict[str, Any]) -> str:
     """The run's results as a markdown table (one row per k)."""
     shift = result["shift"] + (f" s{result['severity']}" if result["shift"] != "none" else "")
-    lines = [f"### {result['source'].get('dataset', result['source'].get('checkpoint', '?'))} → "
-             f"{result['target']} ({shift}); Dice before fine-tuning {result['before']['dice']:.3f}", "",
-             "| k | Dice after | AUROC after | OTCE_sim boundary | OTCE_sim uniform | H-score | TransRate | "
-             "score s | fine-tune s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {result['source'].get('dataset', result['source'].get('checkpoint', '?'))} → "
+        f"{result['target']} ({shift}); Dice before fine-tuning {result['before']['dice']:.3f}",
+        "",
+        "| k | Dice after | AUROC after | OTCE_sim boundary | OTCE_sim uniform | H-score | TransRate | "
+        "score s | fine-tune s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for k, r in result["shots"].items():
         s = r["scores"]
-        lines.append(f"| {k} | {r['after']['dice']:.3f} | {r['after']['auroc']:.3f} | {s['otce_sim_boundary']:.4f} | "
-                     f"{s['otce_sim_uniform']:.4f} | {s['hscore_boundary']:.4f} | {s['transrate_boundary']:.4f} | "
-                     f"{s['seconds']:.1f} | {r['finetune_seconds']:.1f} |")
+        lines.append(
+            f"| {k} | {r['after']['dice']:.3f} | {r['after']['auroc']:.3f} | {s['otce_sim_boundary']:.4f} | "
+            f"{s['otce_sim_uniform']:.4f} | {s['hscore_boundary']:.4f} | {s['transrate_boundary']:.4f} | "
+            f"{s['seconds']:.1f} | {r['finetune_seconds']:.1f} |"
+        )
     return "\n".join(lines) + "\n"

@@ -12,7 +12,8 @@ training step is one epoch; ``train/psnr`` is the PSNR of that step's forward pa
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -43,8 +44,15 @@ class SirenFit(L.LightningModule):
         lr: learning rate of the default Adam.
     """
 
-    def __init__(self, net: nn.Module | None = None, hidden_features: int = 128, hidden_layers: int = 3,
-                 omega0: float = 30.0, lr: float = 1e-4, optimizer: OptimizerFactory | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        hidden_features: int = 128,
+        hidden_layers: int = 3,
+        omega0: float = 30.0,
+        lr: float = 1e-4,
+        optimizer: OptimizerFactory | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.net = net if net is not None else Siren(2, hidden_features, hidden_layers, 3, omega0)
@@ -78,4 +86,3 @@ class SirenFit(L.LightningModule):
         if self.optimizer_factory is not None:
             return self.optimizer_factory(params=self.parameters())
         return torch.optim.Adam(self.parameters(), lr=float(self.hparams.lr))
-

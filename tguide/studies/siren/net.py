@@ -22,7 +22,7 @@ the stacked parameters is ``M`` independent Adams: a batched fit equals ``M`` se
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -73,8 +73,14 @@ class Siren(nn.Module):
         omega0: frequency factor ω0 (30 in the paper).
     """
 
-    def __init__(self, in_features: int = 2, hidden_features: int = 256, hidden_layers: int = 3,
-                 out_features: int = 3, omega0: float = 30.0) -> None:
+    def __init__(
+        self,
+        in_features: int = 2,
+        hidden_features: int = 256,
+        hidden_layers: int = 3,
+        out_features: int = 3,
+        omega0: float = 30.0,
+    ) -> None:
         super().__init__()
         _check_shape(in_features, hidden_features, hidden_layers, out_features, omega0)
         self.omega0 = float(omega0)
@@ -103,8 +109,15 @@ class BatchedSiren(nn.Module):
     networks, :meth:`member` extracts one back as a :class:`Siren`.
     """
 
-    def __init__(self, members: int, in_features: int = 2, hidden_features: int = 256, hidden_layers: int = 3,
-                 out_features: int = 3, omega0: float = 30.0) -> None:
+    def __init__(
+        self,
+        members: int,
+        in_features: int = 2,
+        hidden_features: int = 256,
+        hidden_layers: int = 3,
+        out_features: int = 3,
+        omega0: float = 30.0,
+    ) -> None:
         super().__init__()
         _check_shape(in_features, hidden_features, hidden_layers, out_features, omega0)
         if int(members) < 1:
@@ -121,7 +134,7 @@ class BatchedSiren(nn.Module):
             self.biases.append(nn.Parameter(torch.empty(members, 1, n_out).uniform_(-bb, bb)))
 
     @classmethod
-    def from_sirens(cls, nets: Sequence[Siren]) -> "BatchedSiren":
+    def from_sirens(cls, nets: Sequence[Siren]) -> BatchedSiren:
         """Stack the parameters of ``nets`` (all of one shape) into one batched module (copies)."""
         if not nets:
             raise ValueError("nets is empty; pass at least one Siren")
@@ -156,7 +169,7 @@ class BatchedSiren(nn.Module):
         return net
 
     @torch.no_grad()
-    def select(self, index: Sequence[int] | Tensor) -> "BatchedSiren":
+    def select(self, index: Sequence[int] | Tensor) -> BatchedSiren:
         """A new batched module holding copies of the members ``index`` (in that order, repeats allowed)."""
         idx = torch.as_tensor(index, dtype=torch.long)
         out = BatchedSiren(int(idx.numel()), *self.shape, omega0=self.omega0)
@@ -169,8 +182,10 @@ class BatchedSiren(nn.Module):
         if coords.dim() == 2:
             coords = coords.unsqueeze(0).expand(self.members, -1, -1)
         if coords.dim() != 3 or coords.shape[0] != self.members or coords.shape[2] != self.shape[0]:
-            raise ValueError(f"coords must be (P, {self.shape[0]}) or ({self.members}, P, {self.shape[0]}), "
-                             f"got {tuple(coords.shape)}")
+            raise ValueError(
+                f"coords must be (P, {self.shape[0]}) or ({self.members}, P, {self.shape[0]}), "
+                f"got {tuple(coords.shape)}"
+            )
         h = coords
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):

@@ -25,23 +25,36 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tguide.studies.siren.data import coordinate_grid, image_to_pixels
 from tguide.runs import prepare_run
+from tguide.studies.siren.data import coordinate_grid, image_to_pixels
 from tguide.studies.siren.module import psnr
 from tguide.studies.siren.net import BatchedSiren
 
 SCHEMES = ("random", "prefit_same", "prefit_other")
 SCORES = ("psnr0", "lstsq_psnr", "hscore")
 
-__all__ = ["SCHEMES", "SCORES", "auc", "sample_triples", "fit_batched", "colour_clusters", "transfer_scores",
-           "run_triples", "score_agreement", "summarise", "markdown_table", "run"]
+__all__ = [
+    "SCHEMES",
+    "SCORES",
+    "auc",
+    "sample_triples",
+    "fit_batched",
+    "colour_clusters",
+    "transfer_scores",
+    "run_triples",
+    "score_agreement",
+    "summarise",
+    "markdown_table",
+    "run",
+]
 
 
 def auc(curves: Tensor | np.ndarray | Sequence[float]) -> Tensor:
@@ -66,8 +79,10 @@ def sample_triples(labels: Tensor, n: int, seed: int = 0) -> Tensor:
     if not 1 <= int(n) <= labels.numel() // 3:
         raise ValueError(f"n must be in 1..{labels.numel() // 3}, got {n}")
     gen = torch.Generator().manual_seed(int(seed))
-    pools = {int(c): (labels == c).nonzero().flatten()[torch.randperm(int((labels == c).sum()), generator=gen)].tolist()
-             for c in classes}
+    pools = {
+        int(c): (labels == c).nonzero().flatten()[torch.randperm(int((labels == c).sum()), generator=gen)].tolist()
+        for c in classes
+    }
     out: list[list[int]] = []
     for _ in range(int(n)):  # each draw takes 2 images of A's class and 1 of C's, without replacement
         ok = [c for c, p in pools.items() if len(p) >= 2]
@@ -134,15 +149,27 @@ def transfer_scores(net: BatchedSiren, coords: Tensor, targets: Tensor, k: int =
     ones = torch.ones(*feats.shape[:2], 1, dtype=feats.dtype)
     design = torch.cat([feats, ones], dim=2)  # (M, P, D+1)
     coef = torch.linalg.lstsq(design, t, driver="gelsd").solution
-    scores = {"psnr0": psnr(((out - t) ** 2).mean(dim=(1, 2))),
-              "lstsq_psnr": psnr(((design @ coef - t) ** 2).mean(dim=(1, 2))),
-              "hscore": torch.stack([hscore(feats[m], colour_clusters(targets[m], k)) for m in range(net.members)])}
+    scores = {
+        "psnr0": psnr(((out - t) ** 2).mean(dim=(1, 2))),
+        "lstsq_psnr": psnr(((design @ coef - t) ** 2).mean(dim=(1, 2))),
+        "hscore": torch.stack([hscore(feats[m], colour_clusters(targets[m], k)) for m in range(net.members)]),
+    }
     return {name: v.double() for name, v in scores.items()}
 
 
-def run_triples(images: Tensor, triples: Tensor, *, hidden_layers: int, hidden_features: int, epochs: int,
-                prefit_epochs: int | None = None, lr: float = 1e-4, omega0: float = 30.0, seed: int = 0,
-                clusters: int = 8) -> dict[str, Any]:
+def run_triples(
+    images: Tensor,
+    triples: Tensor,
+    *,
+    hidden_layers: int,
+    hidden_features: int,
+    epochs: int,
+    prefit_epochs: int | None = None,
+    lr: float = 1e-4,
+    omega0: float = 30.0,
+    seed: int = 0,
+    clusters: int = 8,
+) -> dict[str, Any]:
     """Run the three schemes on ``triples (T, 3)`` of ``images (N, 3, H, W)``; curves ``(3, T, E+1)`` etc."""
     triples = torch.as_tensor(triples).long()
     if triples.dim() != 2 or triples.shape[1] != 3:
@@ -163,17 +190,26 @@ def run_triples(images: Tensor, triples: Tensor, *, hidden_layers: int, hidden_f
     prefit_seconds = time.perf_counter() - t0
     start = BatchedSiren(3 * t_count, **shape)  # members: random (T), prefit_same (T), prefit_other (T)
     with torch.no_grad():
-        for dst, s0, sp in zip(list(start.weights) + list(start.biases), list(theta0.weights) + list(theta0.biases),
-                               list(pre.weights) + list(pre.biases)):
+        for dst, s0, sp in zip(
+            list(start.weights) + list(start.biases),
+            list(theta0.weights) + list(theta0.biases),
+            list(pre.weights) + list(pre.biases),
+        ):
             dst.copy_(torch.cat([s0, sp]))
     targets = torch.cat([a, a, a])
     scores = transfer_scores(start, coords, targets, clusters)
     t1 = time.perf_counter()
     curves = fit_batched(start, coords, targets, int(epochs), lr).reshape(3, t_count, -1)
     fit_seconds = time.perf_counter() - t1
-    return {"curves": curves, "auc": auc(curves), "prefit_curves": prefit_curves.reshape(2, t_count, -1),
-            "scores": {k: v.reshape(3, t_count) for k, v in scores.items()}, "triples": triples,
-            "prefit_seconds": prefit_seconds, "fit_seconds": fit_seconds}
+    return {
+        "curves": curves,
+        "auc": auc(curves),
+        "prefit_curves": prefit_curves.reshape(2, t_count, -1),
+        "scores": {k: v.reshape(3, t_count) for k, v in scores.items()},
+        "triples": triples,
+        "prefit_seconds": prefit_seconds,
+        "fit_seconds": fit_seconds,
+    }
 
 
 def score_agreement(scores: Tensor, aucs: Tensor) -> dict[str, float]:
@@ -189,15 +225,26 @@ def summarise(res: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     from tguide.stats import mean_ci
 
     aucs, curves = res["auc"], res["curves"]
-    out: dict[str, Any] = {"config": cfg, "triples": res["triples"].tolist(),
-                           "prefit_seconds": res["prefit_seconds"], "fit_seconds": res["fit_seconds"], "schemes": {}}
+    out: dict[str, Any] = {
+        "config": cfg,
+        "triples": res["triples"].tolist(),
+        "prefit_seconds": res["prefit_seconds"],
+        "fit_seconds": res["fit_seconds"],
+        "schemes": {},
+    }
     win = aucs.argmax(dim=0)
     for i, s in enumerate(SCHEMES):
         m, half = mean_ci(aucs[i].tolist())
-        out["schemes"][s] = {"auc_mean": m, "auc_ci95": half, "auc_std": float(aucs[i].std()),
-                             "auc": aucs[i].tolist(), "final_psnr_mean": float(curves[i, :, -1].mean()),
-                             "psnr0_mean": float(curves[i, :, 0].mean()), "wins": int((win == i).sum()),
-                             **{f"{k}_mean": float(v[i].mean()) for k, v in res["scores"].items()}}
+        out["schemes"][s] = {
+            "auc_mean": m,
+            "auc_ci95": half,
+            "auc_std": float(aucs[i].std()),
+            "auc": aucs[i].tolist(),
+            "final_psnr_mean": float(curves[i, :, -1].mean()),
+            "psnr0_mean": float(curves[i, :, 0].mean()),
+            "wins": int((win == i).sum()),
+            **{f"{k}_mean": float(v[i].mean()) for k, v in res["scores"].items()},
+        }
     out["agreement"] = {k: score_agreement(v, aucs) for k, v in res["scores"].items()}
     out["scores"] = {k: v.tolist() for k, v in res["scores"].items()}
     return out
@@ -206,16 +253,24 @@ def summarise(res: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
 def markdown_table(summary: dict[str, Any]) -> str:
     """One table: AUC (mean ± 95% CI), final PSNR, wins, and the score means per scheme."""
     c = summary["config"]
-    lines = [f"### SIREN pre-fit, {c['hidden_layers']} hidden layers × {c['hidden_features']} features, "
-             f"{len(summary['triples'])} triples, {c['epochs']} epochs (pre-fit {c['prefit_epochs']}), lr {c['lr']}",
-             "", "| scheme | AUC (dB) | final PSNR | wins | psnr0 | lstsq_psnr | hscore |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### SIREN pre-fit, {c['hidden_layers']} hidden layers × {c['hidden_features']} features, "
+        f"{len(summary['triples'])} triples, {c['epochs']} epochs (pre-fit {c['prefit_epochs']}), lr {c['lr']}",
+        "",
+        "| scheme | AUC (dB) | final PSNR | wins | psnr0 | lstsq_psnr | hscore |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s, r in summary["schemes"].items():
-        lines.append(f"| {s} | {r['auc_mean']:.2f} ± {r['auc_ci95']:.2f} | {r['final_psnr_mean']:.2f} | {r['wins']} | "
-                     f"{r['psnr0_mean']:.2f} | {r['lstsq_psnr_mean']:.2f} | {r['hscore_mean']:.2f} |")
-    lines += ["", "Score picks the AUC winner (3-way / same-vs-other): " + ", ".join(
-        f"{k} {v['three_way']:.2f} / {v['same_vs_other']:.2f}" for k, v in summary["agreement"].items()),
-        f"Time: pre-fit {summary['prefit_seconds']:.1f} s, fit {summary['fit_seconds']:.1f} s (batched)."]
+        lines.append(
+            f"| {s} | {r['auc_mean']:.2f} ± {r['auc_ci95']:.2f} | {r['final_psnr_mean']:.2f} | {r['wins']} | "
+            f"{r['psnr0_mean']:.2f} | {r['lstsq_psnr_mean']:.2f} | {r['hscore_mean']:.2f} |"
+        )
+    lines += [
+        "",
+        "Score picks the AUC winner (3-way / same-vs-other): "
+        + ", ".join(f"{k} {v['three_way']:.2f} / {v['same_vs_other']:.2f}" for k, v in summary["agreement"].items()),
+        f"Time: pre-fit {summary['prefit_seconds']:.1f} s, fit {summary['fit_seconds']:.1f} s (batched).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -229,14 +284,30 @@ def run(cfg: Any) -> dict[str, Any]:
     images, labels, _ = load_cifar10(pc.get("root"))
     triples = sample_triples(labels, int(pc["triples"]), int(pc["triple_seed"]))
     pc["prefit_epochs"] = int(pc["epochs"] if pc.get("prefit_epochs") is None else pc["prefit_epochs"])
-    res = run_triples(images, triples, hidden_layers=pc["hidden_layers"], hidden_features=pc["hidden_features"],
-                      epochs=pc["epochs"], prefit_epochs=pc["prefit_epochs"], lr=pc["lr"], omega0=pc["omega0"],
-                      seed=int(cfg.get("seed", 0)), clusters=pc["clusters"])
+    res = run_triples(
+        images,
+        triples,
+        hidden_layers=pc["hidden_layers"],
+        hidden_features=pc["hidden_features"],
+        epochs=pc["epochs"],
+        prefit_epochs=pc["prefit_epochs"],
+        lr=pc["lr"],
+        omega0=pc["omega0"],
+        seed=int(cfg.get("seed", 0)),
+        clusters=pc["clusters"],
+    )
     summary = summarise(res, pc)
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     (run_dir / "results.md").write_text(markdown_table(summary))
-    torch.save({"curves": res["curves"].float(), "prefit_curves": res["prefit_curves"].float(),
-                "triples": triples, "schemes": SCHEMES}, run_dir / "curves.pt")
+    torch.save(
+        {
+            "curves": res["curves"].float(),
+            "prefit_curves": res["prefit_curves"].float(),
+            "triples": triples,
+            "schemes": SCHEMES,
+        },
+        run_dir / "curves.pt",
+    )
     _plot_curves(res["curves"], run_dir / "curves.png", summary)
     logger_cfg = cfg.get("logger")
     logger = instantiate(logger_cfg) if logger_cfg and "_target_" in logger_cfg else None
@@ -265,8 +336,11 @@ def _plot_curves(curves: Tensor, path: Path, summary: dict[str, Any]) -> None:
         ax.plot(x, m, label=s)
         ax.fill_between(x, m - sd, m + sd, alpha=0.2)
     c = summary["config"]
-    ax.set(xlabel="epoch", ylabel="PSNR (dB)", title=f"{c['hidden_layers']}×{c['hidden_features']}, "
-           f"{len(summary['triples'])} triples")
+    ax.set(
+        xlabel="epoch",
+        ylabel="PSNR (dB)",
+        title=f"{c['hidden_layers']}×{c['hidden_features']}, {len(summary['triples'])} triples",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

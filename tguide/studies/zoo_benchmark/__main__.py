@@ -15,8 +15,10 @@ COMMANDS = ("groundtruth", "quality")
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:
-        print(f"usage: python -m tguide.studies.zoo_benchmark {{{','.join(COMMANDS)}}} [options]\n\n{__doc__}",
-              file=sys.stderr)
+        print(
+            f"usage: python -m tguide.studies.zoo_benchmark {{{','.join(COMMANDS)}}} [options]\n\n{__doc__}",
+            file=sys.stderr,
+        )
         return 2
     if args[0] == "groundtruth":
         from tguide.studies.zoo_benchmark.groundtruth_run import main as run

@@ -24,7 +24,7 @@ chose it.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,10 +42,14 @@ __all__ = [
 ]
 
 
-def _aligned(scores: Mapping[str, float], truth: Mapping[str, float],
-             pool: Sequence[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
-    keys = [k for k in (pool if pool is not None else sorted(truth))
-            if k in scores and k in truth and math.isfinite(scores[k]) and math.isfinite(truth[k])]
+def _aligned(
+    scores: Mapping[str, float], truth: Mapping[str, float], pool: Sequence[str] | None = None
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    keys = [
+        k
+        for k in (pool if pool is not None else sorted(truth))
+        if k in scores and k in truth and math.isfinite(scores[k]) and math.isfinite(truth[k])
+    ]
     return keys, np.array([scores[k] for k in keys], float), np.array([truth[k] for k in keys], float)
 
 
@@ -66,8 +70,9 @@ def relative_top_accuracy(scores: Sequence[float], truth: Sequence[float]) -> fl
     return float(t[int(np.argmax(s))] / t.max())
 
 
-def agreement(scores: Mapping[str, float], truth: Mapping[str, float],
-              pool: Sequence[str] | None = None) -> dict[str, float]:
+def agreement(
+    scores: Mapping[str, float], truth: Mapping[str, float], pool: Sequence[str] | None = None
+) -> dict[str, float]:
     """All measures for one target on ``pool`` (default: every candidate that has both values).
 
     Returns ``{"n", "weighted_tau", "kendall", "pearson", "top1", "top3", "rel_top_acc"}``.
@@ -75,9 +80,15 @@ def agreement(scores: Mapping[str, float], truth: Mapping[str, float],
     keys, s, t = _aligned(scores, truth, pool)
     if len(keys) < 2:
         raise ValueError(f"need at least 2 candidates with a score and a ground truth, got {len(keys)}.")
-    return {"n": float(len(keys)), "weighted_tau": weighted_tau(s, t), "kendall": kendall(s, t),
-            "pearson": pearson(s, t), "top1": topk_hit(s, t, 1), "top3": topk_hit(s, t, 3),
-            "rel_top_acc": relative_top_accuracy(s, t)}
+    return {
+        "n": float(len(keys)),
+        "weighted_tau": weighted_tau(s, t),
+        "kendall": kendall(s, t),
+        "pearson": pearson(s, t),
+        "top1": topk_hit(s, t, 1),
+        "top3": topk_hit(s, t, 3),
+        "rel_top_acc": relative_top_accuracy(s, t),
+    }
 
 
 def subpools(names: Sequence[str], n_pools: int = 200, min_size: int = 4, seed: int = 0) -> list[list[str]]:
@@ -96,8 +107,9 @@ def subpools(names: Sequence[str], n_pools: int = 200, min_size: int = 4, seed: 
     return out
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, confidence: float = 0.95,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Sequence[float], n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean and its percentile bootstrap interval."""
     v = np.asarray([x for x in values if math.isfinite(x)], float)
     if v.size == 0:
@@ -138,9 +150,10 @@ def zscore_mean(parts: Sequence[Mapping[str, float]], weights: Sequence[float] |
     return dict(zip(keys, (total / w.sum()).tolist()))
 
 
-def leave_one_target_out(per_target: Mapping[str, Mapping[str, float]],
-                         criterion: Callable[[Sequence[float]], float] = lambda v: float(np.mean(v))
-                         ) -> dict[str, str]:
+def leave_one_target_out(
+    per_target: Mapping[str, Mapping[str, float]],
+    criterion: Callable[[Sequence[float]], float] = lambda v: float(np.mean(v)),
+) -> dict[str, str]:
     """For each target, the score name with the best ``criterion`` of its values on the OTHER targets.
 
     ``per_target[score][target]`` is the measure (e.g. τ_w) of ``score`` on ``target``. Returns

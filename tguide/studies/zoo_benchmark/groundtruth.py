@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ __all__ = ["FineTuneNet", "ProbeResult", "accuracy", "extract_features", "finetu
 
 
 # ----------------------------------------------------------------------------- models
+
 
 def _features(model: nn.Module, x: Tensor) -> Tensor:
     embed = getattr(model, "embed", None)
@@ -64,8 +66,9 @@ class FineTuneNet(nn.Module):
 def extract_features(model: nn.Module, x_u8: Tensor, entry: Any, batch: int = 200) -> Tensor:
     """Penultimate features of ``model`` (eval mode) on uint8 inputs, float32 ``(N, D)``."""
     model.eval()
-    return torch.cat([_features(model, normalise(x_u8[i:i + batch], entry)).float()
-                      for i in range(0, len(x_u8), batch)])
+    return torch.cat(
+        [_features(model, normalise(x_u8[i : i + batch], entry)).float() for i in range(0, len(x_u8), batch)]
+    )
 
 
 @torch.no_grad()
@@ -73,19 +76,27 @@ def accuracy(model: nn.Module, x_u8: Tensor, y: Tensor, entry: Any, batch: int =
     model.eval()
     correct = 0
     for i in range(0, len(x_u8), batch):
-        correct += int((model(normalise(x_u8[i:i + batch], entry)).argmax(1) == y[i:i + batch]).sum())
+        correct += int((model(normalise(x_u8[i : i + batch], entry)).argmax(1) == y[i : i + batch]).sum())
     return correct / max(1, len(y))
 
 
 # ----------------------------------------------------------------------------- linear probe
+
 
 def fit_logreg(x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int = 500) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression, float64 full-batch L-BFGS on ``mean CE + l2·||W||²``."""
     x = x.double()
     w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-9,
-                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -105,8 +116,13 @@ class ProbeResult:
     val_by_l2: dict[float, float]
 
 
-def linear_probe(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
-                 num_classes: int, l2_grid: Sequence[float] = Protocol.l2_grid) -> ProbeResult:
+def linear_probe(
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    num_classes: int,
+    l2_grid: Sequence[float] = Protocol.l2_grid,
+) -> ProbeResult:
     """Standardise with train statistics, fit on train for each ``l2``, pick ``l2`` by val accuracy
     (ties → larger ``l2``), report the test accuracy of that fit. Inputs are ``(features, labels)``."""
     (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
@@ -129,9 +145,17 @@ def linear_probe(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], test:
 
 # ----------------------------------------------------------------------------- fine-tuning
 
-def finetune(candidate: Member, data: dict[str, tuple[Tensor, Tensor]], num_classes: int, lr: float, seed: int,
-             protocol: Protocol = Protocol(), epochs: int | None = None,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+
+def finetune(
+    candidate: Member,
+    data: dict[str, tuple[Tensor, Tensor]],
+    num_classes: int,
+    lr: float,
+    seed: int,
+    protocol: Protocol = Protocol(),
+    epochs: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """One fine-tuning run of the protocol; returns ``val_acc``, ``test_acc``, ``train_loss`` (last
     epoch mean), ``seconds`` (wall time of the whole run, evaluation included) and ``epoch_seconds``."""
     t0 = time.perf_counter()
@@ -143,8 +167,10 @@ def finetune(candidate: Member, data: dict[str, tuple[Tensor, Tensor]], num_clas
         dim = int(_features(backbone.eval(), normalise(xtr[:2], entry)).shape[1])
     torch.manual_seed(seed)
     net = FineTuneNet(backbone, num_classes, dim)
-    groups = [{"params": list(net.backbone.parameters()), "lr": lr},
-              {"params": list(net.head.parameters()), "lr": lr * protocol.head_lr_mult}]
+    groups = [
+        {"params": list(net.backbone.parameters()), "lr": lr},
+        {"params": list(net.head.parameters()), "lr": lr * protocol.head_lr_mult},
+    ]
     opt = torch.optim.SGD(groups, lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     n = len(ytr)
     steps_per_epoch = math.ceil(n / protocol.batch_size)
@@ -159,7 +185,7 @@ def finetune(candidate: Member, data: dict[str, tuple[Tensor, Tensor]], num_clas
         order = torch.randperm(n, generator=gen)
         losses = []
         for i in range(0, n, protocol.batch_size):
-            idx = order[i:i + protocol.batch_size]
+            idx = order[i : i + protocol.batch_size]
             loss = nn.functional.cross_entropy(net(normalise(xtr[idx], entry)), ytr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -169,11 +195,19 @@ def finetune(candidate: Member, data: dict[str, tuple[Tensor, Tensor]], num_clas
         last_loss = float(np.mean(losses))
         epoch_seconds.append(time.perf_counter() - te)
         if log is not None:
-            log(f"  {candidate.name} lr={lr:g} seed={seed} epoch {epoch + 1}/{epochs} loss {last_loss:.4f} "
-                f"({epoch_seconds[-1]:.1f}s)")
+            log(
+                f"  {candidate.name} lr={lr:g} seed={seed} epoch {epoch + 1}/{epochs} loss {last_loss:.4f} "
+                f"({epoch_seconds[-1]:.1f}s)"
+            )
         if not math.isfinite(last_loss):
             break
     val_acc = accuracy(net, *data["val"], entry, protocol.eval_batch)
     test_acc = accuracy(net, *data["test"], entry, protocol.eval_batch)
-    return {"val_acc": val_acc, "test_acc": test_acc, "train_loss": last_loss, "epochs": epochs,
-            "seconds": time.perf_counter() - t0, "epoch_seconds": epoch_seconds}
+    return {
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "train_loss": last_loss,
+        "epochs": epochs,
+        "seconds": time.perf_counter() - t0,
+        "epoch_seconds": epoch_seconds,
+    }

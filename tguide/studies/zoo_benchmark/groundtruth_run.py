@@ -49,8 +49,15 @@ def log(msg: str) -> None:
 
 
 def run_key(rec: dict) -> tuple:
-    return (rec["kind"], rec["target"], rec["candidate"], rec.get("lr"), rec.get("seed"), rec.get("epochs"),
-            rec["input_size"])
+    return (
+        rec["kind"],
+        rec["target"],
+        rec["candidate"],
+        rec.get("lr"),
+        rec.get("seed"),
+        rec.get("epochs"),
+        rec["input_size"],
+    )
 
 
 def read_runs(path: Path) -> list[dict]:
@@ -75,12 +82,19 @@ def append_run(path: Path, rec: dict) -> None:
 
 
 def base_record(kind: str, target: str, cand: Member, split: Any, **kw: Any) -> dict:
-    return {"kind": kind, "target": target, "candidate": cand.name, "input_size": cand.entry.input.size,
-            "n_train": split.sizes["train"], "n_val": split.sizes["val"], "n_test": split.sizes["test"], **kw}
+    return {
+        "kind": kind,
+        "target": target,
+        "candidate": cand.name,
+        "input_size": cand.entry.input.size,
+        "n_train": split.sizes["train"],
+        "n_val": split.sizes["val"],
+        "n_test": split.sizes["test"],
+        **kw,
+    }
 
 
-def estimate(cands: list[Member], splits: dict[str, Any], inputs: Inputs, protocol: Protocol,
-             ref_target: str) -> float:
+def estimate(cands: list[Member], splits: dict[str, Any], inputs: Inputs, protocol: Protocol, ref_target: str) -> float:
     """Time one epoch (and the evaluation) of each candidate on ``ref_target``; extrapolate the full grid."""
     total = 0.0
     n_train_all = sum(s.sizes["train"] for s in splits.values())
@@ -99,25 +113,40 @@ def estimate(cands: list[Member], splits: dict[str, Any], inputs: Inputs, protoc
         ft = runs_per_cell * (protocol.epochs * per_train * n_train_all + per_eval * n_eval_all)
         probe = per_eval * n_all + 2.0 * len(splits)
         total += ft + probe
-        log(f"  {c.name:22s} {c.entry.input.size:4d}px epoch {t_epoch:6.1f}s ({1 / per_train:6.1f} img/s), eval "
-            f"{1 / per_eval:7.1f} img/s -> all targets: fine-tune {ft / 60:6.1f} min, probe {probe / 60:5.1f} min")
+        log(
+            f"  {c.name:22s} {c.entry.input.size:4d}px epoch {t_epoch:6.1f}s ({1 / per_train:6.1f} img/s), eval "
+            f"{1 / per_eval:7.1f} img/s -> all targets: fine-tune {ft / 60:6.1f} min, probe {probe / 60:5.1f} min"
+        )
     log(f"ESTIMATE full grid: {total / 60:.1f} min of one core (excluding input decoding/caching)")
     return total
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tguide.studies.zoo_benchmark groundtruth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m tguide.studies.zoo_benchmark groundtruth",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--cache", type=str, default=None, help=f"input cache folder (default {DEFAULT_CACHE}; "
-                    "'none' disables it; --quick defaults to <out>/cache)")
+    ap.add_argument(
+        "--cache",
+        type=str,
+        default=None,
+        help=f"input cache folder (default {DEFAULT_CACHE}; 'none' disables it; --quick defaults to <out>/cache)",
+    )
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--models-root", default=None)
     ap.add_argument("--targets", nargs="*", default=None)
     ap.add_argument("--candidates", nargs="*", default=None)
     ap.add_argument("--epochs", type=int, default=Protocol.epochs)
     ap.add_argument("--imagenet-size", type=int, default=Protocol.imagenet_size)
-    ap.add_argument("--per-class", type=int, nargs=3, default=None,
-                    help="override every target's per-class train/val/test counts (not for the benchmark)")
+    ap.add_argument(
+        "--per-class",
+        type=int,
+        nargs=3,
+        default=None,
+        help="override every target's per-class train/val/test counts (not for the benchmark)",
+    )
     ap.add_argument("--quick", action="store_true", help="2 candidates x cifar10, 5/3/5 per class, 1 epoch, seeds 0,1")
     ap.add_argument("--estimate", action="store_true", help="time one epoch per candidate and extrapolate, then exit")
     ap.add_argument("--estimate-target", default="office31_webcam")
@@ -155,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"target {t}: {s.sizes}, {s.num_classes} classes; {s.description}")
     inputs = Inputs(splits, cache_dir, log=log)
     if args.estimate:
-        estimate(cands, splits, inputs, protocol, args.estimate_target if args.estimate_target in splits else targets[0])
+        estimate(
+            cands, splits, inputs, protocol, args.estimate_target if args.estimate_target in splits else targets[0]
+        )
         return 0
 
     done = {run_key(r) for r in runs}
@@ -179,12 +210,19 @@ def main(argv: list[str] | None = None) -> int:
                 model = c.build()
                 feats = {k: (extract_features(model, x, c.entry, protocol.eval_batch), y) for k, (x, y) in data.items()}
                 pr = linear_probe(feats["train"], feats["val"], feats["test"], s.num_classes, protocol.l2_grid)
-                rec.update(test_acc=pr.test_acc, val_acc=pr.val_acc, l2=pr.l2,
-                           val_by_l2={f"{k:g}": v for k, v in pr.val_by_l2.items()},
-                           feature_dim=int(feats["train"][0].shape[1]), seconds=time.perf_counter() - t0)
+                rec.update(
+                    test_acc=pr.test_acc,
+                    val_acc=pr.val_acc,
+                    l2=pr.l2,
+                    val_by_l2={f"{k:g}": v for k, v in pr.val_by_l2.items()},
+                    feature_dim=int(feats["train"][0].shape[1]),
+                    seconds=time.perf_counter() - t0,
+                )
                 record(rec)
-                log(f"probe {t:16s} {c.name:22s} test {pr.test_acc:.4f} (val {pr.val_acc:.4f}, l2 {pr.l2:g}) "
-                    f"{rec['seconds']:.1f}s")
+                log(
+                    f"probe {t:16s} {c.name:22s} test {pr.test_acc:.4f} (val {pr.val_acc:.4f}, l2 {pr.l2:g}) "
+                    f"{rec['seconds']:.1f}s"
+                )
         write_groundtruth_report(runs, args.out, targets, cands, protocol, note)
 
     def ft_run(t: str, c: Member, lr: float, seed: int) -> None:
@@ -197,11 +235,19 @@ def main(argv: list[str] | None = None) -> int:
         if run_key(rec) in done:
             return
         r = finetune(c, inputs.get(t, c), s.num_classes, lr, seed, protocol)
-        rec.update(val_acc=r["val_acc"], test_acc=r["test_acc"], train_loss=r["train_loss"], seconds=r["seconds"],
-                   epoch_seconds=[round(x, 2) for x in r["epoch_seconds"]], protocol=dataclasses.asdict(protocol))
+        rec.update(
+            val_acc=r["val_acc"],
+            test_acc=r["test_acc"],
+            train_loss=r["train_loss"],
+            seconds=r["seconds"],
+            epoch_seconds=[round(x, 2) for x in r["epoch_seconds"]],
+            protocol=dataclasses.asdict(protocol),
+        )
         record(rec)
-        log(f"finetune {t:16s} {c.name:22s} lr {lr:g} seed {seed}: val {r['val_acc']:.4f} test {r['test_acc']:.4f} "
-            f"loss {r['train_loss']:.4f} {r['seconds']:.1f}s (elapsed {(time.perf_counter() - t_start) / 60:.1f} min)")
+        log(
+            f"finetune {t:16s} {c.name:22s} lr {lr:g} seed {seed}: val {r['val_acc']:.4f} test {r['test_acc']:.4f} "
+            f"loss {r['train_loss']:.4f} {r['seconds']:.1f}s (elapsed {(time.perf_counter() - t_start) / 60:.1f} min)"
+        )
 
     if "2" in args.phases:
         log("phase 2: fine-tuning, seed 0, lr grid")
@@ -224,5 +270,3 @@ def main(argv: list[str] | None = None) -> int:
     p = write_groundtruth_report(runs, args.out, targets, cands, protocol, note)
     log(f"done in {(time.perf_counter() - t_start) / 60:.1f} min; wrote {p} and {p.with_suffix('.md')}")
     return 0
-
-

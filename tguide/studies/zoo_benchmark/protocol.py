@@ -25,17 +25,30 @@ import dataclasses
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tguide.data.targets import Target, open_image
 
-__all__ = ["BUDGET_NOTE", "DEFAULT_CACHE", "Inputs", "Member", "Protocol", "RANDOM_CONTROL", "RANDOM_CONTROL_SPEC",
-           "cached_inputs", "geometry_key", "gt_entry", "normalise", "pool"]
+__all__ = [
+    "BUDGET_NOTE",
+    "DEFAULT_CACHE",
+    "Inputs",
+    "Member",
+    "Protocol",
+    "RANDOM_CONTROL",
+    "RANDOM_CONTROL_SPEC",
+    "cached_inputs",
+    "geometry_key",
+    "gt_entry",
+    "normalise",
+    "pool",
+]
 
 DEFAULT_CACHE = Path(os.environ.get("TGUIDE_GT_CACHE", "~/.cache/tguide/gt")).expanduser()
 RANDOM_CONTROL = "random_resnet20"
@@ -95,22 +108,36 @@ def gt_entry(entry: Any, imagenet_size: int | None) -> Any:
     return dataclasses.replace(entry, input=dataclasses.replace(entry.input, size=int(imagenet_size)))
 
 
-def pool(names: Sequence[str] | None = None, *, imagenet_size: int | None = Protocol.imagenet_size,
-         random_control: bool = True, root: str | os.PathLike[str] | None = None) -> list[Member]:
+def pool(
+    names: Sequence[str] | None = None,
+    *,
+    imagenet_size: int | None = Protocol.imagenet_size,
+    random_control: bool = True,
+    root: str | os.PathLike[str] | None = None,
+) -> list[Member]:
     """The zoo's models (``names``, default all, in table order), then the random-init control."""
     from tguide.select.zoo import ZOO
 
     root_s = None if root is None else str(root)
-    out = [Member(n, f"zoo:{n}", gt_entry(ZOO[n], imagenet_size), root_s)
-           for n in (list(ZOO) if names is None else [n for n in names if n != RANDOM_CONTROL])]
+    out = [
+        Member(n, f"zoo:{n}", gt_entry(ZOO[n], imagenet_size), root_s)
+        for n in (list(ZOO) if names is None else [n for n in names if n != RANDOM_CONTROL])
+    ]
     if random_control and (names is None or RANDOM_CONTROL in names):
         base = ZOO[RANDOM_CONTROL_SPEC.split(":")[1]]
-        out.append(Member(RANDOM_CONTROL, RANDOM_CONTROL_SPEC,
-                          dataclasses.replace(base, name=RANDOM_CONTROL, source="random"), root_s))
+        out.append(
+            Member(
+                RANDOM_CONTROL,
+                RANDOM_CONTROL_SPEC,
+                dataclasses.replace(base, name=RANDOM_CONTROL, source="random"),
+                root_s,
+            )
+        )
     return out
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def geometry_key(entry: Any) -> str:
     """What fixes the uint8 pixels of an input: channels, size, resize policy (not mean/std)."""
@@ -122,8 +149,9 @@ def _raw_transform(entry: Any) -> Callable[[Any], Tensor]:
     from tguide.select.zoo import zoo_transform
 
     spec = entry.input
-    raw = dataclasses.replace(entry, input=dataclasses.replace(spec, mean=(0.0,) * spec.channels,
-                                                               std=(1.0,) * spec.channels))
+    raw = dataclasses.replace(
+        entry, input=dataclasses.replace(spec, mean=(0.0,) * spec.channels, std=(1.0,) * spec.channels)
+    )
     return zoo_transform(raw)
 
 
@@ -135,8 +163,9 @@ def _split_digest(target: Target) -> str:
     return h.hexdigest()[:12]
 
 
-def cached_inputs(target: Target, entry: Any, cache_dir: str | os.PathLike[str] | None = DEFAULT_CACHE
-                  ) -> dict[str, tuple[Tensor, Tensor]]:
+def cached_inputs(
+    target: Target, entry: Any, cache_dir: str | os.PathLike[str] | None = DEFAULT_CACHE
+) -> dict[str, tuple[Tensor, Tensor]]:
     """``{"train"|"val"|"test": (uint8 (N, C, S, S), int64 (N,))}`` for ``entry``'s input geometry,
     read from / written to ``cache_dir`` (``None``: no cache)."""
     path = None
@@ -169,8 +198,9 @@ def normalise(x_u8: Tensor, entry: Any) -> Tensor:
 class Inputs:
     """Cached uint8 inputs per (target, input geometry), the ``keep`` most recent held in memory."""
 
-    def __init__(self, splits: dict[str, Target], cache: Path | None, keep: int = 3,
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, splits: dict[str, Target], cache: Path | None, keep: int = 3, log: Callable[[str], None] | None = None
+    ) -> None:
         self.splits, self.cache, self.keep, self.log = splits, cache, keep, log
         self.mem: OrderedDict[tuple[str, str], dict[str, tuple[Tensor, Tensor]]] = OrderedDict()
 

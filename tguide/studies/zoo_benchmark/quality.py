@@ -21,20 +21,37 @@ import argparse
 import csv
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from tguide.errors import TGuideError
 from tguide.data.targets import BENCHMARK_TARGETS as TARGETS
-from tguide.studies.zoo_benchmark.evaluation import (agreement, bootstrap_ci, leave_one_target_out, setup_stability,
-                                                     subpools)
-from tguide.studies.zoo_benchmark.protocol import DEFAULT_CACHE, Member, pool as benchmark_pool
+from tguide.errors import TGuideError
+from tguide.studies.zoo_benchmark.evaluation import (
+    agreement,
+    bootstrap_ci,
+    leave_one_target_out,
+    setup_stability,
+    subpools,
+)
+from tguide.studies.zoo_benchmark.protocol import DEFAULT_CACHE, Member
+from tguide.studies.zoo_benchmark.protocol import pool as benchmark_pool
 from tguide.studies.zoo_benchmark.report import BASELINES, markdown
-from tguide.studies.zoo_benchmark.scoring import (SCORES, SETUPS, _log as log, combo_score, pool_score, read_scores,
-                                                  read_seconds, run_scores, source_prior, with_baselines)
+from tguide.studies.zoo_benchmark.scoring import (
+    SCORES,
+    SETUPS,
+    combo_score,
+    pool_score,
+    read_scores,
+    read_seconds,
+    run_scores,
+    source_prior,
+    with_baselines,
+)
+from tguide.studies.zoo_benchmark.scoring import _log as log
 
 __all__ = ["QUICK_CANDIDATES", "main", "report"]
 
@@ -46,7 +63,9 @@ def report(out: Path, candidates: Sequence[Member], n_pools: int = 200) -> dict[
     """`<out>/zoo_quality.json` and `.md` from `zoo_scores.csv` and `zoo_groundtruth.csv` in `out`."""
     gt_path = out / "zoo_groundtruth.csv"
     if not gt_path.is_file():
-        raise TGuideError(f"no ground truth at {gt_path}: run `python -m tguide.studies.zoo_benchmark groundtruth` first")
+        raise TGuideError(
+            f"no ground truth at {gt_path}: run `python -m tguide.studies.zoo_benchmark groundtruth` first"
+        )
     truth: dict[str, dict[str, dict[str, float]]] = {"finetune": defaultdict(dict), "linear_probe": defaultdict(dict)}
     with gt_path.open() as fh:
         for r in csv.DictReader(fh):
@@ -81,8 +100,14 @@ def report(out: Path, candidates: Sequence[Member], n_pools: int = 200) -> dict[
             for pi, pool in enumerate(subpools(sorted(gt[t]), n_pools, 4, seed=ti)):
                 taus = {}
                 for m in metrics:
-                    s = combo_score(m, full, pool) if m != "random" else {
-                        c: float(v) for c, v in zip(pool, np.random.default_rng(1000 * ti + pi).permutation(len(pool)))}
+                    s = (
+                        combo_score(m, full, pool)
+                        if m != "random"
+                        else {
+                            c: float(v)
+                            for c, v in zip(pool, np.random.default_rng(1000 * ti + pi).permutation(len(pool)))
+                        }
+                    )
                     if len(s) >= 4:
                         a = agreement(s, gt[t], pool)
                         taus[m] = a["weighted_tau"]
@@ -106,12 +131,16 @@ def report(out: Path, candidates: Sequence[Member], n_pools: int = 200) -> dict[
                 "subpool_top1": bootstrap_ci(pools_top1[m]),
                 "minus_baseline": {b: bootstrap_ci(v) for b, v in diff_vs[m].items()},
             }
-        per_tau = {m: {t: per_target[m][t]["weighted_tau"] for t in per_target[m]} for m in summary
-                   if m not in ("random",)}
+        per_tau = {
+            m: {t: per_target[m][t]["weighted_tau"] for t in per_target[m]} for m in summary if m not in ("random",)
+        }
         chosen = leave_one_target_out(per_tau) if per_tau and len(targets) > 1 else {}
         loto = {t: {"chosen": c, "tau_w": per_tau[c].get(t, float("nan"))} for t, c in chosen.items()}
-        result["gt"][gt_name] = {"summary": summary, "loto": loto,
-                                 "loto_mean_tau_w": float(np.nanmean([v["tau_w"] for v in loto.values()])) if loto else float("nan")}
+        result["gt"][gt_name] = {
+            "summary": summary,
+            "loto": loto,
+            "loto_mean_tau_w": float(np.nanmean([v["tau_w"] for v in loto.values()])) if loto else float("nan"),
+        }
     # setup stability: Kendall between the candidate orderings of the full split and its two halves
     stab = {}
     for m in SCORES:
@@ -135,9 +164,10 @@ def report(out: Path, candidates: Sequence[Member], n_pools: int = 200) -> dict[
     return result
 
 
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tguide.studies.zoo_benchmark quality", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m tguide.studies.zoo_benchmark quality", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--cache", default=None, help=f"input cache (default {DEFAULT_CACHE}; 'none' disables)")
     ap.add_argument("--data-root", default=None)
@@ -166,5 +196,3 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log(f"scores written to {args.out / 'zoo_scores.csv'}; no ground truth there yet, no report")
     return 0
-
-

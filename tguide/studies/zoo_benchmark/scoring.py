@@ -22,25 +22,53 @@ from __future__ import annotations
 import csv
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from tguide.data.targets import load_target
 from tguide.metrics._subset import stratified_subset
 from tguide.metrics.registry import METRICS
-from tguide.data.targets import load_target
 from tguide.studies.zoo_benchmark.evaluation import zscore_mean
 from tguide.studies.zoo_benchmark.groundtruth import extract_features
 from tguide.studies.zoo_benchmark.protocol import RANDOM_CONTROL, cached_inputs, normalise
 
-__all__ = ["FIELDS", "SCORES", "SETUPS", "SHUFFLENET_PRIOR", "combo_score", "pool_score", "read_scores",
-           "read_seconds", "run_scores", "score_pair", "setup_indices", "source_prior", "source_probs",
-           "with_baselines"]
+__all__ = [
+    "FIELDS",
+    "SCORES",
+    "SETUPS",
+    "SHUFFLENET_PRIOR",
+    "combo_score",
+    "pool_score",
+    "read_scores",
+    "read_seconds",
+    "run_scores",
+    "score_pair",
+    "setup_indices",
+    "source_prior",
+    "source_probs",
+    "with_baselines",
+]
 
-SCORES = ("hscore", "hscore_shrinkage", "transrate", "transrate_comparable", "logme", "leep", "nce", "sfda",
-          "ncti", "etran", "gbc", "nleep", "knn", "linear_probe")
+SCORES = (
+    "hscore",
+    "hscore_shrinkage",
+    "transrate",
+    "transrate_comparable",
+    "logme",
+    "leep",
+    "nce",
+    "sfda",
+    "ncti",
+    "etran",
+    "gbc",
+    "nleep",
+    "knn",
+    "linear_probe",
+)
 SETUPS = ("full", "half_a", "half_b")
 SHUFFLENET_PRIOR = 0.60  # ImageNet top-1 of the full ShuffleNetV2 0.5x (Ma et al., ECCV 2018), the trunk's origin
 FIELDS = ["target", "candidate", "setup", "metric", "score", "seconds"]
@@ -63,8 +91,9 @@ def source_probs(model: torch.nn.Module, x_u8: torch.Tensor, entry: Any, batch: 
     if not entry.has_head:
         return None
     model.eval()
-    return torch.cat([model(normalise(x_u8[i:i + batch], entry)).double().softmax(1)
-                      for i in range(0, len(x_u8), batch)])
+    return torch.cat(
+        [model(normalise(x_u8[i : i + batch], entry)).double().softmax(1) for i in range(0, len(x_u8), batch)]
+    )
 
 
 def setup_indices(labels: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -74,7 +103,9 @@ def setup_indices(labels: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor
     return {"full": torch.arange(n), "half_a": half, "half_b": other}
 
 
-def score_pair(features: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor | None) -> list[tuple[str, str, float, float]]:
+def score_pair(
+    features: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor | None
+) -> list[tuple[str, str, float, float]]:
     """``[(setup, metric, score, seconds)]`` for one (target, candidate); pool-normalised scores store terms."""
     rows = []
     for setup, idx in setup_indices(labels).items():
@@ -97,8 +128,15 @@ def score_pair(features: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor
     return rows
 
 
-def run_scores(out: Path, targets: list[str], candidates: list[Any], cache: Path | None, root: str | None,
-               per_class: tuple[int, int, int] | None, log: Callable[[str], None] = _log) -> None:
+def run_scores(
+    out: Path,
+    targets: list[str],
+    candidates: list[Any],
+    cache: Path | None,
+    root: str | None,
+    per_class: tuple[int, int, int] | None,
+    log: Callable[[str], None] = _log,
+) -> None:
     """Score every (target, candidate) not yet in ``<out>/zoo_scores.csv`` and append its rows."""
     path = out / "zoo_scores.csv"
     done = set()
@@ -125,11 +163,21 @@ def run_scores(out: Path, targets: list[str], candidates: list[Any], cache: Path
                 rows = score_pair(feats, y, probs)
                 rows.append(("full", "extract", float(feats.shape[1]), t_extract))
                 for setup, metric, score, sec in rows:
-                    w.writerow({"target": tname, "candidate": cand.name, "setup": setup, "metric": metric,
-                                "score": repr(score), "seconds": f"{sec:.4f}"})
+                    w.writerow(
+                        {
+                            "target": tname,
+                            "candidate": cand.name,
+                            "setup": setup,
+                            "metric": metric,
+                            "score": repr(score),
+                            "seconds": f"{sec:.4f}",
+                        }
+                    )
                 fh.flush()
-                log(f"scored {tname:16s} {cand.name:22s} D={feats.shape[1]:5d} extract {t_extract:.1f}s "
-                    f"scores {sum(r[3] for r in rows[:-1]):.1f}s")
+                log(
+                    f"scored {tname:16s} {cand.name:22s} D={feats.shape[1]:5d} extract {t_extract:.1f}s "
+                    f"scores {sum(r[3] for r in rows[:-1]):.1f}s"
+                )
 
 
 # ----------------------------------------------------------------------------- report
@@ -162,11 +210,14 @@ def pool_score(metric: str, scores: dict[str, dict[str, float]], pool: list[str]
         members = [c for c in pool if all(c in scores[f"{metric}.{t}"] for t in term_names)]
         if len(members) < 2:
             return {}
-        from tguide.metrics.functional import etran as _etran, ncti as _ncti
+        from tguide.metrics.functional import etran as _etran
+        from tguide.metrics.functional import ncti as _ncti
 
         cls = {"ncti": _ncti.NCTITerms, "etran": _etran.ETranTerms}[metric]
-        terms = [cls(**{t: torch.tensor(scores[f"{metric}.{t}"][c], dtype=torch.float64) for t in term_names})
-                 for c in members]
+        terms = [
+            cls(**{t: torch.tensor(scores[f"{metric}.{t}"][c], dtype=torch.float64) for t in term_names})
+            for c in members
+        ]
         return dict(zip(members, combine(terms).tolist()))
     return {c: scores[metric][c] for c in pool if c in scores.get(metric, {})}
 
@@ -181,13 +232,12 @@ def combo_score(metric: str, scores: dict[str, dict[str, float]], pool: list[str
     return zscore_mean(parts)
 
 
-def with_baselines(scores: dict[str, dict[str, float]], priors: dict[str, float], params: dict[str, float],
-                   seed: int) -> dict[str, dict[str, float]]:
+def with_baselines(
+    scores: dict[str, dict[str, float]], priors: dict[str, float], params: dict[str, float], seed: int
+) -> dict[str, dict[str, float]]:
     out = dict(scores)
     out["source_acc"] = dict(priors)
     out["params"] = dict(params)
     rng = np.random.default_rng(seed)
     out["random"] = {c: float(v) for c, v in zip(sorted(priors), rng.permutation(len(priors)))}
     return out
-
-
