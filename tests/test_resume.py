@@ -230,3 +230,117 @@ def test_ddp_scoring_errors_reach_every_rank(tmp_path, case):
         assert tails[0] == "raised RuntimeError: boom on rank 0", outs
     else:
         assert tails[0].startswith("ok [") and "nan" in tails[0], outs
+
+
+TINY = ["logger=csv", "seed=1", "threads=1", "trainer.max_epochs=3", "trainer.limit_train_batches=6",
+        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "callbacks.transferability.max_samples=40",
+        "callbacks.transferability.source_max_samples=40"]
+
+
+def test_resume_alone_continues_the_stored_run(tmp_path):
+    """``resume=RUN`` and nothing else: the stored config is the base (csv stays csv, not the
+    default W&B), every epoch's row is written once, and config.yaml records the resumption."""
+    run = tmp_path / "run"
+    _kill_when(tmp_path, [*TINY, f"hydra.run.dir={run}"],
+               lambda: (run / "checkpoints" / "last-epoch.ckpt").is_file())
+    proc = _cli(tmp_path, f"resume={run}", extra_env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (run / "wandb").exists() and not (tmp_path / "outputs").exists()
+    rows = _rows(run / "csv" / "metrics.csv")
+    assert [r["epoch"] for r in rows if r.get("val/acc")] == ["0", "1", "2"]
+    assert len([r for r in rows if r.get("test/acc")]) == 1
+    stored = OmegaConf.load(run / "config.yaml")
+    assert stored.logger._target_.endswith("make_csv_logger") and stored.trainer.max_epochs == 3
+    assert len(stored.resumed) == 1 and stored.resumed[0].at
+    assert dict(stored.resumed[0].changed) == {"resume": {"was": None, "now": str(run)}}
+
+    # a second resumption with a resumable change is recorded beside the first; other keys are refused
+    more = _cli(tmp_path, f"resume={run}", "trainer.max_epochs=4")
+    assert more.returncode == 0, more.stderr[-3000:]
+    stored = OmegaConf.load(run / "config.yaml")
+    assert stored.trainer.max_epochs == 4 and len(stored.resumed) == 2
+    assert stored.resumed[1].changed["trainer.max_epochs"] == {"was": 3, "now": 4}
+    assert [r["epoch"] for r in _rows(run / "csv" / "metrics.csv") if r.get("val/acc")] == ["0", "1", "2", "3"]
+    refused = _cli(tmp_path, f"resume={run}", "seed=2", timeout=120)
+    assert refused.returncode == 2 and "seed was 1, now 2" in refused.stderr.strip().splitlines()[-1]
+    assert len(OmegaConf.load(run / "config.yaml").resumed) == 2  # a refused resumption changes nothing
+
+
+def test_step_checkpoints_and_resume_from_one(tmp_path):
+    """``checkpoint_every_n_steps=N``: ``last-step.ckpt`` every N steps; a run killed after one
+    (before its first epoch ended) continues from it."""
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=12", "checkpoint_every_n_steps=4",
+            f"hydra.run.dir={run}"]
+    step_ckpt = run / "checkpoints" / "last-step.ckpt"
+    _kill_when(tmp_path, args, lambda: step_ckpt.is_file())
+    assert not (run / "checkpoints" / "last-epoch.ckpt").exists()
+    saved = torch.load(step_ckpt, map_location="cpu", weights_only=False)["global_step"]
+    assert saved > 0 and saved % 4 == 0
+    proc = _cli(tmp_path, f"resume={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "from last-step.ckpt" in proc.stdout
+    assert torch.load(step_ckpt, map_location="cpu", weights_only=False)["global_step"] == 12  # 4, 8, 12
+    assert json.loads((run / "metrics.json").read_text())["test/acc"] > 0
+
+
+def test_wandb_run_resumes_with_its_id(tmp_path):
+    """W&B (offline): the resumed run continues the same W&B run id."""
+    run = tmp_path / "run"
+    args = [*TINY, "logger=wandb", f"hydra.run.dir={run}"]
+    env = {**_env(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "tguide.fit", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoints" / "last-epoch.ckpt").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    run_id = (run / "wandb_id").read_text().strip()
+    resumed = _cli(tmp_path, f"resume={run}", extra_env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    folders = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and all(f.name.endswith(f"-{run_id}") for f in folders), folders
+    assert b"test/acc" in next(folders[-1].glob("run-*.wandb")).read_bytes()
+
+
+def test_failed_runs_leave_no_empty_folder(tmp_path):
+    """A run that fails before doing any work leaves no run folder (a folder that had content
+    stays); one that fails later keeps its folder and says so in fit.log."""
+    bad_layer = [*TINY, "trainer.max_epochs=1", "callbacks.transferability.layers=[net.nope]"]
+    new = tmp_path / "new"
+    proc = _cli(tmp_path, *bad_layer, f"hydra.run.dir={new}")
+    assert proc.returncode == 2 and "no module named 'net.nope'" in proc.stderr, proc.stderr[-3000:]
+    assert not new.exists()
+    proc = _cli(tmp_path, *bad_layer, timeout=120)  # the default folder, outputs/<recipe>/<time>
+    assert proc.returncode == 2 and list((tmp_path / "outputs").rglob("*.yaml")) == []
+    unknown = _cli(tmp_path, "trainer.nope=1", f"hydra.run.dir={new}", timeout=120)
+    assert unknown.returncode == 2 and not new.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    proc = _cli(tmp_path, *bad_layer, f"hydra.run.dir={kept}")
+    assert proc.returncode == 2 and (kept / "notes.txt").read_text() == "mine"
+
+    # fails in its second epoch: the folder keeps the first epoch's checkpoint and fit.log says so
+    (tmp_path / "boom.py").write_text(textwrap.dedent("""
+        from lightning.pytorch.callbacks import Callback
+        from tguide.errors import TGuideError
+
+        class Boom(Callback):
+            def on_train_epoch_start(self, trainer, pl_module):
+                if trainer.current_epoch == 1:
+                    raise TGuideError("boom in epoch 1")
+    """))
+    late = tmp_path / "late"
+    proc = _cli(tmp_path, *TINY, "+callbacks.boom._target_=boom.Boom", f"hydra.run.dir={late}",
+                extra_env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert proc.returncode == 2 and "boom in epoch 1" in proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
+    assert any((late / "checkpoints").glob("*.ckpt"))
+    log = (late / "fit.log").read_text()
+    assert "the run failed after it had started work" in log and "boom in epoch 1" in log

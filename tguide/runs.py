@@ -2,7 +2,11 @@
 
 :func:`start_run` is the start of every run (``tguide.fit`` and the recipe runners): it decides
 the run folder (the old one when ``cfg.resume`` is set), checks that a resumed config differs
-from the stored one only in :data:`RESUMABLE_KEYS`, and writes ``config.yaml``.
+from the stored one only in :data:`RESUMABLE_KEYS`, and writes ``config.yaml``, whose
+``resumed:`` list records every resumption (when, and which keys changed from what to what).
+:func:`restore_config` makes the config of ``python -m tguide.fit resume=RUN [key=value ...]``:
+the stored one, with the command line's resumable changes on top. :func:`did_work` tells a
+run that failed before doing anything (its folder is removed) from one that failed later.
 :func:`prepare_run` is the preamble of a recipe runner (``runner: {_target_: ..., _partial_: true}``).
 """
 
@@ -10,12 +14,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tguide.errors import ResumeError, TGuideError
 
-__all__ = ["RESUMABLE_KEYS", "ResumePoint", "ResumeState", "find_resume", "check_resumable", "start_run", "prepare_run"]
+__all__ = [
+    "RESUMABLE_KEYS",
+    "ResumePoint",
+    "ResumeState",
+    "find_resume",
+    "check_resumable",
+    "start_run",
+    "prepare_run",
+    "restore_config",
+    "did_work",
+    "HISTORY_KEY",
+]
 
 # The one allow-list: keys that may differ between a run and its resumption (a key covers its
 # sub-keys). Everything else must match the stored config.yaml, or resuming is refused.
@@ -33,6 +49,10 @@ RESUMABLE_KEYS: tuple[str, ...] = (
 
 CONFIG_FILE = "config.yaml"
 EPOCH_CKPT = "last-epoch.ckpt"
+# config.yaml's record of the run's resumptions: [{at, changed: {key: {was, now}}}, ...]; not a setting
+HISTORY_KEY = "resumed"
+# what a run writes before it does any work: a folder holding only these is removed when the run fails
+_BOOKKEEPING = (".hydra/", "fit.log", CONFIG_FILE, "wandb_id", "wandb/", "csv/hparams.yaml")
 
 
 @dataclass(frozen=True)
@@ -86,7 +106,53 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _allowed(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+    return any(key == k or key.startswith(k + ".") for k in (*RESUMABLE_KEYS, HISTORY_KEY))
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{key: {"was": old value, "now": new value}}`` of the flattened keys that differ (the
+    record itself and ``paths`` aside)."""
+    a = _flatten({k: v for k, v in old.items() if k != HISTORY_KEY})
+    b = _flatten({k: v for k, v in new.items() if k != HISTORY_KEY})
+    return {
+        k: {"was": a.get(k), "now": b.get(k)}
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith("paths.")
+    }
+
+
+def restore_config(point: ResumePoint, changes: dict[str, Any], resume: str) -> Any:
+    """The config a resumed run continues with: the stored ``config.yaml`` as the base, each
+    ``changes`` item (``{dotted key: value}``, values may interpolate the stored keys) put on top.
+
+    Raises :class:`~tguide.errors.ResumeError` when a change touches a key outside
+    :data:`RESUMABLE_KEYS` (restating a stored value is no change).
+    """
+    from omegaconf import OmegaConf
+
+    stored = OmegaConf.to_container(OmegaConf.load(point.run_dir / CONFIG_FILE), resolve=False)
+    cfg = OmegaConf.create(stored)
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    OmegaConf.update(cfg, "resume", resume, merge=False, force_add=True)
+    if OmegaConf.select(cfg, "paths.run_dir") is None:  # a config.yaml written by hand
+        OmegaConf.update(cfg, "paths.run_dir", str(point.run_dir), merge=False, force_add=True)
+    check_resumable(cfg, stored, where=str(point.run_dir))
+    return cfg
+
+
+def did_work(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds anything beyond what every run writes at its start (the config,
+    the log, the logger's run header): a checkpoint, a metrics row, a result file."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return False
+    for path in root.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(root).as_posix()
+            if not any(rel == b or (b.endswith("/") and rel.startswith(b)) for b in _BOOKKEEPING):
+                return True
+    return False
 
 
 def check_resumable(cfg: Any, stored: dict[str, Any], where: str = "the run") -> None:
@@ -132,6 +198,7 @@ def start_run(cfg: Any) -> tuple[Path, ResumePoint | None]:
             "ckpt_path is not a tguide.fit key; to continue a run use resume=PATH (its run folder or a .ckpt file)"
         )
     point = None
+    record: dict[str, Any] = {}
     if cfg.get("resume"):
         point = find_resume(str(cfg.resume))
         stored = OmegaConf.to_container(OmegaConf.load(point.run_dir / CONFIG_FILE), resolve=False)
@@ -140,10 +207,16 @@ def start_run(cfg: Any) -> tuple[Path, ResumePoint | None]:
         with open_dict(cfg):
             cfg.paths.run_dir = run_dir
         check_resumable(cfg, stored, where=str(point.run_dir))
+        history = list(stored.get(HISTORY_KEY) or [])
+        new = OmegaConf.to_container(cfg, resolve=True)
+        history.append({"at": datetime.now().isoformat(timespec="seconds"), "changed": _changes(stored, new)})  # type: ignore[arg-type]
+        record = {HISTORY_KEY: history}
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():
-        (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved.update(record)  # type: ignore[union-attr]  # every resumption recorded, none overwritten
+        (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(resolved))
     return run_dir, point
 
 
