@@ -51,6 +51,8 @@ from tguide.nets.advertorch_lenet import AdvertorchLeNet5
 from tguide.nets.captum_cnn import CaptumCifarCNN
 from tguide.nets.cifar_resnet import CifarResNet
 from tguide.nets.efficientnet_lite import efficientnet_lite
+from tguide.nets.mcunet import hanlab_layers, hanlab_net
+from tguide.nets.mobilenetv1 import MobileNetV1
 from tguide.nets.shufflenetv2 import ShuffleNetV2Trunk
 from tguide.select.checkpoints import file_sha256, load_state_dict_checked  # re-exported
 
@@ -301,6 +303,110 @@ _ENTRIES: tuple[ZooEntry, ...] = (
     ),
 )
 
+# ---- ImageNet sub-zoo (shared/models/README.md, "ImageNet sub-zoo"): MobileNetV1 ×0.25, MCUNet-in2/in3,
+# ProxylessNAS-Mobile ×0.25/×0.3. Evaluation crop as in that README's sanity check: shorter side to
+# int(size · 256 / 224), then a centre size × size crop (crop_pct = size / that side).
+_IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_HALF_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _imagenet_input(size: int, mean_std: tuple[tuple[float, ...], tuple[float, ...]]) -> InputSpec:
+    return InputSpec(size, 3, mean_std[0], mean_std[1], "crop", crop_pct=size / int(size * 256 / 224))
+
+
+def _webcam_check(top1: float, top5: float) -> str:
+    return (
+        f"Office-31 webcam, 108 images of 9 classes with an ImageNet counterpart (first 12 per class): "
+        f"top-1 {top1:.3f}, top-5 {top5:.3f} hold a matching ImageNet class; source_accuracy is the "
+        "reported ImageNet top-1"
+    )
+
+
+def _hanlab(
+    name: str, arch: str, file: str, sha: str, size: int, reported: float, params: int, top1: float, top5: float
+) -> ZooEntry:
+    return ZooEntry(
+        name=name,
+        path=f"mcunet_imagenet/{file}",
+        sha256=sha,
+        builder=lambda: hanlab_net(arch),
+        input=_imagenet_input(size, _HALF_MEAN_STD),
+        source="imagenet",
+        num_classes=1000,
+        reported_acc=reported,
+        measured_acc=None,
+        measured_on=_webcam_check(top1, top5),
+        params=params,
+        layers=hanlab_layers(arch),
+        has_head=True,
+        state_dict_key="state_dict",
+    )
+
+
+_IMAGENET_SUBZOO: tuple[ZooEntry, ...] = (
+    ZooEntry(
+        name="mobilenetv1_x025",
+        path="mobilenetv1_x025_imagenet/mobilenetV1X0.25_pretrain.tar",
+        sha256="75c37f8d438b7c6aed2e6b310fd0540c40dabf0dd820770bd7082668dfd7c1c1",
+        builder=MobileNetV1,
+        input=_imagenet_input(224, _IMAGENET_MEAN_STD),
+        source="imagenet",
+        num_classes=1000,
+        reported_acc=0.4658,
+        measured_acc=None,
+        measured_on=_webcam_check(0.259, 0.685),
+        params=470_072,
+        layers=MobileNetV1.STAGES,
+        has_head=True,
+        state_dict_key="state_dict",
+        strip_prefix="module.",
+    ),
+    _hanlab(
+        "mcunet_in2",
+        "mcunet-in2",
+        "mcunet-256kb-1mb_imagenet.pth",
+        "63565b5773a8aa70d75baf5a349f5f384da649804c48a5e7af1f655460158c7d",
+        160,
+        0.609,
+        729_392,
+        0.519,
+        0.815,
+    ),
+    _hanlab(
+        "mcunet_in3",
+        "mcunet-in3",
+        "mcunet-320kb-1mb_imagenet.pth",
+        "c0d4ccf4bb8ba93ef69a609c60ca053be2c6bab3b4ece19d9b7e66cec8a485e5",
+        176,
+        0.622,
+        737_408,
+        0.519,
+        0.815,
+    ),
+    _hanlab(
+        "proxyless_w025",
+        "proxyless-w0.25",
+        "proxyless-w0.25-r112_imagenet.pth",
+        "d4bfc7a6fd8c2ee846cbad32a42153f454b02f73da605c6506bb233dc236ebbb",
+        112,
+        0.449,
+        569_600,
+        0.407,
+        0.731,
+    ),
+    _hanlab(
+        "proxyless_w03",
+        "proxyless-w0.3",
+        "proxyless-w0.3-r176_imagenet.pth",
+        "5c94b02905bff62a4b1c11454b32e90d5c3e355d576aedf48257e2393de18d20",
+        176,
+        0.570,
+        754_280,
+        0.454,
+        0.769,
+    ),
+)
+
 ZOO: dict[str, ZooEntry] = {}  # name -> entry, in registration order: the one zoo every part reads
 
 
@@ -330,7 +436,7 @@ def register_zoo_model(entry: ZooEntry, *, replace: bool = False) -> ZooEntry:
     return entry
 
 
-for _e in _ENTRIES:
+for _e in (*_ENTRIES, *_IMAGENET_SUBZOO):
     register_zoo_model(_e)
 del _e
 
