@@ -27,7 +27,7 @@ from tguide.select.zoo import ZOO, ZooEntry, file_sha256, load_zoo_model, models
 
 NAMES = ("resnet20_cifar10", "resnet32_cifar10", "resnet44_cifar10", "resnet56_cifar10", "simplecnn_cifar10",
          "lenet5_mnist", "lenet5_mnist_adv", "shufflenetv2_trunk", "efficientnet_lite0", "efficientnet_lite1",
-         "efficientnet_lite2")
+         "efficientnet_lite2", "mobilenetv1_x025", "mcunet_in2", "mcunet_in3", "proxyless_w025", "proxyless_w03")
 CIFAR = NAMES[:5]
 # ImageNet-1k indices: 673 "mouse, computer mouse", 508 "computer keyboard, keypad"
 IMAGENET_TARGET = {"mouse": 673, "keyboard": 508}
