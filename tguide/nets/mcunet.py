@@ -36,8 +36,18 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-__all__ = ["BLOCK_TABLES", "HANLAB_NETS", "BlockSpec", "HanLabNet", "MBConvBlock", "MBInvertedConv", "ZeroBlock",
-           "hanlab_layers", "hanlab_net", "parse_blocks"]
+__all__ = [
+    "BLOCK_TABLES",
+    "HANLAB_NETS",
+    "BlockSpec",
+    "HanLabNet",
+    "MBConvBlock",
+    "MBInvertedConv",
+    "ZeroBlock",
+    "hanlab_layers",
+    "hanlab_net",
+    "parse_blocks",
+]
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,9 @@ def parse_blocks(table: str) -> list[BlockSpec | None]:
     for raw in table.strip().rstrip(".").split(";"):
         m = _ROW.match(raw.strip())
         if m is None:
-            raise ValueError(f"malformed block row {raw.strip()!r}; expected 'i: in→out kK sS eE [mid M] [+res]' or 'i: Z'")
+            raise ValueError(
+                f"malformed block row {raw.strip()!r}; expected 'i: in→out kK sS eE [mid M] [+res]' or 'i: Z'"
+            )
         if int(m.group(1)) != len(out):
             raise ValueError(f"block row {raw.strip()!r} out of order: expected index {len(out)}")
         if m.group(2):
@@ -125,8 +137,9 @@ def parse_blocks(table: str) -> list[BlockSpec | None]:
     return out
 
 
-def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int, eps: float, groups: int = 1,
-             act: bool = True) -> nn.Sequential:
+def _conv_bn(
+    c_in: int, c_out: int, kernel: int, stride: int, eps: float, groups: int = 1, act: bool = True
+) -> nn.Sequential:
     """``conv`` (no bias, padding k//2) → ``bn`` [→ ``act`` ReLU6]: HAN Lab's ``ConvLayer`` names."""
     layers: list[tuple[str, nn.Module]] = [
         ("conv", nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False)),
@@ -190,8 +203,14 @@ class HanLabNet(nn.Module):
         resolution: the native input size (informative).
     """
 
-    def __init__(self, blocks: list[BlockSpec | None], feature_mix: int | None = None, bn_eps: float = 1e-5,
-                 num_classes: int = 1000, resolution: int = 224) -> None:
+    def __init__(
+        self,
+        blocks: list[BlockSpec | None],
+        feature_mix: int | None = None,
+        bn_eps: float = 1e-5,
+        num_classes: int = 1000,
+        resolution: int = 224,
+    ) -> None:
         super().__init__()
         real = [b for b in blocks if b is not None]
         if not real:

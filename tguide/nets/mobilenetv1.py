@@ -31,9 +31,19 @@ __all__ = ["MobileNetV1", "UNITS"]
 
 # (stage, output width, stride) of the 13 depthwise-separable units, in order
 UNITS: tuple[tuple[int, int, int], ...] = (
-    (1, 16, 1), (1, 32, 2), (1, 32, 1), (1, 64, 2), (1, 64, 1),
-    (2, 128, 2), (2, 128, 1), (2, 128, 1), (2, 128, 1), (2, 128, 1), (2, 128, 1),
-    (3, 256, 2), (3, 256, 1),
+    (1, 16, 1),
+    (1, 32, 2),
+    (1, 32, 1),
+    (1, 64, 2),
+    (1, 64, 1),
+    (2, 128, 2),
+    (2, 128, 1),
+    (2, 128, 1),
+    (2, 128, 1),
+    (2, 128, 1),
+    (2, 128, 1),
+    (3, 256, 2),
+    (3, 256, 1),
 )
 
 
@@ -63,9 +73,17 @@ class MobileNetV1(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         stem = 8
-        stages: dict[int, list[nn.Module]] = {1: [nn.Sequential(
-            nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.LeakyReLU(negative_slope, inplace=True)
-        )], 2: [], 3: []}
+        stages: dict[int, list[nn.Module]] = {
+            1: [
+                nn.Sequential(
+                    nn.Conv2d(3, stem, 3, 2, 1, bias=False),
+                    nn.BatchNorm2d(stem),
+                    nn.LeakyReLU(negative_slope, inplace=True),
+                )
+            ],
+            2: [],
+            3: [],
+        }
         c_prev = stem
         for stage, c_out, stride in UNITS:
             stages[stage].append(_unit(c_prev, c_out, stride, negative_slope))
