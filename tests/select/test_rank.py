@@ -50,7 +50,7 @@ def test_random_init_ranks_last(cifar_folder: Path, tmp_path: Path):
     assert isinstance(ranking, Ranking)
     df = ranking.table
     assert list(df.columns) == COLUMNS == ["candidate", "layer", "metric", "kind", "score", "z", "null_mean",
-                                           "null_std", "warning"]
+                                           "null_std", "flag", "warning"]
     for metric in ("logme", "hscore_shrinkage", "leep", "knn", "linear_probe"):
         best = _best(df, metric)
         assert best.idxmin() == "resnet20_cifar10:random", (metric, best.to_dict())
@@ -110,7 +110,72 @@ def test_hscore_saturation_warning_and_null(cifar_folder: Path):
     wide = rank(["zoo:simplecnn_cifar10"], cifar_folder, layers=["relu3"], metrics=["hscore"], baselines=[],
                 max_samples=40, progress=False)
     assert "H-score saturated: D=120 ≥ N−1=39" in wide.table.iloc[0].warning
+    assert wide.table.iloc[0].flag == "saturated" and wide.pick is None  # a saturated score never picks
     assert any(w.startswith("simplecnn_cifar10 / relu3 / hscore: H-score saturated") for w in wide.warnings)
+    assert any(w.startswith("no pick: hscore cannot pick (every hscore row is flagged (1 saturated)") for w in
+               wide.warnings)
+
+
+def _trunk(name: str, seed: int, width: int, gain: float = 100.0) -> Candidate:
+    """A headless random conv trunk whose pooled output has ``width`` features (``gain``: their scale; at the
+    scale of real features SFDA's shrinkage is at its 1e-10 floor)."""
+    from torchvision import transforms as T
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        net[0].weight.mul_(gain)
+        net[0].bias.mul_(gain)
+    return Candidate(name, net, T.ToTensor(), ["3"], head=False, provenance="test")
+
+
+def test_saturated_scores_are_flagged_not_picked_and_their_ties_reported(cifar_folder: Path):
+    """N = 40 images of 10 classes, D = 64 features: H-score = C − 1 and SFDA = 1 for every candidate."""
+    pool = [_trunk("wide_a", 0, 64), _trunk("wide_b", 1, 64)]
+    ranking = rank(pool, cifar_folder, metrics=["sfda", "hscore", "logme"], baselines=[], max_samples=40,
+                   progress=False)
+    df = ranking.table
+    hs, sf = df[df.metric == "hscore"], df[df.metric == "sfda"]
+    assert list(hs.flag) == ["saturated"] * 2 and list(sf.flag) == ["saturated"] * 2
+    assert hs.score.tolist() == pytest.approx([9.0, 9.0])  # C − 1 for both: the score says nothing
+    assert all("D=64 ≥ N−1=39" in w and "tie: 2 rows score 9" in w for w in hs.warning)
+    assert all("SFDA saturated: D=64 > N−C=30" in w for w in sf.warning)
+    assert (sf.score > 0.999).all()
+    pick = ranking.pick
+    assert pick is not None and pick.metric == "logme"  # falls to the next metric
+    assert "sfda cannot pick (every sfda row is flagged (2 saturated): SFDA saturated: D=64 > N−C=30" in pick.reason
+    assert "hscore cannot pick" in pick.reason and pick.reason.endswith(
+        f"so logme picks: highest logme ({pick.score:.4g}) on layer 3; next best candidate "
+        f"{({'wide_a', 'wide_b'} - {pick.candidate}).pop()} scores "
+        f"{df[(df.metric == 'logme') & (df.candidate != pick.candidate)].score.item():.4g}")
+
+
+def test_ties_are_reported_not_broken_by_order(cifar_folder: Path):
+    pool = [_trunk("twin_a", 3, 4), _trunk("twin_b", 3, 4)]  # the same weights: equal features, equal scores
+    ranking = rank(pool, cifar_folder, metrics=["logme"], baselines=[], max_samples=40, progress=False)
+    df = ranking.table
+    assert list(df.flag) == ["tie", "tie"] and ranking.pick is None
+    assert all("tie: 2 rows score" in w and "twin_a @ 3, twin_b @ 3" in w for w in df.warning)
+    assert any(w.startswith("no pick: logme cannot pick (tie: 2 rows score") and "not broken by candidate order" in w
+               for w in ranking.warnings)
+
+
+def test_flagged_rows_stay_out_of_pool_normalisation_and_widths_flag_transrate(cifar_folder: Path):
+    pool = [_trunk("wide", 0, 64), _trunk("narrow_a", 1, 3), _trunk("narrow_b", 2, 5)]
+    ranking = rank(pool, cifar_folder, metrics=["etran", "transrate", "transrate_comparable"], baselines=[],
+                   max_samples=40, progress=False)
+    df = ranking.table.set_index(["metric", "candidate"])
+    wide = df.loc[("etran", "wide")]
+    assert wide.flag == "saturated" and math.isnan(wide.score)
+    assert "ETran (LDA term) saturated" in wide.warning and "left out of the pool normalisation" in wide.warning
+    narrow = [df.loc[("etran", n)] for n in ("narrow_a", "narrow_b")]
+    assert all(r.flag == "" and "pool-normalised over 2 candidate×layer rows" in r.warning for r in narrow)
+    assert sorted(r.score for r in narrow)[0] == 0.0  # min-max over the two eligible rows only
+    tr = [df.loc[("transrate", n)] for n in ("wide", "narrow_a", "narrow_b")]
+    assert all(r.flag == "not_comparable" and "D = 3, 5, 64" in r.warning and "transrate_comparable" in r.warning
+               for r in tr)
+    assert set(df.loc["transrate_comparable"].flag) == {""}
+    assert ranking.pick is not None and ranking.pick.metric == "etran" and ranking.pick.candidate != "wide"
 
 
 _KILL_SCRIPT = textwrap.dedent("""

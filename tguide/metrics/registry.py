@@ -65,6 +65,12 @@ class MetricInfo:
         baseline: not a transferability score but a cheap proxy a user could use instead
             (kNN accuracy, linear-probe accuracy); reported beside the scores.
         default_kwargs: keyword arguments passed unless the caller overrides them.
+        degeneracy: ``"module:attr"`` of ``check(features, labels, **kwargs) -> str`` (``""`` when the
+            score means what it says, else a one-line reason, a
+            :class:`tguide.metrics.degeneracy.Finding` with its flag) run on the actual features
+            with the metric's keyword arguments; ``None`` for a score without such a condition.
+        width_dependent: the score grows with the feature width D by construction (raw TransRate),
+            so rows of different widths are not comparable.
     """
 
     name: str
@@ -80,6 +86,8 @@ class MetricInfo:
     pool_terms: str | None = None
     pool_combine: str | None = None
     statistics: str | None = None
+    degeneracy: str | None = None
+    width_dependent: bool = False
 
     def __post_init__(self) -> None:
         if self.source_input not in ("probs", "labels"):
@@ -127,6 +135,13 @@ class MetricInfo:
     def load_statistics(self) -> type | None:
         """The statistics type (:attr:`statistics`), or ``None`` for a sample-path score."""
         return None if self.statistics is None else _import(self.statistics)  # type: ignore[return-value]
+
+    def check_degeneracy(self, features: Any, labels: Any, **kwargs: Any) -> str:
+        """The reason this score saturates or degenerates on ``features`` (``""`` when fine or unchecked)."""
+        if self.degeneracy is None:
+            return ""
+        reason: str = _import(self.degeneracy)(features, labels, **{**self.default_kwargs, **kwargs})
+        return reason
 
     def from_statistics(self, stats: Any, **kwargs: Any) -> Any:
         """The score of merged statistics: ``<function>_from_statistics(stats, **default_kwargs, **kwargs)``.
@@ -204,6 +219,8 @@ def register_metric(
     pool_terms: str | None = None,
     pool_combine: str | None = None,
     statistics: str | None = None,
+    degeneracy: str | None = None,
+    width_dependent: bool = False,
     replace: bool = False,
 ) -> MetricInfo:
     """Add a metric to :data:`METRICS` (for the monitor and for ranking alike); returns its entry.
@@ -228,6 +245,8 @@ def register_metric(
         pool_terms=pool_terms,
         pool_combine=pool_combine,
         statistics=statistics,
+        degeneracy=degeneracy,
+        width_dependent=width_dependent,
     )
     METRICS[name] = info
     return info
@@ -250,6 +269,11 @@ def metric_names(*, baselines: bool = True) -> tuple[str, ...]:
 _F = "tguide.metrics.functional"
 _S = "tguide.metrics.stateful"
 _ST = "tguide.metrics.statistics"
+_D = "tguide.metrics.degeneracy"
+# Degeneracy (tguide.metrics.degeneracy): H-score, SFDA, ETran, NCTI and GBC have a check; raw TransRate
+# is width-dependent. No condition: OTCE, the Ledoit-Wolf H-score (full-rank covariance), the comparable
+# TransRate (fixed rank r ≤ N−1), LogME (an evidence, defined for any N, D), LEEP/NCE (source
+# probabilities), NLEEP, and the baselines (held-out accuracies).
 # Exact OT is quadratic in the samples (5k × 5k: ~10 s on a CPU core): by default OTCE scores a
 # seeded stratified subsample of 1000 per side (otce_sim's own `max_samples`).
 register_metric(
@@ -259,7 +283,13 @@ register_metric(
     streaming_class=f"{_S}:OTCE",
     default_kwargs={"max_samples": 1000},
 )
-register_metric("hscore", f"{_F}.hscore:hscore", streaming_class=f"{_S}:HScore", statistics=f"{_ST}:GramStatistics")
+register_metric(
+    "hscore",
+    f"{_F}.hscore:hscore",
+    streaming_class=f"{_S}:HScore",
+    statistics=f"{_ST}:GramStatistics",
+    degeneracy=f"{_D}:hscore",
+)
 register_metric(
     "hscore_shrinkage",
     f"{_F}.hscore:hscore_shrinkage",
@@ -267,7 +297,11 @@ register_metric(
     statistics=f"{_ST}:GramStatistics",
 )
 register_metric(
-    "transrate", f"{_F}.transrate:transrate", streaming_class=f"{_S}:TransRate", statistics=f"{_ST}:ClassGramStatistics"
+    "transrate",
+    f"{_F}.transrate:transrate",
+    streaming_class=f"{_S}:TransRate",
+    statistics=f"{_ST}:ClassGramStatistics",
+    width_dependent=True,
 )
 register_metric(
     "transrate_comparable",
@@ -288,22 +322,37 @@ register_metric(
 )
 
 # Metrics whose functional modules land separately: registered once their files exist.
-_OPTIONAL = (
+_OPTIONAL: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     # name, module file, attr, options
-    ("sfda", "sfda", "sfda", {}),
+    ("sfda", "sfda", "sfda", {"degeneracy": f"{_D}:sfda"}),
     (
         "ncti",
         "ncti",
         "ncti",
-        {"pool_normalised": True, "pool_terms": f"{_F}.ncti:ncti_terms", "pool_combine": f"{_F}.ncti:ncti_pool"},
+        {
+            "pool_normalised": True,
+            "pool_terms": f"{_F}.ncti:ncti_terms",
+            "pool_combine": f"{_F}.ncti:ncti_pool",
+            "degeneracy": f"{_D}:ncti",
+        },
     ),
     (
         "etran",
         "etran",
         "etran",
-        {"pool_normalised": True, "pool_terms": f"{_F}.etran:etran_terms", "pool_combine": f"{_F}.etran:etran_pool"},
+        {
+            "pool_normalised": True,
+            "pool_terms": f"{_F}.etran:etran_terms",
+            "pool_combine": f"{_F}.etran:etran_pool",
+            "degeneracy": f"{_D}:etran",
+        },
     ),
-    ("gbc", "gbc", "gbc", {"streaming_class": f"{_S}:GBC", "statistics": f"{_ST}:ClassVarianceStatistics"}),
+    (
+        "gbc",
+        "gbc",
+        "gbc",
+        {"streaming_class": f"{_S}:GBC", "statistics": f"{_ST}:ClassVarianceStatistics", "degeneracy": f"{_D}:gbc"},
+    ),
     ("nleep", "nleep", "nleep", {}),
     ("knn", "knn", "knn_accuracy", {"baseline": True}),
     ("linear_probe", "linear_probe", "linear_probe_accuracy", {"baseline": True}),
@@ -311,4 +360,4 @@ _OPTIONAL = (
 _FUNCTIONAL_DIR = Path(__file__).resolve().parent / "functional"
 for _name, _file, _attr, _opts in _OPTIONAL:
     if (_FUNCTIONAL_DIR / f"{_file}.py").is_file():
-        register_metric(_name, f"{_F}.{_file}:{_attr}", **_opts)  # type: ignore[arg-type]
+        register_metric(_name, f"{_F}.{_file}:{_attr}", **_opts)

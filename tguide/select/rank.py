@@ -23,6 +23,7 @@ import resource
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,11 @@ from torch import Tensor
 
 from tguide.errors import TGuideError
 from tguide.features import OUTPUT, describe_pool, extract_features, resolve_layers
+from tguide.metrics.degeneracy import flag_of, width_reason
 from tguide.metrics.registry import METRICS, MetricInfo, get_metric
 from tguide.select.cache import FeatureCache, cache_key
 from tguide.select.candidates import Candidate, resolve_candidates
-from tguide.select.ranking_result import COLUMNS, Ranking, best_pick, table_warnings
+from tguide.select.ranking_result import COLUMNS, Ranking, best_pick, mark_ties, no_pick_reason, table_warnings
 
 __all__ = ["BASELINES", "DEFAULT_METRICS", "RankError", "rank", "run"]
 
@@ -153,11 +155,17 @@ def _score(
     return float(getattr(value, "score", value)), math.nan, math.nan, math.nan
 
 
-def _saturation(info: MetricInfo, feats: Tensor) -> str:
-    n, d = feats.shape
-    if info.name == "hscore" and d >= n - 1:
-        return f"H-score saturated: D={d} ≥ N−1={n - 1} (the covariance is singular); prefer hscore_shrinkage"
-    return ""
+def _degeneracy(info: MetricInfo, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """The registry's degeneracy check on the actual features (``""`` when fine, unchecked or uncheckable:
+    bad input is reported by the score itself)."""
+    if info.needs_source_probs or info.needs_source_samples or info.degeneracy is None:
+        return ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return info.check_degeneracy(args[0], args[-1], **kwargs)
+    except (ValueError, RuntimeError):
+        return ""
 
 
 def _load_data(target: Any, max_samples: int | None, seed: int, root: Any) -> Any:
@@ -202,6 +210,8 @@ def _row(
     mu: float = math.nan,
     sd: float = math.nan,
     warning: str = "",
+    flag: str = "",
+    width: int = 0,
 ) -> dict[str, Any]:
     return dict(
         candidate=cand.name,
@@ -212,7 +222,9 @@ def _row(
         z=z,
         null_mean=mu,
         null_std=sd,
+        flag=flag,
         warning=warning,
+        _width=width,  # the feature width D (0: not a feature score); not a table column
     )
 
 
@@ -241,11 +253,17 @@ def _score_layer(
     pooled: dict[str, list[tuple[int, Any]]],
     index: int,
 ) -> dict[str, Any]:
-    """One row; a pool-normalised score (NCTI, ETran) leaves its terms in ``pooled`` for later."""
-    warn = _saturation(info, args[0]) if not info.needs_source_probs else ""
+    """One row, flagged when the registry's degeneracy check fires on these features; a pool-normalised
+    score (NCTI, ETran) leaves its terms in ``pooled`` for later unless flagged (a flagged row never
+    enters the pool normalisation and keeps a NaN score)."""
+    warn = _degeneracy(info, args, kwargs)
+    flag = flag_of(warn)
+    width = 0 if info.needs_source_probs else int(args[0].shape[1])
     score, z, mu, sd = math.nan, math.nan, math.nan, math.nan
     try:
         if info.pool_normalised and info.load_pool() is not None:
+            if flag:
+                return _row(cand, layer, info, warning=f"{warn}; left out of the pool normalisation", flag=flag)
             terms_fn, _ = info.load_pool()  # type: ignore[misc]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -255,7 +273,7 @@ def _score_layer(
             score, z, mu, sd = _score(info, args, null, seed, kwargs)
     except (ValueError, RuntimeError) as err:
         warn = "; ".join(w for w in (warn, f"failed: {str(err).splitlines()[0]}") if w)
-    return _row(cand, layer, info, score, z, mu, sd, warn)
+    return _row(cand, layer, info, score, z, mu, sd, warn, flag, width)
 
 
 def _score_candidate(
@@ -297,6 +315,7 @@ def _source_accuracy_row(cand: Candidate) -> dict[str, Any]:
         z=math.nan,
         null_mean=math.nan,
         null_std=math.nan,
+        flag="",
         warning="" if acc is not None else "source accuracy unknown",
     )
 
@@ -310,6 +329,33 @@ def _normalise_pools(pooled: Mapping[str, list[tuple[int, Any]]], rows: list[dic
         for (i, _), s in zip(entries, scores.tolist()):
             rows[i]["score"] = float(s)
             rows[i]["warning"] = "; ".join(w for w in (rows[i]["warning"], note) if w)
+
+
+def _flag_widths(rows: list[dict[str, Any]]) -> None:
+    """A width-dependent score (raw TransRate) over rows of different widths: every such row ``not_comparable``."""
+    for name in {r["metric"] for r in rows}:
+        info = METRICS.get(name)
+        if info is None or not info.width_dependent:
+            continue
+        mine = [r for r in rows if r["metric"] == name and not r["flag"] and not math.isnan(r["score"])]
+        reason = width_reason(name, [r.get("_width", 0) for r in mine], remedy="transrate_comparable")
+        for r in mine if reason else []:
+            r["flag"] = flag_of(reason)
+            r["warning"] = "; ".join(w for w in (r["warning"], reason) if w)
+
+
+def _pick(table: Any, metrics: Sequence[str], specs: Mapping[str, str]) -> tuple[Any, list[str]]:
+    """The pick by the first metric that can make one (flagged rows never do; a tie at the top is no pick),
+    and a note per metric passed over."""
+    passed: list[str] = []
+    for name in metrics:
+        pick = best_pick(table, name, specs)
+        if pick is not None:
+            if passed:
+                pick = replace(pick, reason=f"{'; '.join(passed)}; so {name} picks: {pick.reason}")
+            return pick, passed
+        passed.append(f"{name} cannot pick ({no_pick_reason(table, name)})")
+    return None, passed
 
 
 def rank(
@@ -397,11 +443,13 @@ def rank(
             rows.append(_source_accuracy_row(cand))
         timings[f"score/{cand.name}"] = time.perf_counter() - t_score
     _normalise_pools(pooled, rows)
+    _flag_widths(rows)
     table = pd.DataFrame(rows, columns=COLUMNS)
+    mark_ties(table)
     specs = {c.name: c.spec for c in cands}
-    pick = best_pick(table, metrics[0], specs)
+    pick, passed = _pick(table, metrics, specs)
     baseline_picks = {b: p for b in baselines if (p := best_pick(table, b, specs)) is not None}
-    notes = table_warnings(table) + ([] if pick else [f"no pick: {metrics[0]} has no finite score"])
+    notes = table_warnings(table) + (passed if pick else [f"no pick: {'; '.join(passed)}"])
     timings["extract"] = sum(v for k, v in timings.items() if k.startswith("extract/"))
     timings["score"] = sum(v for k, v in timings.items() if k.startswith("score/"))
     timings["total"] = time.perf_counter() - start

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "Pick", "Ranking", "best_pick", "table_warnings"]
+__all__ = ["COLUMNS", "EXCLUDED_FLAGS", "Pick", "Ranking", "best_pick", "mark_ties", "no_pick_reason", "table_warnings"]
 
-COLUMNS = ["candidate", "layer", "metric", "kind", "score", "z", "null_mean", "null_std", "warning"]
+COLUMNS = ["candidate", "layer", "metric", "kind", "score", "z", "null_mean", "null_std", "flag", "warning"]
+
+#: flags of rows that never make a pick (``"tie"`` rows are eligible, but a tie at the top is no pick)
+EXCLUDED_FLAGS = ("saturated", "degenerate", "not_comparable")
+TIE_RTOL = 1e-9  # scores equal to this relative tolerance are a tie
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,8 @@ class Ranking:
     Attributes:
         table: long form, one row per (candidate, layer, metric): columns :data:`COLUMNS`
             (``kind`` is ``"score"`` or ``"baseline"``; ``z``, ``null_mean``, ``null_std`` are NaN
-            without a null).
+            without a null; ``flag`` is ``""`` or one of ``"saturated"``, ``"degenerate"``, ``"tie"``,
+            ``"not_comparable"``, with its one-line reason in ``warning``).
         pick: the best (candidate, layer) by the first metric, ``None`` when it has no finite score.
         baseline_picks: what each baseline would pick instead (``source_accuracy``, ``knn``,
             ``linear_probe`` when available).
@@ -117,13 +122,46 @@ class Ranking:
         return {p.name: p for p in write_reports(self, out_dir, wandb_run=wandb_run)}
 
 
-def best_pick(table: Any, metric: str, specs: Mapping[str, str] | None = None) -> Pick | None:
-    """Best candidate × layer by ``metric`` (higher is better; ties go to the earlier row), with a
-    sentence saying why; ``None`` when ``metric`` has no finite score in ``table``."""
+def _eligible(table: Any, metric: str) -> Any:
+    """The rows of ``metric`` that may make a pick (finite, not flagged out), best first (stable)."""
     sub = table[(table.metric == metric) & table.score.notna()]
+    if "flag" in sub.columns:
+        sub = sub[~sub.flag.isin(EXCLUDED_FLAGS)]
+    return sub.sort_values("score", ascending=False, kind="stable")
+
+
+def _top_group(sub: Any) -> Any:
+    """The rows of ``sub`` (sorted best first) equal to its best score to a relative :data:`TIE_RTOL`."""
     if sub.empty:
+        return sub
+    best = float(sub.score.iloc[0])
+    same = [abs(float(v) - best) <= TIE_RTOL * max(abs(float(v)), abs(best)) for v in sub.score]
+    return sub[same]
+
+
+def _tie_text(group: Any) -> str:
+    where = ", ".join(f"{r.candidate}" + (f" @ {r.layer}" if r.layer else "") for r in group.itertuples(index=False))
+    return (
+        f"tie: {len(group)} rows score {float(group.score.iloc[0]):.4g} (equal to {TIE_RTOL:g}): {where}; "
+        "not broken by candidate order"
+    )
+
+
+def _is_tie(group: Any) -> bool:
+    return group.candidate.nunique() > 1
+
+
+def best_pick(table: Any, metric: str, specs: Mapping[str, str] | None = None) -> Pick | None:
+    """Best candidate × layer by ``metric`` (higher is better), with a sentence saying why.
+
+    Rows flagged ``saturated``, ``degenerate`` or ``not_comparable`` never make the pick. ``None`` when
+    ``metric`` has no eligible finite score, or when its best rows are a tie between different candidates
+    (equal to a relative :data:`TIE_RTOL`; a tie is not broken by the candidates' order).
+    :func:`no_pick_reason` says which.
+    """
+    sub = _eligible(table, metric)
+    if sub.empty or _is_tie(_top_group(sub)):
         return None
-    sub = sub.sort_values("score", ascending=False, kind="stable")
     best = sub.iloc[0]
     others = sub[sub.candidate != best.candidate]
     where = f" on layer {best.layer}" if best.layer else ""
@@ -133,6 +171,8 @@ def best_pick(table: Any, metric: str, specs: Mapping[str, str] | None = None) -
         reason += f"; next best candidate {runner.candidate} scores {runner.score:.4g}"
     if not math.isnan(float(best.z)):
         reason += f"; z = {best.z:.1f} against the label-shuffle null"
+    if "flag" in table.columns and (flagged := table[(table.metric == metric) & table.flag.isin(EXCLUDED_FLAGS)]).size:
+        reason += f"; {len(flagged)} flagged row(s) left out ({', '.join(sorted(set(flagged.flag)))})"
     return Pick(
         candidate=str(best.candidate),
         spec=str((specs or {}).get(best.candidate, "")),
@@ -141,6 +181,39 @@ def best_pick(table: Any, metric: str, specs: Mapping[str, str] | None = None) -
         score=float(best.score),
         reason=reason,
     )
+
+
+def no_pick_reason(table: Any, metric: str) -> str:
+    """Why :func:`best_pick` gives no pick for ``metric`` (``""`` when it gives one)."""
+    sub = _eligible(table, metric)
+    if not sub.empty:
+        group = _top_group(sub)
+        return _tie_text(group) if _is_tie(group) else ""
+    mine = table[table.metric == metric]
+    flagged = mine[mine.flag.isin(EXCLUDED_FLAGS)] if "flag" in mine.columns else mine.iloc[0:0]
+    if flagged.empty:
+        return f"{metric} has no finite score"
+    first = next((w for w in flagged.warning if isinstance(w, str) and w), "")
+    kinds = ", ".join(f"{n} {k}" for k, n in flagged.flag.value_counts().sort_index().items())
+    return f"every {metric} row is flagged ({kinds})" + (f": {first.split('; tie:')[0]}" if first else "")
+
+
+def mark_ties(table: Any) -> None:
+    """Flag ``"tie"`` (in place) the best rows of each metric when they tie between candidates; rows
+    flagged out that tie at their own best get the tie noted in their ``warning``."""
+    if "flag" not in table.columns:
+        table["flag"] = ""
+    for metric in table.metric.unique():
+        group = _top_group(_eligible(table, metric))
+        if _is_tie(group):
+            for i in group.index:
+                table.at[i, "flag"] = "tie"
+                table.at[i, "warning"] = "; ".join(w for w in (table.at[i, "warning"], _tie_text(group)) if w)
+        out = table[(table.metric == metric) & table.score.notna() & table.flag.isin(EXCLUDED_FLAGS)]
+        group = _top_group(out.sort_values("score", ascending=False, kind="stable"))
+        if _is_tie(group):
+            for i in group.index:
+                table.at[i, "warning"] = "; ".join(w for w in (table.at[i, "warning"], _tie_text(group)) if w)
 
 
 def table_warnings(table: Any) -> list[str]:
