@@ -344,7 +344,7 @@ def run(cfg: Any) -> dict[str, Any]:
         specs_in = [specs_in]
     if len(specs_in) < 2:
         raise TGuideError("guided.candidates needs at least two candidates to choose from")
-    metrics = list(gd.get("metrics") or ["logme"])
+    metrics = list(gd.get("metrics") or ["knn"])
     seeds = [int(s) for s in (gd.get("seeds") or [cfg.get("seed", 0)])]
     verbose = bool(gd.get("verbose", True))
     train = _train_part(cfg, target)

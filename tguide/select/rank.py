@@ -40,7 +40,7 @@ from tguide.select.ranking_result import COLUMNS, Ranking, best_pick, mark_ties,
 
 __all__ = ["BASELINES", "DEFAULT_METRICS", "RankError", "rank", "run"]
 
-DEFAULT_METRICS = ("logme", "hscore_shrinkage", "transrate_comparable", "leep", "nce")
+DEFAULT_METRICS = ("knn", "logme", "hscore_shrinkage", "transrate_comparable", "leep", "nce")  # docs/studies/default_selector.md
 BASELINES = ("source_accuracy", "knn", "linear_probe")
 
 
@@ -424,7 +424,7 @@ def rank(
     _check_candidates(cands, infos, metrics)
     plan = {c.name: _layers_for(c, layers) for c in cands}  # all layer names checked before any work
     cache, dev = FeatureCache(cache_dir), _device(device)
-    extra = [get_metric(b) for b in baselines if b != "source_accuracy"]
+    extra = [get_metric(b) for b in baselines if b != "source_accuracy" and b not in metrics]  # scored once
     kwargs = {k: dict(v) for k, v in (metric_kwargs or {}).items()}
     needs_head = any(i.needs_source_probs for i in infos)
     rows: list[dict[str, Any]] = []

@@ -1,15 +1,18 @@
-"""``python -m tguide.studies.zoo_benchmark {groundtruth,quality} [options]``: the zoo benchmark's two steps.
+"""``python -m tguide.studies.zoo_benchmark {groundtruth,quality,layers,default-selector} [options]``.
 
 ``groundtruth``: linear-probe and fine-tuning accuracy of every (target, candidate)
 (:mod:`tguide.studies.zoo_benchmark.groundtruth_run`); ``quality``: every score against that
-ground truth (:mod:`tguide.studies.zoo_benchmark.quality`). ``--help`` after either for its options.
+ground truth (:mod:`tguide.studies.zoo_benchmark.quality`); ``layers``: the linear probe and the
+scores on every "auto" layer (:mod:`tguide.studies.zoo_benchmark.layers`); ``default-selector``: the
+pre-registered choice of ``rank``'s default selector (:mod:`tguide.studies.zoo_benchmark.default_selector`).
+``--help`` after any for its options.
 """
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("groundtruth", "quality")
+COMMANDS = ("groundtruth", "quality", "layers", "default-selector")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args[0] == "groundtruth":
         from tguide.studies.zoo_benchmark.groundtruth_run import main as run
-    else:
+    elif args[0] == "quality":
         from tguide.studies.zoo_benchmark.quality import main as run
+    elif args[0] == "layers":
+        from tguide.studies.zoo_benchmark.layers import main as run
+    else:
+        from tguide.studies.zoo_benchmark.default_selector import main as run
     return run(args[1:])
 
 
