@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tguide.select.report_data import (
     baseline_sentences,
+    cell_flags,
     confidence_sentence,
     finite,
     flag_sentences,
@@ -36,12 +37,10 @@ if TYPE_CHECKING:  # the Ranking calls this module; this module only reads its f
 __all__ = ["ranking_csv", "render_markdown", "write_atomic", "write_report"]
 
 
-def _md_table(cols: Sequence[str], rows: Sequence[Sequence[str]], text_cols: int = 1) -> list[str]:
-    lines = [
-        "| " + " | ".join(cols) + " |",
-        "|" + "|".join("---" if i < text_cols else "---:" for i in range(len(cols))),
-    ]
-    lines[-1] += "|"
+def _md_table(cols: Sequence[str], rows: Sequence[Sequence[str]], text: Sequence[str] = ("candidate",)) -> list[str]:
+    """A Markdown table: the ``text`` columns left-aligned, the others (numbers) right-aligned."""
+    align = "|".join("---" if c in text else "---:" for c in cols)
+    lines = ["| " + " | ".join(cols) + " |", f"|{align}|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
     return lines
 
@@ -70,14 +69,17 @@ def render_markdown(ranking: Ranking, *, guided: Any = None) -> str:
     table = summary_table(ranking)
     text = ("candidate", "best layer", "flags", "warnings")
     cols = [c for c in table.columns if c != "warnings"]
-    body = [[str(r[c]) if c in text else fmt(r[c]) for c in cols] for _, r in table.iterrows()]
-    lines += _md_table(cols, body, text_cols=2)
+    digits = {"p_best": 2}
+    body = [[str(r[c]) if c in text else fmt(r[c], digits.get(c, 4)) for c in cols] for _, r in table.iterrows()]
+    lines += _md_table(cols, body, text)
     warned = [(r["candidate"], r["warnings"]) for _, r in table.iterrows() if r["warnings"]]
     if warned:
         lines += ["", "Warnings:", ""] + [f"- {c}: {w}" for c, w in warned]
     ranks = rank_matrix(ranking).reindex(list(table.candidate))
-    lines += ["", "Rank of each candidate by each score (1 = best; – = no usable score):", ""]
-    body = [[str(c)] + [fmt(v) for v in ranks.loc[c]] for c in ranks.index]
+    lines += ["", "Rank of each candidate by each score (1 = best; a flag or – where no usable score):", ""]
+    flagged = cell_flags(ranking)
+    body = [[str(c)] + [flagged.get((c, m), "–") if not finite(v) else fmt(v) for m, v in ranks.loc[c].items()]
+            for c in ranks.index]  # fmt: skip
     lines += _md_table(["candidate", *ranks.columns], body)
     rows = guided_rows(guided)
     if rows:
@@ -88,7 +90,7 @@ def render_markdown(ranking: Ranking, *, guided: Any = None) -> str:
              fmt(r["p_best"], 2), f"{fmt(r['test_acc'])} ± {fmt(r['test_acc_std'], 2)}"]
             for r in sorted(rows, key=lambda r: -float(r["test_acc"]) if finite(r["test_acc"]) else math.inf)
         ]  # fmt: skip
-        lines += _md_table(cols, body, text_cols=4)
+        lines += _md_table(cols, body, cols[:4])
     lines += ["", "Long format: `ranking.csv` (candidate, layer, metric, kind, score, z, ...).", ""]
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GUIDED_KEYS",
     "baseline_sentences",
+    "candidate_notes",
     "cell_flags",
     "confidence_sentence",
     "finite",
@@ -165,19 +166,30 @@ def summary_table(ranking: Ranking) -> Any:
             row["p_best"] = pbest.get(cand, math.nan)
         for m in baselines:
             row[m] = float(scores.loc[cand, m])
-        sub = df[df.candidate == cand]
-        flags = []
-        if "flag" in df.columns:
-            flags = list(dict.fromkeys(f"{m} {f}" for m, f in zip(sub.metric, sub.flag.fillna("")) if f))
+        flags, warnings = candidate_notes(ranking, cand)
         row["flags"] = "; ".join(flags)
-        row["warnings"] = "; ".join(
-            dict.fromkeys(f"{m}: {w}" for m, w in zip(sub.metric, sub.warning) if isinstance(w, str) and w)
-        )
+        row["warnings"] = "; ".join(warnings)
         rows.append(row)
     out = pd.DataFrame(rows)
     if first and len(out):
         out = out.sort_values(first, ascending=False, kind="stable", na_position="last").reset_index(drop=True)
     return out
+
+
+def candidate_notes(ranking: Ranking, candidate: str) -> tuple[list[str], list[str]]:
+    """A candidate's flags (``"metric flag"``, once each) and its other warnings (``"metric: text"``,
+    once each). The reason of a flagged row is said once per metric by :func:`flag_sentences`, so it
+    is not repeated here."""
+    df = ranking.table
+    sub = df[df.candidate == candidate]
+    flag = sub.flag.fillna("").astype(str) if "flag" in df.columns else [""] * len(sub)
+    flags, warnings = [], []
+    for m, f, w in zip(sub.metric, flag, sub.warning):
+        if f:
+            flags.append(f"{m} {f}")
+        elif isinstance(w, str) and w:
+            warnings.append(w if w.startswith(str(m)) else f"{m}: {w}")
+    return list(dict.fromkeys(flags)), list(dict.fromkeys(warnings))
 
 
 def confidence_sentence(ranking: Ranking) -> str:

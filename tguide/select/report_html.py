@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tguide.select.report_data import (
     baseline_sentences,
+    candidate_notes,
     cell_flags,
     confidence_sentence,
     finite,
@@ -37,7 +38,7 @@ __all__ = ["render_html"]
 _CSS = """*{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
 main{max-width:1240px;margin:0 auto;padding:16px 20px 40px}
-h1{font-size:22px;margin:4px 0}h2{font-size:17px;margin:26px 0 8px}
+h1{font-size:22px;margin:4px 0}h2{font-size:17px;margin:0 0 10px}
 .sub{color:#57606a;margin:0 0 12px}
 section,.card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:14px 18px;margin:0 0 14px}
 .card{border-left:6px solid #1a7f37}.card.unsure{border-left-color:#bf8700}.card.none{border-left-color:#cf222e}
@@ -51,9 +52,12 @@ td,th{border-bottom:1px solid #e1e4e8;padding:5px 6px;text-align:right;overflow-
 th{font-size:12px;color:#424a53;background:#f6f8fa;vertical-align:bottom}
 .l{text-align:left}
 table.heat td{text-align:center;font-weight:600;border:2px solid #fff;padding:6px 2px}
-table.heat th{text-align:center;font-weight:600;line-height:1.2}table.heat th.first{color:#0550ae}
+table.heat th{text-align:center;font-weight:600;line-height:1.2;font-size:10.5px;padding:4px 1px}
+table.heat th.l{text-align:left;padding-left:6px}table.heat th.first{color:#0550ae}
 table.heat td.l{text-align:left;font-weight:400}
-td.flagged{background:repeating-linear-gradient(45deg,#eee,#eee 4px,#fff 4px,#fff 8px);color:#9a6700;font-size:11px}
+table.heat th,td.flagged{overflow-wrap:normal}
+td.flagged{font-weight:400;
+background:repeating-linear-gradient(45deg,#eee,#eee 4px,#fff 4px,#fff 8px);color:#9a6700;font-size:11px}
 tr.pickrow td:first-child{font-weight:700}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th:hover{background:#eaeef2}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
@@ -97,9 +101,17 @@ def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
-def _wrap(name: str) -> str:
-    """A metric name that may break after its underscores."""
-    return "_<wbr>".join(_e(p) for p in str(name).split("_"))
+def _wrap(name: Any) -> str:
+    """A metric or layer name that may break after its underscores and dots (and nowhere else)."""
+    return _e(name).replace("_", "_<wbr>").replace(".", ".<wbr>")
+
+
+def _millions(n: Any) -> str:
+    """A parameter count as ``4.2M`` / ``310k`` (``–`` when unknown)."""
+    if not finite(n):
+        return "–"
+    v = float(n)
+    return f"{v / 1e6:.1f}M" if v >= 1e6 else f"{v / 1e3:.0f}k" if v >= 1e3 else f"{v:.0f}"
 
 
 def _heat_color(t: float) -> tuple[str, str]:
@@ -161,8 +173,9 @@ def _heatmap(ranking: Ranking, order: list[str]) -> str:
     metrics = list(ranks.columns)
     first = metrics[0] if metrics else ""
     pick = ranking.pick.candidate if ranking.pick else None
-    cw = max(7.0, min(14.0, 80.0 / max(1, len(metrics))))
-    head = f'<th class="l" style="width:{100 - cw * len(metrics):.1f}%">candidate</th>' + "".join(
+    name_w = 20.0  # % of the width for the candidate's name, the rest shared by the scores
+    cw = min(12.0, (100.0 - name_w) / max(1, len(metrics)))
+    head = f'<th class="l" style="width:{100 - cw * len(metrics):.2f}%">candidate</th>' + "".join(
         f'<th class="{"first" if m == first else ""}" style="width:{cw:.2f}%">{_wrap(m)}</th>' for m in metrics
     )
     body = []
@@ -248,9 +261,9 @@ def _table(ranking: Ranking) -> str:
     baselines = [c for c in cols[3:] if c not in ("ci_low", "ci_high", "p_best", "flags", "warnings")]
     cands = ranking.candidates
     pick = ranking.pick.candidate if ranking.pick else None
-    widths = [("candidate", 15, "text"), ("best layer", 11, "text"), (first, 8, "num")]
+    widths = [("candidate", 15, "text"), ("best layer", 14, "text"), (first, 7, "num")]
     if has_ci:
-        widths.append(("90% interval", 12, "num"))
+        widths.append(("90% interval", 11, "num"))
     if has_p:
         widths.append(("P(best)", 6, "num"))
     widths += [(b, 7, "num") for b in baselines] + [("params", 7, "num")]
@@ -264,18 +277,19 @@ def _table(ranking: Ranking) -> str:
         info = cands.get(r.candidate, {})
         cells = [
             f'<td class="l" title="{_e(info.get("provenance", ""))}">{_e(r.candidate)}</td>',
-            f'<td class="l">{_e(r["best layer"])}</td>',
-            f'<td data-v="{r[first]}">{fmt(r[first])}</td>',
+            f'<td class="l">{_wrap(r["best layer"])}</td>',
+            f'<td data-v="{r[first]}">{fmt(r[first], 3)}</td>',
         ]
         if has_ci:
-            cells.append(f'<td data-v="{r.ci_low}">{fmt(r.ci_low)} – {fmt(r.ci_high)}</td>')
+            cells.append(f'<td data-v="{r.ci_low}">{fmt(r.ci_low, 3)} – {fmt(r.ci_high, 3)}</td>')
         if has_p:
             cells.append(f'<td data-v="{r.p_best}">{fmt(r.p_best, 2)}</td>')
-        cells += [f'<td data-v="{r[b]}">{fmt(r[b])}</td>' for b in baselines]
+        cells += [f'<td data-v="{r[b]}">{fmt(r[b], 3)}</td>' for b in baselines]
         params = info.get("num_params", "")
-        cells.append(f'<td data-v="{params}">{fmt(params, 3)}</td>')
-        badges = "".join(f'<span class="badge">{_e(f)}</span>' for f in r["flags"].split("; ") if f)
-        warns = "<br>".join(_e(w) for w in r["warnings"].split("; ") if w)
+        cells.append(f'<td data-v="{params}">{_millions(params)}</td>')
+        flags, warnings = candidate_notes(ranking, r.candidate)
+        badges = "".join(f'<span class="badge">{_e(f)}</span>' for f in flags)
+        warns = "<br>".join(_e(w) for w in warnings)
         cells.append(f'<td class="warn">{badges}{warns}</td>')
         cls = "candidate-row pickrow" if r.candidate == pick else "candidate-row"
         body.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
@@ -318,11 +332,11 @@ def _guided(rows: list[dict[str, Any]], ranking: Ranking) -> str:
         notes.append(f"Rank agreement needs ≥ 3 fine-tuned rows scored by {metric} (have {len(pairs)}).")
     head = (
         '<th class="l" data-type="text" style="width:15%">candidate</th>'
-        '<th class="l" data-type="text" style="width:12%">role</th>'
-        '<th class="l" data-type="text" style="width:13%">layer</th>'
-        '<th class="l" data-type="text" style="width:10%">metric</th>'
+        '<th class="l" data-type="text" style="width:17%">role</th>'
+        '<th class="l" data-type="text" style="width:11%">layer</th>'
+        '<th class="l" data-type="text" style="width:12%">metric</th>'
         '<th data-type="num" style="width:9%">predicted</th><th data-type="num" style="width:7%">P(best)</th>'
-        '<th data-type="num" style="width:7%">rank</th><th data-type="num" style="width:11%">test acc ± sd</th>'
+        '<th data-type="num" style="width:5%">rank</th><th data-type="num" style="width:11%">test acc ± sd</th>'
         f'<th data-type="num">realised ({lo:.2f} – {hi:.2f})</th>'
     )
     body = []
