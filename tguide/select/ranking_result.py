@@ -117,7 +117,7 @@ class Ranking:
     def write_report(self, out_dir: str | os.PathLike[str], *, wandb_run: Any = None) -> dict[str, Path]:
         """Write ``ranking.csv``, ``ranking.md`` and a self-contained ``report.html`` into ``out_dir``
         (atomically); returns ``{file name: path}``. Given a W&B run, also logs the tables."""
-        from tguide.select.report import write_reports
+        from tguide.select.report import write_report as write_reports
 
         return {p.name: p for p in write_reports(self, out_dir, wandb_run=wandb_run)}
 
