@@ -251,7 +251,8 @@ class LogME(StreamingMetric):
     route needs their N×N Gram).
 
     Args:
-        tol, max_iter: the evidence fixed point's limits. Other arguments: :class:`~tguide.metrics.stateful.base.FeatureMetric`.
+        tol, max_iter: the evidence fixed point's limits.
+        Other arguments: :class:`~tguide.metrics.stateful.base.FeatureMetric`.
     """
 
     statistics_type = GramStatistics
