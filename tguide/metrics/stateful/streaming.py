@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from tguide._deprecation import stacklevel_outside
+from tguide._warnings import stacklevel_outside
 from tguide.metrics._validate import as_tensor, check_features
 from tguide.metrics.functional.gbc import gbc, gbc_from_statistics
 from tguide.metrics.functional.hscore import (
