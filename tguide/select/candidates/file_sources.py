@@ -138,6 +138,8 @@ def ckpt_source(path_s: str) -> Candidate:
     channels = conv.in_channels if conv is not None else 1
     size = int(model_cfg.net.get("image_size") or (28 if channels == 1 else 32))
     data_target = str((cfg.get("data") or {}).get("_target_", "")) if cfg is not None else ""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     if "mnist" in data_target.lower():
         from tguide.data.mnist import MEAN, STD
 
