@@ -127,7 +127,7 @@ class ResumableCSVLogger(CSVLogger):
     resume_rows: int | None = None
 
     @property
-    def experiment(self) -> Any:  # type: ignore[override]
+    def experiment(self) -> Any:
         if self._experiment is None and self.resume_rows is not None and _is_rank_zero():
             self._fs.makedirs(self.root_dir, exist_ok=True)
             keep = None if self.resume_rows < 0 else self.resume_rows

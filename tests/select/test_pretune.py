@@ -1,5 +1,3 @@
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -129,29 +127,6 @@ def test_otce_head_copies_the_matched_source_rows():
     torch.testing.assert_close(head.weight[0], net.fc3.weight[2], atol=1e-4, rtol=0)
     torch.testing.assert_close(head.weight[1], net.fc3.weight[1], atol=1e-4, rtol=0)
     torch.testing.assert_close(head.bias, net.fc3.bias[[2, 1]], atol=1e-4, rtol=0)
-
-
-def test_old_argument_names_still_work_with_a_deprecation_warning():
-    torch.manual_seed(0)
-    xs, xt = torch.randn(12, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
-    ys, yt = torch.arange(12) % 3, torch.arange(6) % 2
-    new = otce_task_loss(xs, ys, xt, yt)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        old = otce_task_loss(src_features=xs, src_labels=ys, tgt_features=xt, tgt_labels=yt)
-    assert float(old) == float(new)
-    assert {str(w.message).split("`")[1] for w in caught if w.category is DeprecationWarning} == {
-        "src_features", "src_labels", "tgt_features", "tgt_labels"}
-    net_a, net_b = LeNet5(), LeNet5()
-    net_b.load_state_dict(net_a.state_dict())
-    x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 4
-    t, u = torch.randn(6, 1, 28, 28), torch.arange(6) % 2
-    ha = otce_pretune(net_a, x, y, t, u, steps=2, batch=8, max_iter=20)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        hb = otce_pretune(net_b, src_x=x, src_y=y, tgt_x=t, tgt_y=u, steps=2, src_batch=8, max_iter=20)
-    assert ha == hb
-    assert "src_batch" in {str(w.message).split("`")[1] for w in caught if w.category is DeprecationWarning}
 
 
 class _SmallCNN(torch.nn.Module):

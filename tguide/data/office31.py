@@ -36,7 +36,7 @@ def _square(im: object, size: int) -> np.ndarray:
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
     im = im.convert("RGB").crop((left, top, left + side, top + side))
-    return np.asarray(im.resize((size, size), Image.BILINEAR, reducing_gap=None), dtype=np.uint8)
+    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.uint8)
 
 
 @lru_cache(maxsize=4)

@@ -9,7 +9,7 @@ the class id and the class's own samples (adding a class does not reshuffle the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -22,7 +22,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_SEED = 0
 
 #: per-class counts (ints), fractions summing to 1 (floats), or ``class size -> per-class counts``
-SplitSpec = Union[Sequence[int], Sequence[float], Callable[[int], Sequence[int]]]
+SplitSpec = Sequence[int] | Sequence[float] | Callable[[int], Sequence[int]]
 
 
 class SplitError(TGuideError, ValueError):

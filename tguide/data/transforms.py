@@ -68,7 +68,7 @@ class PadResize:
         w, h = im.size
         scale = self.inner / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        im = im.resize((nw, nh), Image.BILINEAR)
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
         canvas = Image.new(im.mode, (self.size, self.size), 0)
         canvas.paste(im, ((self.size - nw) // 2, (self.size - nh) // 2))
         return canvas

@@ -271,7 +271,7 @@ def extract_features(
             labels.append(integer_labels(y.reshape(-1), "labels"))
             seen += b
     if progress and hasattr(batches, "close"):
-        batches.close()  # type: ignore[union-attr]
+        batches.close()
     if seen == 0:
         raise ValueError("`loader` yielded no samples; pass a non-empty probe loader.")
     lab = torch.cat(labels).cpu()

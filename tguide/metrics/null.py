@@ -167,6 +167,7 @@ def _otce_null(
         seed=seed,
         **kwargs,
     )
+    assert res.null is not None  # correction="null" always sets it
     return res.null.score, res.null.null
 
 

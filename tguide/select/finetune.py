@@ -14,7 +14,8 @@ head), a cosine learning-rate schedule over all training steps, and accuracy fro
 so checkpoints (best ``val/acc``), loggers and the run folder are those of any ``tguide.fit`` run.
 
 ``pretune="otce"`` adds the :class:`tguide.select.pretune_callback.OTCEPretune` callback (the OTCE
-pre-fine-tune, :func:`tguide.select.pretune.otce_pretune`, Tan et al., CVPR 2021), which runs in ``on_fit_start``: the backbone is moved to minimise
+pre-fine-tune, :func:`tguide.select.pretune.otce_pretune`, Tan et al., CVPR 2021), which runs in
+``on_fit_start``: the backbone is moved to minimise
 :math:`W_T = H(Y_t \mid Y_s)` between source samples and the training shots, then ordinary
 fine-tuning starts. The **source samples** come from ``pretune_source`` when given (a named dataset of
 :func:`tguide.data.image_folder.load_target` — ``mnist``, ``cifar10``, ``usps``, ``mnist_m``,
@@ -219,7 +220,10 @@ class FineTuner(ClassificationModule):
         self.pretune_history = list(checkpoint.get("pretune_history") or [])
 
     def run_pretune(self) -> list[float]:
-        """Step 1 of OTCE fine-tuning on the backbone (in place, under the attached Trainer); returns the W_T history."""
+        """Step 1 of OTCE fine-tuning on the backbone (in place, under the attached Trainer).
+
+        Returns the W_T history.
+        """
         self.pretune_history = self.pretune_callback().run(self.trainer, self)
         return self.pretune_history
 

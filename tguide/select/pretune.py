@@ -35,7 +35,6 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from tguide._deprecation import renamed_arguments
 from tguide.features import eval_mode
 from tguide.metrics._validate import check_labels
 from tguide.metrics.functional.otce import OTCEConvergenceWarning, otce_coupling, squared_euclidean, task_distance
@@ -65,12 +64,6 @@ def _normalise(f: Tensor, normalise: str) -> Tensor:
 # ----------------------------------------------------------------------------- the loss
 
 
-@renamed_arguments(
-    src_features="source_features",
-    src_labels="source_labels",
-    tgt_features="target_features",
-    tgt_labels="target_labels",
-)
 def otce_task_loss(
     source_features: Tensor,
     source_labels: Tensor,
@@ -201,9 +194,6 @@ def _device(module: nn.Module) -> torch.device:
 # ----------------------------------------------------------------------------- step 1
 
 
-@renamed_arguments(
-    net="backbone", src_x="source_x", src_y="source_y", tgt_x="target_x", tgt_y="target_y", src_batch="batch"
-)
 def otce_pretune(
     backbone: nn.Module,
     source_x: Tensor,
@@ -296,9 +286,6 @@ def otce_pretune(
 
 
 @torch.no_grad()
-@renamed_arguments(
-    net="backbone", src_x="source_x", src_y="source_y", tgt_x="target_x", tgt_y="target_y", n_classes="num_classes"
-)
 def otce_head(
     backbone: nn.Module,
     source_x: Tensor,
@@ -352,7 +339,6 @@ def otce_head(
 # ----------------------------------------------------------------------------- step 2 (full batch)
 
 
-@renamed_arguments(n_classes="num_classes")
 def finetune(
     net: nn.Module,
     x: Tensor,

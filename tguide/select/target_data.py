@@ -144,7 +144,8 @@ def target_datamodule(
 
     Args:
         root: a named target (the fixed splits of :data:`tguide.data.targets.TARGETS`: ``cifar10``,
-            ``office31_webcam``, ``office31_amazon``, ``mnist_m``, ``usps``, ``mnist``) or an image folder (``<class>/<image>`` or ``train/ val/ test/`` splits,
+            ``office31_webcam``, ``office31_amazon``, ``mnist_m``, ``usps``, ``mnist``) or an image folder
+            (``<class>/<image>`` or ``train/ val/ test/`` splits,
             :class:`~tguide.data.image_folder.ImageFolderDataModule`).
         transform: PIL image → tensor; default the transform of ``candidate``.
         candidate: a candidate spec (used only for its transform).

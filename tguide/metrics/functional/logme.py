@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tguide._deprecation import stacklevel_outside
+from tguide._warnings import stacklevel_outside
 from tguide.metrics._validate import check_features, check_labels
 from tguide.metrics.statistics import GramStatistics
 

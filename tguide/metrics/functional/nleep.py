@@ -133,7 +133,7 @@ def fit_gaussian_mixture(
         weights, means, var = (t.to(x.device, x.dtype) for t in init)
     lower = -math.inf
     converged, it = False, 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (``it`` is reported after the loop)
         lj = _log_joint(x, weights, means, var)
         norm = torch.logsumexp(lj, dim=1, keepdim=True)
         resp = torch.exp(lj - norm)

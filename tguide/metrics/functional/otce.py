@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tguide._deprecation import stacklevel_outside
+from tguide._warnings import stacklevel_outside
 from tguide.metrics._subset import check_max_samples, stratified_subset
 from tguide.metrics._validate import as_tensor, check_features, check_labels
 from tguide.metrics.functional.permutation import NullCalibrated, calibrate, check_correction, label_permutations

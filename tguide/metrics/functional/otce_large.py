@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tguide._deprecation import stacklevel_outside
+from tguide._warnings import stacklevel_outside
 from tguide.metrics._validate import check_labels
 from tguide.metrics.functional.otce import (
     OTCEConvergenceWarning,

@@ -60,7 +60,7 @@ def coding_rate(z: Tensor, eps: float = 1e-4) -> Tensor:
 
 
 def _check_eps(eps: Any) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and float(eps) > 0):
         raise ValueError(f"`eps` must be a positive finite float (the coding-rate distortion), got {eps!r}.")
     return float(eps)
 

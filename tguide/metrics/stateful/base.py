@@ -87,6 +87,12 @@ class FeatureMetric(Metric):
     higher_is_better: bool = True
     full_state_update: bool = False
     _fields: ClassVar[tuple[str, ...]] = ("features", "labels")
+    # set in __init__ (declared here: torchmetrics' Metric.__setattr__ hides them from mypy)
+    max_stored: int | None
+    seed: int
+    null: int | None
+    null_seed: int
+    _gen: torch.Generator
 
     def __init__(
         self, max_stored: int | None = None, seed: int = 0, null: int | None = None, null_seed: int = 0, **kwargs: Any
@@ -135,7 +141,8 @@ class FeatureMetric(Metric):
     def _reservoir_add(self, rows: tuple[Tensor, ...], group: int) -> None:
         r"""Algorithm R on a batch: sample number ``t`` (0-based, ``t ≥ cap``) replaces a
         uniform slot with probability ``cap/(t+1)``; later samples win a contested slot."""
-        cap = int(self.max_stored)  # type: ignore[arg-type]
+        cap = self.max_stored
+        assert cap is not None, "the reservoir is used only with max_stored (see _store)"
         if group not in self._slot:
             self._slot[group] = len(getattr(self, self._fields[0]))
             for name, r in zip(self._fields, rows):
@@ -184,7 +191,7 @@ class FeatureMetric(Metric):
         self._slot.clear()
         self._gen.manual_seed(self.seed)
 
-    def forward(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def forward(self, *args: Any, **kwargs: Any) -> None:
         """Update only (no per-batch score); returns ``None``."""
         self.update(*args, **kwargs)
 
@@ -206,7 +213,7 @@ class FeatureMetric(Metric):
 class FeaturesLabelsMetric(FeatureMetric):
     """Metrics of ``(features (N, D), labels (N,))``."""
 
-    def update(self, features: Any, labels: Any) -> None:  # type: ignore[override]
+    def update(self, features: Any, labels: Any) -> None:
         """Add a batch: ``features (B, D)`` of one layer and their ``labels (B,)``."""
         x = check_features(features, "features").detach()
         y = batch_labels(labels, x.shape[0], "labels", x.device)

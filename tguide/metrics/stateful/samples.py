@@ -33,7 +33,7 @@ class LEEP(FeatureMetric):
 
     _fields: ClassVar[tuple[str, ...]] = ("source_probs", "labels")
 
-    def update(self, source_probs: Any, labels: Any) -> None:  # type: ignore[override]
+    def update(self, source_probs: Any, labels: Any) -> None:
         """Add a batch: source-model probabilities ``(B, Cs)`` (rows sum to 1) and target labels ``(B,)``."""
         p = check_probs(source_probs, "source_probs").detach()
         y = batch_labels(labels, p.shape[0], "labels", p.device)
@@ -91,7 +91,7 @@ class OTCE(FeatureMetric):
         self.otce_max_iter = max_iter
         self.tol = tol
 
-    def update(self, features: Any, labels: Any, domain: str) -> None:  # type: ignore[override]
+    def update(self, features: Any, labels: Any, domain: str) -> None:
         """Add a batch of one domain: ``features (B, D)``, ``labels (B,)``, ``domain`` "source" or "target"."""
         if domain not in _DOMAINS:
             raise ValueError(f"`domain` must be 'source' or 'target', got {domain!r}.")

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from tguide._deprecation import stacklevel_outside
+from tguide._warnings import stacklevel_outside
 from tguide.metrics._validate import as_tensor, check_features
 from tguide.metrics.functional.gbc import gbc, gbc_from_statistics
 from tguide.metrics.functional.hscore import (
@@ -95,10 +95,11 @@ class StreamingMetric(FeaturesLabelsMetric):
                 stacklevel=stacklevel_outside("tguide.metrics"),
             )
         self._ndim: dict[str, int] = {}
-        self._dtype: dict[str, torch.dtype] = {}
+        # not ``_dtype``: torchmetrics' Metric keeps its own default dtype under that name
+        self._state_dtypes: dict[str, torch.dtype] = {}
         for name, ndim, dtype in self.statistics_type().state_names():
             self.add_state(name, default=[], dist_reduce_fx=None)
-            self._ndim[name], self._dtype[name] = ndim, dtype
+            self._ndim[name], self._state_dtypes[name] = ndim, dtype
 
     # ------------------------------------------------------------------ statistics <-> states
     def _entries(self) -> list[Statistics]:
@@ -129,7 +130,7 @@ class StreamingMetric(FeaturesLabelsMetric):
         x = check_features(a, "features").detach()
         return self.statistics_type.from_samples(owned(x, a), batch_labels(b, x.shape[0], "labels", x.device))
 
-    def update(self, features: Any, labels: Any) -> None:  # type: ignore[override]
+    def update(self, features: Any, labels: Any) -> None:
         """Add a batch: ``features (B, D)`` of one layer and their ``labels (B,)``."""
         if not self.streaming:
             super().update(features, labels)
@@ -139,13 +140,13 @@ class StreamingMetric(FeaturesLabelsMetric):
         stats._merge_(self._batch(features, labels))
         self._set(stats)
 
-    def _sync_dist(self, dist_sync_fn: Callable = None, process_group: Any = None) -> None:  # type: ignore[override]
+    def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any = None) -> None:
         """Give every empty statistic an empty placeholder (so a process without data can gather)."""
         if self.streaming:
             for name, ndim in self._ndim.items():
                 lst = getattr(self, name)
                 if isinstance(lst, list) and not lst:
-                    lst.append(torch.zeros((0,) * ndim, dtype=self._dtype[name], device=self.device))
+                    lst.append(torch.zeros((0,) * ndim, dtype=self._state_dtypes[name], device=self.device))
         kwargs = {} if dist_sync_fn is None else {"dist_sync_fn": dist_sync_fn}
         super()._sync_dist(process_group=process_group, **kwargs)
 
@@ -251,7 +252,8 @@ class LogME(StreamingMetric):
     route needs their N×N Gram).
 
     Args:
-        tol, max_iter: the evidence fixed point's limits. Other arguments: :class:`~tguide.metrics.stateful.base.FeatureMetric`.
+        tol, max_iter: the evidence fixed point's limits.
+        Other arguments: :class:`~tguide.metrics.stateful.base.FeatureMetric`.
     """
 
     statistics_type = GramStatistics
@@ -323,7 +325,7 @@ class NCE(StreamingMetric):
         z = batch_labels(a, n, "source_labels", z.device)
         return LabelPairCounts.from_samples(z, batch_labels(b, n, "labels", z.device))
 
-    def update(self, source_labels: Any, labels: Any) -> None:  # type: ignore[override]
+    def update(self, source_labels: Any, labels: Any) -> None:
         """Add a batch: source-task labels ``(B,)`` (e.g. the source model's argmax) and target labels ``(B,)``."""
         if self.streaming:
             super().update(source_labels, labels)

@@ -103,9 +103,8 @@ def ckpt_source(path_s: str) -> Candidate:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001
-        raise CandidateError(
-            f"cannot load checkpoint {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from err
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise CandidateError(f"cannot load checkpoint {str(path)!r}: {type(err).__name__}: {first_line}") from err
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise CandidateError(
             f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'); for a plain state dict use file:PATH#ARCH"
@@ -139,6 +138,8 @@ def ckpt_source(path_s: str) -> Candidate:
     channels = conv.in_channels if conv is not None else 1
     size = int(model_cfg.net.get("image_size") or (28 if channels == 1 else 32))
     data_target = str((cfg.get("data") or {}).get("_target_", "")) if cfg is not None else ""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     if "mnist" in data_target.lower():
         from tguide.data.mnist import MEAN, STD
 

@@ -119,7 +119,7 @@ def timm_source(rest: str) -> Candidate:
     """``NAME`` (pretrained, from the local cache) or ``NAME:random`` (seeded random init)."""
     name, _, option = rest.partition(":")
     try:
-        import timm  # type: ignore[import-not-found]
+        import timm
     except ImportError:
         raise CandidateError(f"timm:{name}: timm is not installed; pip install timm") from None
     pretrained = option != "random"
@@ -149,7 +149,7 @@ def timm_source(rest: str) -> Candidate:
 
 def _timm_names() -> list[str]:
     try:
-        import timm  # type: ignore[import-not-found]
+        import timm
     except ImportError:
         return []
     return list(timm.list_models())

@@ -1,4 +1,6 @@
-r"""Synthetic noise models for denoising, seedable, applied on the fly (Noise2Noise, Patil 2022, denoising transferability).
+r"""Synthetic noise models for denoising, seedable, applied on the fly.
+
+(Noise2Noise, Patil 2022, denoising transferability.)
 
 Images are float tensors in [0, 1] of shape ``(..., C, H, W)``. Every model draws from an
 explicit :class:`torch.Generator`, so a run is reproducible from its seed.

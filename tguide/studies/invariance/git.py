@@ -15,7 +15,8 @@ pixels; the image is then produced by the family's differentiable ``apply``:
     z \sim q_\phi(z\mid x, x') = \mathcal N(\mu_\phi(x,x'), \sigma^2_\phi(x,x')),\quad
     \theta = g_\psi(x, z),\quad \tilde x = T_\theta(x),
 
-    \mathcal L = \big\| B * T_{\theta}(x) - B * x' \big\|_2^2 + \beta\,\mathrm{KL}\big(q_\phi(z\mid x,x')\,\|\,\mathcal N(0, I)\big),
+    \mathcal L = \big\| B * T_{\theta}(x) - B * x' \big\|_2^2
+    + \beta\,\mathrm{KL}\big(q_\phi(z\mid x,x')\,\|\,\mathcal N(0, I)\big),
 
 with :math:`B` a Gaussian blur (σ = 1.5 px: two handwritings of the same digit only align
 coarsely) and ``(x, x')`` two *different* training images of the *same* class. It is trained only

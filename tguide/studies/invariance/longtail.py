@@ -183,7 +183,7 @@ class LongTailMNISTDataModule(L.LightningDataModule):
         gen = torch.Generator().manual_seed(self.seed + 1)
         if self.sampler == "class_balanced":
             sampler = WeightedRandomSampler(
-                self._weights(), num_samples=len(self.train_set), replacement=True, generator=gen
+                self._weights().tolist(), num_samples=len(self.train_set), replacement=True, generator=gen
             )
             return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
         return DataLoader(
@@ -192,10 +192,12 @@ class LongTailMNISTDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
+        assert self.val_set is not None
         return DataLoader(self.val_set, batch_size=4 * self.batch_size, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
+        assert self.test_set is not None
         return DataLoader(self.test_set, batch_size=4 * self.batch_size, num_workers=self.num_workers)
 
     def invariance_dataloader(self, split: str = "val") -> DataLoader:
@@ -208,4 +210,4 @@ class LongTailMNISTDataModule(L.LightningDataModule):
     def bucket_of(self, head_above: int = 50, tail_at_most: int = 10) -> dict[str, list[int]]:
         """Classes by training size: ``head`` (> ``head_above``), ``tail`` (≤ ``tail_at_most``), ``mid``."""
         self.setup()
-        return size_buckets(self.class_counts, head_above, tail_at_most)  # type: ignore[arg-type]
+        return size_buckets(self.class_counts, head_above, tail_at_most)

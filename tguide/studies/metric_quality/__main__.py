@@ -1,4 +1,7 @@
-"""``python -m tguide.studies.metric_quality [--quick] [--out DIR] ...``: see :mod:`tguide.studies.metric_quality.run`."""
+"""``python -m tguide.studies.metric_quality [--quick] [--out DIR] ...``.
+
+See :mod:`tguide.studies.metric_quality.run`.
+"""
 
 import sys
 

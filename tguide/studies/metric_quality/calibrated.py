@@ -1,6 +1,7 @@
 """Calibrated scores as extra rows of the metric-quality benchmark.
 
-    TGUIDE_DATA=../shared/data .venv/bin/python -m tguide.studies.metric_quality --extra-scores tguide/studies/metric_quality/calibrated.py
+    TGUIDE_DATA=../shared/data .venv/bin/python -m tguide.studies.metric_quality \
+        --extra-scores tguide/studies/metric_quality/calibrated.py
 
 Adds, per (source, target, layer):
 

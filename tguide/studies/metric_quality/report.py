@@ -69,7 +69,10 @@ def score_table(score_rows: list[dict[str, Any]]) -> tuple[dict, dict]:
             secs[r["score"]].append(r["seconds"])
             pen[r["target"]][r["source"]] = r["layer"]
     values = {
-        t: {s: {src: {l: _mean(v) for l, v in layers.items()} for src, layers in d2.items()} for s, d2 in d1.items()}
+        t: {
+            s: {src: {layer: _mean(v) for layer, v in layers.items()} for src, layers in d2.items()}
+            for s, d2 in d1.items()
+        }
         for t, d1 in acc.items()
     }
     for t in values:
@@ -160,7 +163,8 @@ def write_report(
         "",
         "| score | "
         + " | ".join(f"wτ {t}" for t in targets)
-        + " | mean Pearson | mean Spearman | mean Kendall | mean wτ | top-1 | mean regret | s/score | fine-tune s | × cheaper |",
+        + " | mean Pearson | mean Spearman | mean Kendall | mean wτ | top-1 | mean regret"
+        + " | s/score | fine-tune s | × cheaper |",
         "|---|" + "---|" * (len(targets) + 9),
     ]
     for s in sorted(names, key=lambda k: -np.nan_to_num(summary[k]["weighted_tau"], nan=-9)):
@@ -170,7 +174,8 @@ def write_report(
             f"| {s} | "
             + " | ".join(cells)
             + f" | {sm['pearson']:+.2f} | {sm['spearman']:+.2f} | {sm['kendall']:+.2f} | "
-            f"**{sm['weighted_tau']:+.2f}** | {sm['top1']:.2f} | {sm['regret']:.3f} | {sm['seconds']:.3f} | {ft_mean:.1f} | {sm['speedup']:.0f} |"
+            f"**{sm['weighted_tau']:+.2f}** | {sm['top1']:.2f} | {sm['regret']:.3f} | "
+            f"{sm['seconds']:.3f} | {ft_mean:.1f} | {sm['speedup']:.0f} |"
         )
     lines += [
         "",
@@ -189,7 +194,8 @@ def write_report(
             if s in per_target[t]:
                 r = per_target[t][s]
                 lines.append(
-                    f"| {s} | {int(r['n'])} | {r['pearson']:+.3f} | {r['spearman']:+.3f} | {r['kendall']:+.3f} | {r['weighted_tau']:+.3f} | {r['top1']:.0f} | {r['regret']:.3f} |"
+                    f"| {s} | {int(r['n'])} | {r['pearson']:+.3f} | {r['spearman']:+.3f} | {r['kendall']:+.3f} | "
+                    f"{r['weighted_tau']:+.3f} | {r['top1']:.0f} | {r['regret']:.3f} |"
                 )
         lines.append("")
     sources = sorted(zoo_meta)
@@ -206,9 +212,8 @@ def write_report(
             for t in targets
         ]
         lines.append(
-            f"| {src} | {m['arch']}{m['width'] if m['arch'] != 'lenet' else ''} | {m['data']} | {m['held_out_acc']:.3f} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {src} | {m['arch']}{m['width'] if m['arch'] != 'lenet' else ''} | {m['data']} | "
+            f"{m['held_out_acc']:.3f} | " + " | ".join(cells) + " |"
         )
     lines += [
         "",
@@ -264,10 +269,10 @@ def layer_selection(gt: dict, values: dict, scores: Sequence[str]) -> dict[str, 
             base_reg.append(best - acc[pen])
             for s in scores:
                 sv = values.get(t, {}).get(s, {}).get(src, {})
-                common = [l for l in layers if l in sv and not math.isnan(sv[l])]
+                common = [layer for layer in layers if layer in sv and not math.isnan(sv[layer])]
                 if len(common) < 2:
                     continue
-                x, y = [sv[l] for l in common], [acc[l] for l in common]
+                x, y = [sv[layer] for layer in common], [acc[layer] for layer in common]
                 res[s]["top1"].append(top1(x, y))
                 res[s]["regret"].append(regret(x, y))
                 k = kendall(x, y)

@@ -9,7 +9,8 @@ Adding a score is one entry::
         return float(...)               # higher = more transferable
 
 and rerunning ``python -m tguide.studies.metric_quality`` (or keep the entries in a file of your own and pass it with
-``--extra-scores FILE.py``, as ``calibrated.py`` does for the calibrated scores): features are cached, so only the new score is computed
+``--extra-scores FILE.py``, as ``calibrated.py`` does for the calibrated scores): features are cached, so only the
+new score is computed
 for every (source, target, layer) and the tables get a new row. Entries in :data:`LAYER_FREE`
 use only the source model's final outputs (LEEP, NCE), so they are left out of layer selection.
 

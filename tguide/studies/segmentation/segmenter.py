@@ -5,8 +5,10 @@ Batches are ``(image (B, 3, H, W), label (B, H, W))`` with labels 0/1 and ``igno
 
 .. math::
 
-    \\mathcal{L} = \\underbrace{-\\frac{1}{|V|}\\sum_{p\\in V} y_p\\log\\sigma(z_p) + (1-y_p)\\log(1-\\sigma(z_p))}_{\\text{BCE}}
-    + \\underbrace{1 - \\frac{2\\sum_{p\\in V}\\sigma(z_p)\\,y_p + 1}{\\sum_{p\\in V}\\sigma(z_p) + \\sum_{p\\in V} y_p + 1}}_{\\text{soft Dice}}
+    \\mathcal{L} = \\underbrace{-\\frac{1}{|V|}\\sum_{p\\in V} y_p\\log\\sigma(z_p)
+    + (1-y_p)\\log(1-\\sigma(z_p))}_{\\text{BCE}}
+    + \\underbrace{1 - \\frac{2\\sum_{p\\in V}\\sigma(z_p)\\,y_p + 1}
+    {\\sum_{p\\in V}\\sigma(z_p) + \\sum_{p\\in V} y_p + 1}}_{\\text{soft Dice}}
 
 over the labelled pixels ``V`` of the batch (Milletari et al. 2016 for the soft Dice). Metrics
 (torchmetrics, ``ignore_index`` honoured): Dice = binary F1 at threshold 0.5 over all FOV pixels

@@ -29,7 +29,10 @@ def coordinate_grid(height: int, width: int) -> Tensor:
 
 
 def image_to_pixels(image: Tensor) -> Tensor:
-    """uint8 ``(C, H, W)`` (or float in [0, 1]) → float32 ``(H*W, C)`` in ``[-1, 1]``; ``(N, C, H, W)`` → ``(N, H*W, C)``."""
+    """uint8 ``(C, H, W)`` (or float in [0, 1]) → float32 ``(H*W, C)`` in ``[-1, 1]``.
+
+    A batch ``(N, C, H, W)`` gives ``(N, H*W, C)``.
+    """
     if image.dim() not in (3, 4):
         raise ValueError(f"image must be (C, H, W) or (N, C, H, W), got shape {tuple(image.shape)}")
     x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()

@@ -148,24 +148,24 @@ class BatchedSiren(nn.Module):
 
     def _layers(self, net: Siren) -> list[nn.Linear]:
         lin = [m.linear if isinstance(m, SineLayer) else m for m in net.net]
-        if len(lin) != len(self.weights) or any(l.weight.shape != w.shape[1:] for l, w in zip(lin, self.weights)):
+        if len(lin) != len(self.weights) or any(lay.weight.shape != w.shape[1:] for lay, w in zip(lin, self.weights)):
             raise ValueError(f"Siren shape does not match this BatchedSiren {self.shape}")
         return lin
 
     @torch.no_grad()
     def load_member(self, m: int, net: Siren) -> None:
         """Copy ``net``'s parameters into member ``m``."""
-        for l, w, b in zip(self._layers(net), self.weights, self.biases):
-            w[m].copy_(l.weight)
-            b[m, 0].copy_(l.bias)
+        for lay, w, b in zip(self._layers(net), self.weights, self.biases):
+            w[m].copy_(lay.weight)
+            b[m, 0].copy_(lay.bias)
 
     @torch.no_grad()
     def member(self, m: int) -> Siren:
         """Member ``m`` as a stand-alone :class:`Siren` (a copy)."""
         net = Siren(*self.shape, omega0=self.omega0)
-        for l, w, b in zip(self._layers(net), self.weights, self.biases):
-            l.weight.copy_(w[m])
-            l.bias.copy_(b[m, 0])
+        for lay, w, b in zip(self._layers(net), self.weights, self.biases):
+            lay.weight.copy_(w[m])
+            lay.bias.copy_(b[m, 0])
         return net
 
     @torch.no_grad()

@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from tguide.select.correlation import kendall, pearson, weighted_tau
 
@@ -53,7 +54,7 @@ def _aligned(
     return keys, np.array([scores[k] for k in keys], float), np.array([truth[k] for k in keys], float)
 
 
-def topk_hit(scores: Sequence[float], truth: Sequence[float], k: int) -> float:
+def topk_hit(scores: ArrayLike, truth: ArrayLike, k: int) -> float:
     """1.0 when a truly best item (ties count) is among the ``k`` best-scored items, else 0.0."""
     s, t = np.asarray(scores, float), np.asarray(truth, float)
     if s.shape != t.shape or s.size == 0:
@@ -62,7 +63,7 @@ def topk_hit(scores: Sequence[float], truth: Sequence[float], k: int) -> float:
     return float(t[top].max() >= t.max())
 
 
-def relative_top_accuracy(scores: Sequence[float], truth: Sequence[float]) -> float:
+def relative_top_accuracy(scores: ArrayLike, truth: ArrayLike) -> float:
     """``truth[argmax scores] / max(truth)``: 1.0 when the score picks the best item."""
     s, t = np.asarray(scores, float), np.asarray(truth, float)
     if t.max() <= 0:

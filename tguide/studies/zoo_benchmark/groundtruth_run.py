@@ -1,8 +1,9 @@
 """Ground truth of the zoo benchmark on the real zoo: linear probe + fine-tuning accuracy.
 
     OMP_NUM_THREADS=1 TGUIDE_DATA=../shared/data python -m tguide.studies.zoo_benchmark groundtruth --estimate
-    OMP_NUM_THREADS=1 TGUIDE_DATA=../shared/data nohup python -m tguide.studies.zoo_benchmark groundtruth > gt.log 2>&1 &
-    python -m tguide.studies.zoo_benchmark groundtruth --quick --out /tmp/gt_quick     # < 1 min smoke run
+    OMP_NUM_THREADS=1 TGUIDE_DATA=../shared/data nohup \
+        python -m tguide.studies.zoo_benchmark groundtruth > gt.log 2>&1 &
+    python -m tguide.studies.zoo_benchmark groundtruth --quick --out /tmp/gt_quick  # < 1 min smoke run
     python -m tguide.studies.zoo_benchmark groundtruth --report-only                   # CSV/markdown from the runs file
 
 The protocol (fixed before any transferability score was computed) is
