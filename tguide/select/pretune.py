@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from tguide._deprecation import renamed_arguments
-from tguide.features import eval_mode
+from tguide.features import eval_mode, modules_entered
 from tguide.metrics._validate import check_labels
 from tguide.metrics.functional.otce import OTCEConvergenceWarning, otce_coupling, squared_euclidean, task_distance
 from tguide.models.tensor_fit import fit_tensors
@@ -137,14 +137,8 @@ def feature_extractor(backbone: nn.Module) -> nn.Module:
 
 def _parameters_used(module: nn.Module, x: Tensor) -> set[int]:
     """ids of the parameters owned by the modules that a forward pass on ``x`` enters (eval, no grad)."""
-    ran: list[nn.Module] = []
-    handles = [m.register_forward_pre_hook(lambda m, _a: ran.append(m)) for m in module.modules()]
-    try:
-        with eval_mode(module), torch.no_grad():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with modules_entered(module) as ran, eval_mode(module), torch.no_grad():
+        module(x)
     return {id(p) for m in ran for p in m.parameters(recurse=False)}
 
 
