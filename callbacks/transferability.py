@@ -9,8 +9,10 @@
 2. runs the model in eval mode under ``torch.no_grad()`` and captures the named layers with
    the one forward-hook capture (:mod:`tguide.features`); the previous train/eval mode of
    every submodule is restored;
-3. gathers every rank's rows (``all_gather`` with padding, so unequal shares do not hang)
-   and puts them back in the one-process order;
+3. merges every rank's sufficient statistics for the statistics-based scores (H-score, LogME,
+   TransRate, GBC, NCE: :mod:`tguide.probe_statistics`, no feature gather) and gathers every
+   rank's rows for the scores that need the samples (OTCE, SFDA, NCTI, kNN, LEEP, ...;
+   ``all_gather`` with padding, so unequal shares do not hang, put back in the one-process order);
 4. rank 0 calls the functions of :mod:`tguide.metrics` (no formula lives here) and
    broadcasts the scores, so that every rank logs the same numbers.
 

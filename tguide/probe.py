@@ -7,13 +7,17 @@ a fixed probe subset:
 1. draws a fixed probe subset (seeded, the same every call) of the target loader and, for
    OTCE, of the source loader: ``max_samples`` is a class-stratified random subset
    (:func:`tguide.metrics._subset.stratified_subset`) whenever the dataset exposes its labels
-   (:func:`tguide.features.extract.dataset_labels`), else a uniform one (see :func:`_probe_share`);
-   under DDP every rank reads its share of it;
+   (:func:`tguide.features.extract.dataset_labels`), else a uniform one
+   (:func:`tguide.probe_subset.probe_share`); under DDP every rank reads its share of it;
 2. runs the model in eval mode under ``torch.no_grad()`` and captures the named layers with
    the one forward-hook capture (:mod:`tguide.features.extract`, :mod:`tguide.features.pixels`);
    the previous train/eval mode of every submodule is restored;
-3. gathers every rank's rows (``all_gather`` with padding, so unequal shares do not hang)
-   and puts them back in the one-process order;
+3. for the scores computed from sufficient statistics (H-score, LogME, TransRate, GBC, NCE:
+   :mod:`tguide.probe_statistics`) every rank builds the statistics of its share and the
+   ranks' statistics are merged, with no feature gather; for the scores that need the samples
+   (OTCE, SFDA, NCTI, kNN, LEEP, ..., and every score under ``null``) every rank's rows are
+   gathered (``all_gather`` with padding, so unequal shares do not hang) and put back in the
+   one-process order;
 4. rank 0 calls the functions of :mod:`tguide.metrics` (no formula lives here) and
    broadcasts the scores, so that every rank returns the same numbers.
 
@@ -29,14 +33,24 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset, Subset
+from torch.utils.data import DataLoader
 
-from tguide.features.extract import FeatureSet, Unpack, dataset_labels, extract_features
+from tguide.features.extract import FeatureSet, Unpack, extract_features
 from tguide.features.layers import OUTPUT, resolve_layers
 from tguide.features.pixels import extract_pixel_features
 from tguide.features.pooling import PoolSpec
-from tguide.metrics._subset import stratified_subset
 from tguide.metrics.registry import METRICS, MetricInfo
+from tguide.metrics.statistics import Statistics
+from tguide.probe_statistics import (
+    StatisticsKey,
+    gather_errors,
+    local_statistics,
+    merge_across_ranks,
+    source_probabilities,
+    statistics_key,
+    uses_statistics,
+)
+from tguide.probe_subset import probe_share
 
 __all__ = ["DEFAULT_METRIC_KWARGS", "resolve_metric", "check_metric_kwargs", "transferability_scores"]
 
@@ -60,75 +74,6 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-_UNIFORM_WARNED: set[str] = set()  # datasets (by type) already warned about a uniform probe subset
-
-
-def _probe_ids(dataset: Any, n: int, max_samples: int | None, seed: int, what: str, stratify: bool) -> Tensor:
-    """The sorted dataset positions of the probe subset: all ``n``, a stratified or a uniform draw."""
-    if max_samples is None or max_samples >= n:
-        return torch.arange(n)
-    labels = dataset_labels(dataset) if stratify else None
-    if labels is not None and labels.numel() == n:
-        try:
-            return stratified_subset(labels, max_samples, seed).cpu()
-        except ValueError as err:
-            raise ValueError(f"`{what}` max_samples: {err}") from err
-    kind = type(dataset).__name__
-    if stratify and kind not in _UNIFORM_WARNED:
-        _UNIFORM_WARNED.add(kind)
-        warnings.warn(
-            f"`{what}`: {kind} does not expose its labels (no `targets`/`labels` attribute), so the "
-            f"max_samples={max_samples} probe subset is drawn uniformly, not stratified by class; give the "
-            "dataset a `targets` attribute for a class-stratified subset.",
-            UserWarning,
-            stacklevel=4,
-        )
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.sort(torch.randperm(n, generator=gen)[:max_samples]).values
-
-
-def _probe_share(
-    loader: DataLoader, max_samples: int | None, seed: int, rank: int, world: int, what: str, stratify: bool = True
-) -> tuple[DataLoader, Tensor]:
-    """This rank's share of a fixed probe subset of ``loader.dataset``: ``(loader, dataset ids)``.
-
-    The subset (all samples when ``max_samples`` is ``None``) is the seeded, class-stratified
-    random subset of ``max_samples`` (:func:`tguide.metrics._subset.stratified_subset`, every
-    class keeps one sample at least) when the dataset exposes its labels without reading its
-    inputs (:func:`tguide.features.extract.dataset_labels`: ``targets``/``labels`` attributes, a
-    ``TensorDataset``, a ``Subset`` of those). Otherwise the labels could only be known by running
-    the loader over every sample, so the subset is a seeded uniform draw instead, and a warning
-    says so once per dataset type. ``stratify=False`` (segmentation: an image holds many classes)
-    draws the uniform subset of images without a warning. Its indices are sorted; rank ``r`` of
-    ``world`` reads positions ``r, r+world, ...`` (every rank draws the same subset). The loader
-    does not shuffle and owns its generator, so probing never draws from the global RNG (training
-    with and without the monitor sees the same random numbers).
-    """
-    if not isinstance(loader, DataLoader):
-        raise ValueError(f"`{what}` must give a torch DataLoader, got {type(loader).__name__}.")
-    dataset = loader.dataset
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        raise ValueError(
-            f"`{what}`: the loader's dataset must be map-style (with __len__ and indexing), "
-            f"not {type(dataset).__name__}, so that a fixed probe subset can be drawn."
-        )
-    n = len(dataset)
-    if n == 0:
-        raise ValueError(f"`{what}`: the loader's dataset is empty.")
-    ids = _probe_ids(dataset, n, max_samples, seed, what, stratify)[rank::world]
-    batch_size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 64
-    share = DataLoader(
-        Subset(dataset, ids.tolist()),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        generator=torch.Generator().manual_seed(int(seed)),
-    )
-    return share, ids
 
 
 def _gather(fs: FeatureSet | None, layers: Sequence[str], world: int) -> FeatureSet | None:
@@ -190,35 +135,47 @@ def _extract(
     return extract_features(model, share, layers, pool=pool, ids=ids, device=device, unpack=unpack)
 
 
-def _softmax(logits: Tensor, metric: str) -> Tensor:
-    """Source-class probabilities from the model's output ``(N, Cs)`` logits (LEEP, NCE)."""
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        raise ValueError(
-            f"{metric} reads the model's output as source-class logits (N, Cs), but it has shape "
-            f"{tuple(logits.shape)}; use it on a classifier with a head, or drop it from `metrics`."
-        )
-    return torch.softmax(logits.double(), dim=1)
+def _metric_layers(spec: MetricInfo, layers: Sequence[str]) -> list[str]:
+    """The layers ``spec`` is scored on: scores of the source head's predictions (LEEP, NCE) do not
+    depend on a layer (one key, :data:`OUTPUT`); the others on every named layer."""
+    return [OUTPUT] if spec.needs_source_probs else [lay for lay in layers if lay != OUTPUT]
 
 
 def _compute(
-    target: FeatureSet,
+    target: FeatureSet | None,
     source: FeatureSet | None,
     layers: Sequence[str],
     metrics: Sequence[str],
     metric_kwargs: Mapping[str, Mapping[str, Any]],
     null: int | None = None,
     seed: int = 0,
+    statistics: Mapping[StatisticsKey, Statistics] | None = None,
+    statistics_error: ValueError | None = None,
 ) -> dict[str, float]:
+    """Every score, in ``metrics`` order: from the merged ``statistics`` for the metrics that have an
+    entry there (:mod:`tguide.probe_statistics`; ``statistics_error`` is the first error met while
+    building them), from the gathered features ``target``/``source`` for the others."""
     from tguide.metrics.null import label_shuffle_null
 
     scores: dict[str, float] = {}
     for metric in metrics:
         spec = resolve_metric(metric)
         fn, kwargs = spec.load(), {**DEFAULT_METRIC_KWARGS.get(metric, {}), **metric_kwargs.get(metric, {})}
-        # scores of the source head's predictions (LEEP, NCE) do not depend on a layer: one key
-        for layer in [OUTPUT] if spec.needs_source_probs else [lay for lay in layers if lay != OUTPUT]:
+        for layer in _metric_layers(spec, layers):
+            key = statistics_key(spec, layer) if spec.statistics is not None else None
+            if statistics is not None and key is not None and key in statistics:
+                if statistics_error is not None:
+                    raise statistics_error
+                try:
+                    value = spec.from_statistics(statistics[key], **metric_kwargs.get(metric, {}))
+                except ValueError as err:
+                    raise ValueError(f"TransferabilityMonitor: {metric} on layer {layer!r} failed: {err}") from err
+                scores[f"transfer/{metric}/{layer}"] = float(value)
+                continue
+            assert target is not None
             if spec.needs_source_probs:
-                args = spec.arguments(labels=target.labels, source_probs=_softmax(target.features[OUTPUT], metric))
+                probs = source_probabilities(target.features[OUTPUT], metric)
+                args = spec.arguments(labels=target.labels, source_probs=probs)
             elif spec.needs_source_samples:
                 assert source is not None
                 args = (source.features[layer], source.labels, target.features[layer], target.labels)
@@ -323,21 +280,19 @@ def transferability_scores(
 ) -> dict[str, float]:
     """Score every ``metric`` on every layer for a fixed probe subset; ``{"transfer/<metric>/<layer>": score}``.
 
-    Works in one process or in every process of an initialised ``torch.distributed`` group
-    (call it on all ranks): each rank extracts its share, the rows are gathered, rank 0
-    computes and broadcasts, and all ranks return the same dict, equal to the one-process
-    result. ``max_samples`` and ``source_max_samples`` cap the probe and source subsets (``None``
-    = all), drawn with ``seed`` and ``seed + 1``: seeded, class-stratified random subsets when the
-    datasets expose their labels, uniform ones otherwise (with a one-time warning) and in pixel
-    mode, where they cap the images (see :func:`_probe_share`); ``metric_kwargs`` go to the metric functions,
-    over :data:`DEFAULT_METRIC_KWARGS`. ``pixels_per_image`` switches to per-pixel features of
-    segmentation masks (:func:`tguide.features.pixels.extract_pixel_features`), with ``pixel_sampling``
-    as its extra keyword arguments (e.g. ``{"sampling": "boundary", "band": 3}``). ``null=P``
-    also scores ``P`` shuffles of the probe labels (:func:`tguide.metrics.null.label_shuffle_null`,
-    seeded by ``seed``) and adds ``transfer/<metric>_z/<layer>``, the score's z against that null
-    (comparable across layers, widths and metrics). With
-    ``on_error="warn"`` a metric that raises (any exception) gives NaN scores and a warning
-    instead of an error, on every rank; with ``"raise"`` every rank raises rank 0's exception.
+    Works in one process or in every process of an initialised ``torch.distributed`` group (call it on all ranks):
+    each rank extracts its share, the statistics are merged or the rows gathered (see the module docstring), rank 0
+    computes and broadcasts, and all ranks return the same dict, equal to the one-process result. ``max_samples``
+    and ``source_max_samples`` cap the probe and source subsets (``None`` = all), drawn with ``seed`` and ``seed +
+    1``: seeded, class-stratified random subsets when the datasets expose their labels, uniform ones otherwise (with
+    a one-time warning) and in pixel mode, where they cap the images (see :func:`tguide.probe_subset.probe_share`);
+    ``metric_kwargs`` go to the metric functions, over :data:`DEFAULT_METRIC_KWARGS`. ``pixels_per_image`` switches
+    to per-pixel features of segmentation masks (:func:`tguide.features.pixels.extract_pixel_features`), with
+    ``pixel_sampling`` as its extra keyword arguments (e.g. ``{"sampling": "boundary", "band": 3}``). ``null=P``
+    also scores ``P`` shuffles of the probe labels (:func:`tguide.metrics.null.label_shuffle_null`, seeded by
+    ``seed``) and adds ``transfer/<metric>_z/<layer>``, the score's z against that null (comparable across layers,
+    widths and metrics). With ``on_error="warn"`` a metric that raises (any exception) gives NaN scores and a
+    warning instead of an error, on every rank; with ``"raise"`` every rank raises rank 0's exception.
     """
     metrics = list(metrics)
     for metric in metrics:
@@ -356,26 +311,34 @@ def transferability_scores(
         layers.append(OUTPUT)  # the model's output = the source head's logits (LEEP, NCE)
     rank, world = _world()
     per_image = pixels_per_image is None  # stratify images by class; pixel mode draws images uniformly
-    share, ids = _probe_share(probe, max_samples, seed, rank, world, "probe", per_image)
+    share, ids = probe_share(probe, max_samples, seed, rank, world, "probe", per_image)
     target = _extract(
         model, share, ids, layers, pool, pixels_per_image, ignore_index, seed, device, unpack, pixel_sampling
     )
+    # statistics path (tguide.probe_statistics): each rank's statistics of its share, merged; no gather
+    by_statistics = [m for m in metrics if uses_statistics(resolve_metric(m), (metric_kwargs or {}).get(m, {}), null)]
+    wanted = [(m, layer) for m in by_statistics for layer in _metric_layers(resolve_metric(m), layers)]
+    local, statistics_error = local_statistics(target, wanted)
+    statistics = merge_across_ranks(local, world, _device_for_backend() if world > 1 else None)
+    statistics_error = gather_errors(statistics_error, world)
     src = None
     if source is not None and any(resolve_metric(m).needs_source_samples for m in metrics):
-        share, ids = _probe_share(source, source_max_samples, seed + 1, rank, world, "source", per_image)
+        share, ids = probe_share(source, source_max_samples, seed + 1, rank, world, "source", per_image)
         src = _extract(
             model, share, ids, layers, pool, pixels_per_image, ignore_index, seed + 1, device, unpack, pixel_sampling
         )
         src = _gather(src, layers, world)
-    target = _gather(target, layers, world)
+    if len(by_statistics) < len(metrics):  # sample path: every rank's rows
+        target = _gather(target, layers, world)
     # fail-safe: rank 0 catches every exception while scoring and broadcasts (ok, payload), so
     # that every rank returns the same scores or raises the same error (never one rank hanging)
     ok: bool = True
     payload: Any = {}  # the scores, or the portable error when ok is False
     if rank == 0:
-        assert target is not None
         try:
-            payload = _compute(target, src, layers, metrics, metric_kwargs or {}, null, seed)
+            payload = _compute(
+                target, src, layers, metrics, metric_kwargs or {}, null, seed, statistics, statistics_error
+            )
         except Exception as err:  # noqa: BLE001 (re-raised below, on every rank)
             ok, payload = False, _portable_error(err)
     if world > 1:
@@ -387,13 +350,7 @@ def transferability_scores(
         if on_error == "raise":
             raise error
         warnings.warn(f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
-        pairs = [
-            (m, layer)
-            for m in metrics
-            for layer in (
-                [OUTPUT] if resolve_metric(m).needs_source_probs else [lay for lay in layers if lay != OUTPUT]
-            )
-        ]
+        pairs = [(m, layer) for m in metrics for layer in _metric_layers(resolve_metric(m), layers)]
         keys = [f"transfer/{m}/{layer}" for m, layer in pairs]
         if null is not None:
             keys += [f"transfer/{m}_z/{layer}" for m, layer in pairs]

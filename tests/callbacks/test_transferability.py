@@ -285,7 +285,7 @@ DDP_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, os.environ["TEST_DIR"])
     from test_transferability import TinyModule, make_data, METRICS_UNDER_TEST
     from tguide.callbacks import TransferabilityMonitor
-    from tguide.probe import _probe_share
+    from tguide.probe_subset import probe_share
     from torch.utils.data import DataLoader
 
     out = os.environ["OUT_DIR"]
@@ -301,12 +301,12 @@ DDP_SCRIPT = textwrap.dedent('''
                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
     trainer.fit(model, train)
     rank = trainer.global_rank
-    share = len(_probe_share(probe, 101, 0, rank, 2, "probe")[1])
+    share = len(probe_share(probe, 101, 0, rank, 2, "probe")[1])
     with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
         json.dump({"share": share, "history": [h["scores"] for h in monitor.history]}, fh)
 ''')
 
-METRICS_UNDER_TEST = ["hscore", "transrate", "logme", "otce_sim"]
+METRICS_UNDER_TEST = ["hscore", "transrate", "logme", "gbc", "nce", "leep", "otce_sim"]
 
 
 @pytest.mark.slow
@@ -502,36 +502,36 @@ class _NoLabels(torch.utils.data.Dataset):
 
 
 def test_probe_subset_is_stratified_on_a_class_sorted_dataset_and_ranks_split_it():
-    import tguide.probe as probe
+    import tguide.probe_subset as probe
 
     y = torch.arange(4).repeat_interleave(25)  # sorted by class, 25 each
     data = TensorDataset(torch.randn(100, 3), y)
     loader = DataLoader(data, batch_size=16)
-    _, ids = probe._probe_share(loader, 12, 7, 0, 1, "probe")
+    _, ids = probe.probe_share(loader, 12, 7, 0, 1, "probe")
     assert torch.bincount(y[ids], minlength=4).tolist() == [3, 3, 3, 3]  # a uniform draw rarely is
     assert torch.equal(ids, stratified_subset(y, 12, seed=7))
-    shares = [probe._probe_share(loader, 12, 7, r, 3, "probe")[1] for r in range(3)]
+    shares = [probe.probe_share(loader, 12, 7, r, 3, "probe")[1] for r in range(3)]
     assert torch.equal(torch.sort(torch.cat(shares)).values, ids)  # DDP shares partition the one subset
     # a Subset of a TensorDataset and a `targets` attribute expose their labels too
     sub = torch.utils.data.Subset(data, list(range(0, 100, 2)))
-    _, ids_sub = probe._probe_share(DataLoader(sub, batch_size=8), 8, 0, 0, 1, "probe")
+    _, ids_sub = probe.probe_share(DataLoader(sub, batch_size=8), 8, 0, 0, 1, "probe")
     assert torch.bincount(y[::2][ids_sub], minlength=4).tolist() == [2, 2, 2, 2]
     with pytest.raises(ValueError, match=r"`probe` max_samples: .*smaller than the 4 classes"):
-        probe._probe_share(loader, 3, 0, 0, 1, "probe")
+        probe.probe_share(loader, 3, 0, 0, 1, "probe")
 
 
 def test_probe_subset_falls_back_to_uniform_with_one_warning(recwarn):
-    import tguide.probe as probe
+    import tguide.probe_subset as probe
 
     probe._UNIFORM_WARNED.discard("_NoLabels")
     y = torch.arange(4).repeat_interleave(25)
     loader = DataLoader(_NoLabels(TensorDataset(torch.randn(100, 3), y)), batch_size=16)
     with pytest.warns(UserWarning, match=r"_NoLabels does not expose its labels.*drawn uniformly"):
-        _, ids = probe._probe_share(loader, 12, 7, 0, 1, "probe")
+        _, ids = probe.probe_share(loader, 12, 7, 0, 1, "probe")
     expected = torch.sort(torch.randperm(100, generator=torch.Generator().manual_seed(7))[:12]).values
     assert torch.equal(ids, expected)  # the documented uniform rule
     recwarn.clear()
-    _, again = probe._probe_share(loader, 12, 7, 0, 1, "probe")
+    _, again = probe.probe_share(loader, 12, 7, 0, 1, "probe")
     assert torch.equal(again, ids) and not [w for w in recwarn if "expose its labels" in str(w.message)]  # once
     model = nn.Sequential(nn.Linear(3, 4))
     out = transferability_scores(model, loader, ["0"], ["hscore"], max_samples=12, seed=7)

@@ -30,18 +30,18 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import torch
 from torch import Tensor, nn
 
-from tguide.features import eval_mode
+from tguide.features import eval_mode, modules_entered
 from tguide.metrics._validate import check_labels
 from tguide.metrics.functional.otce import OTCEConvergenceWarning, otce_coupling, squared_euclidean, task_distance
+from tguide.models.tensor_fit import fit_tensors
 
 NORMALISE = ("none", "l2")
 
-Trainable = Union[str, Sequence[str], Callable[[str, nn.Parameter], bool]]
+Trainable = str | Sequence[str] | Callable[[str, nn.Parameter], bool]
 
 __all__ = [
     "NORMALISE",
@@ -130,14 +130,8 @@ def feature_extractor(backbone: nn.Module) -> nn.Module:
 
 def _parameters_used(module: nn.Module, x: Tensor) -> set[int]:
     """ids of the parameters owned by the modules that a forward pass on ``x`` enters (eval, no grad)."""
-    ran: list[nn.Module] = []
-    handles = [m.register_forward_pre_hook(lambda m, _a: ran.append(m)) for m in module.modules()]
-    try:
-        with eval_mode(module), torch.no_grad():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with modules_entered(module) as ran, eval_mode(module), torch.no_grad():
+        module(x)
     return {id(p) for m in ran for p in m.parameters(recurse=False)}
 
 
@@ -370,14 +364,7 @@ def finetune(
         setattr(model, head, nn.Linear(old.in_features, int(num_classes)).to(x.device))
     for name, p in model.named_parameters():
         p.requires_grad_(not any(name.startswith(f) for f in freeze))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    model.train()
-    for _ in range(int(steps)):
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
+    fit_tensors(model, x, y, lr=lr, steps=int(steps), optimizer="adam", weight_decay=weight_decay, seed=seed)
     model.eval()
     return model
 

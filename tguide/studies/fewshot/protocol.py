@@ -35,6 +35,7 @@ from torch import Tensor
 
 from tguide.data.mnist import load_mnist_test, normalise, random_affine, split_indices
 from tguide.errors import TGuideError
+from tguide.models.tensor_fit import fit_tensors
 from tguide.nets.lenet import LeNet5
 from tguide.runs import prepare_run
 from tguide.select.pretune import accuracy, finetune, otce_head, otce_pretune
@@ -77,15 +78,10 @@ def train_source(
     """LeNet-5 (10 outputs, digit labels) trained with Adam and cross-entropy on ``x (N,1,28,28)``."""
     torch.manual_seed(int(seed))
     net = LeNet5(num_classes=10)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(int(seed))
-    for _ in range(int(epochs)):
-        net.train()
-        for idx in torch.randperm(x.shape[0], generator=gen).split(batch):
-            xb = random_affine(x[idx], 10.0, 0.08, 0.08) if augment else x[idx]
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(net(xb), y[idx]).backward()
-            opt.step()
+    transform = (lambda xb: random_affine(xb, 10.0, 0.08, 0.08)) if augment else None
+    fit_tensors(
+        net, x, y, lr=lr, epochs=int(epochs), batch_size=batch, optimizer="adam", seed=seed, transform=transform
+    )
     net.eval()
     return net
 

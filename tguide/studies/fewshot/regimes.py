@@ -94,6 +94,7 @@ from torch import Tensor, nn
 from tguide.features import eval_mode
 from tguide.metrics.functional.otce import OTCEConvergenceWarning, otce_coupling, squared_euclidean
 from tguide.metrics.functional.task_distance import joint_labels, task_distance
+from tguide.models.tensor_fit import fit_tensors
 from tguide.select.pretune import feature_extractor, otce_pretune, trainable_parameters
 from tguide.stats import mean_ci
 from tguide.studies.fewshot.episodes import Episode, EpisodeSampler
@@ -386,13 +387,7 @@ def step2(
         torch.manual_seed(int(seed))
         old = getattr(model, head)
         setattr(model, head, nn.Linear(old.in_features, int(n_way)))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    model.eval()
-    for _ in range(int(steps)):
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
+    fit_tensors(model, x, y, lr=lr, steps=int(steps), optimizer="adam", seed=seed, train_mode=False)
     return model
 
 
@@ -550,11 +545,7 @@ def run_episode(
             else:
                 torch.manual_seed(seed)
                 lin = nn.Linear(fs.shape[1], n_way)
-                opt = torch.optim.Adam(lin.parameters(), lr=fixed["probe"]["lr"])
-                for _ in range(int(fixed["probe"]["steps"])):
-                    opt.zero_grad(set_to_none=True)
-                    nn.functional.cross_entropy(lin(fs), ys).backward()
-                    opt.step()
+                fit_tensors(lin, fs, ys, lr=fixed["probe"]["lr"], steps=int(fixed["probe"]["steps"]), optimizer="adam")
                 with torch.no_grad():
                     out[m] = float((lin(fq).argmax(1) == yq).double().mean())
         elif m == "scratch":

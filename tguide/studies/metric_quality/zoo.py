@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from tguide.errors import TGuideError
+from tguide.models.tensor_fit import fit_tensors
 from tguide.nets.lenet import LeNet5
 from tguide.nets.mlp import MLP
 from tguide.nets.resnet import SmallResNet
@@ -262,26 +263,13 @@ class Trunk(nn.Module):
 
 
 def train_classifier(model: nn.Module, x: Tensor, y: Tensor, *, steps: int, lr: float, batch: int, seed: int) -> float:
-    """Adam + cross-entropy for ``steps`` minibatches drawn without replacement (reshuffled each pass).
+    """Adam + cross-entropy for ``steps`` minibatches drawn without replacement (reshuffled each pass):
+    :func:`tguide.models.tensor_fit.fit_tensors`.
 
     Returns the mean training loss of the last 10 steps (for logging).
     """
-    gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    losses: list[float] = []
-    order = torch.randperm(x.shape[0], generator=gen)
-    pos = 0
-    for _ in range(int(steps)):
-        if pos >= x.shape[0]:
-            order, pos = torch.randperm(x.shape[0], generator=gen), 0
-        idx = order[pos : pos + batch]
-        pos += batch
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    fit = fit_tensors(model, x, y, lr=lr, steps=int(steps), batch_size=batch, optimizer="adam", seed=seed)
+    losses = fit.step_losses
     return float(sum(losses[-10:]) / max(1, len(losses[-10:])))
 
 

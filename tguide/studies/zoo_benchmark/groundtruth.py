@@ -18,25 +18,24 @@ pooled features; EfficientNet's dropout is not used). The whole network is train
 generator seeded with ``seed``; last partial batch kept), BatchNorm in train mode, learning rate
 ``lr`` for the backbone and ``10·lr`` for the head, a per-step cosine schedule from those rates
 to 0 over a fixed number of epochs (``Protocol.epochs`` = 4), no early stopping. After the last
-epoch, val and test accuracy in eval mode. ``lr`` is chosen from ``Protocol.lrs`` by val accuracy
-at seed 0 (ties → the smaller lr), then seeds 1 and 2 are run at the chosen lr; the ground truth
-is the mean test accuracy over seeds 0–2 with a Student-t 95% interval
-(:func:`tguide.stats.mean_ci`). The random-init control keeps the same seed-0 backbone in every
-run; the run seed only changes the head and batch order.
+epoch, val and test accuracy in eval mode (the loop: :func:`tguide.models.tensor_fit.fit_tensors`).
+``lr`` is chosen from ``Protocol.lrs`` by val accuracy at seed 0 (ties → the smaller lr), then
+seeds 1 and 2 are run at the chosen lr; the ground truth is the mean test accuracy over seeds
+0–2 with a Student-t 95% interval (:func:`tguide.stats.mean_ci`). The random-init control keeps
+the same seed-0 backbone in every run; the run seed only changes the head and batch order.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tguide.models.tensor_fit import fit_tensors
 from tguide.studies.zoo_benchmark.protocol import Member, Protocol, normalise
 
 __all__ = ["FineTuneNet", "ProbeResult", "accuracy", "extract_features", "finetune", "fit_logreg", "linear_probe"]
@@ -152,13 +151,14 @@ def finetune(
     num_classes: int,
     lr: float,
     seed: int,
-    protocol: Protocol = Protocol(),
+    protocol: Protocol | None = None,
     epochs: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """One fine-tuning run of the protocol; returns ``val_acc``, ``test_acc``, ``train_loss`` (last
     epoch mean), ``seconds`` (wall time of the whole run, evaluation included) and ``epoch_seconds``."""
     t0 = time.perf_counter()
+    protocol = Protocol() if protocol is None else protocol
     epochs = protocol.epochs if epochs is None else int(epochs)
     entry = candidate.entry
     backbone = candidate.build()
@@ -167,40 +167,31 @@ def finetune(
         dim = int(_features(backbone.eval(), normalise(xtr[:2], entry)).shape[1])
     torch.manual_seed(seed)
     net = FineTuneNet(backbone, num_classes, dim)
-    groups = [
-        {"params": list(net.backbone.parameters()), "lr": lr},
-        {"params": list(net.head.parameters()), "lr": lr * protocol.head_lr_mult},
-    ]
-    opt = torch.optim.SGD(groups, lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
-    n = len(ytr)
-    steps_per_epoch = math.ceil(n / protocol.batch_size)
-    total = max(1, epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    gen = torch.Generator().manual_seed(seed)
-    epoch_seconds: list[float] = []
-    last_loss = float("nan")
-    for epoch in range(epochs):
-        te = time.perf_counter()
-        net.train()
-        order = torch.randperm(n, generator=gen)
-        losses = []
-        for i in range(0, n, protocol.batch_size):
-            idx = order[i : i + protocol.batch_size]
-            loss = nn.functional.cross_entropy(net(normalise(xtr[idx], entry)), ytr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        last_loss = float(np.mean(losses))
-        epoch_seconds.append(time.perf_counter() - te)
+
+    def report(epoch: int, loss: float, seconds: float) -> None:
         if log is not None:
-            log(
-                f"  {candidate.name} lr={lr:g} seed={seed} epoch {epoch + 1}/{epochs} loss {last_loss:.4f} "
-                f"({epoch_seconds[-1]:.1f}s)"
-            )
-        if not math.isfinite(last_loss):
-            break
+            log(f"  {candidate.name} lr={lr:g} seed={seed} epoch {epoch + 1}/{epochs} loss {loss:.4f} ({seconds:.1f}s)")
+
+    fit = fit_tensors(
+        net,
+        xtr,
+        ytr,
+        lr=lr,
+        epochs=epochs,
+        batch_size=protocol.batch_size,
+        optimizer="sgd",
+        momentum=protocol.momentum,
+        weight_decay=protocol.weight_decay,
+        head=net.head,
+        head_lr_mult=protocol.head_lr_mult,
+        schedule="cosine",
+        seed=seed,
+        transform=lambda xb: normalise(xb, entry),
+        stop_if_nonfinite=True,
+        on_epoch=report,
+    )
+    last_loss = fit.epoch_losses[-1] if fit.epoch_losses else float("nan")
+    epoch_seconds = fit.epoch_seconds
     val_acc = accuracy(net, *data["val"], entry, protocol.eval_batch)
     test_acc = accuracy(net, *data["test"], entry, protocol.eval_batch)
     return {
