@@ -356,7 +356,7 @@ def rank(
     metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     root: str | os.PathLike[str] | None = None,
     progress: bool | str = "auto",
-    bootstrap: int = 200,
+    bootstrap: int = 0,
     contender_threshold: float = 0.1,
 ) -> Ranking:
     """Rank ``candidates`` for ``target``: resolve them, check the layers, extract features (through
@@ -530,7 +530,7 @@ def run(cfg: Any) -> Ranking:
         metric_kwargs=rk.get("metric_kwargs") or None,
         root=rk.get("root"),
         progress=rk.get("progress", "auto"),
-        bootstrap=int(rk.get("bootstrap", 200) or 0),
+        bootstrap=int(rk.get("bootstrap") or 0),
         contender_threshold=float(rk.get("contender_threshold") or 0.1),
     )
     wandb_run = None
