@@ -10,7 +10,7 @@ import torch
 
 from tguide.errors import TGuideError
 from tguide.fit import compose, run
-from tguide.select.guided import choose, guided_table
+from tguide.select.guided_recipe import choose, guided_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,3 +115,50 @@ def test_guided_smoke_two_candidates_and_resume(tmp_path, tiny_cifar, monkeypatc
     monkeypatch.setattr(tguide.fit, "fit", no_fit)
     again = run(cfg)
     assert [r["test_acc"] for r in again["rows"]] == [r["test_acc"] for r in res["rows"]]
+
+
+def _fake_ranking(probs):
+    """A ranking of a, b, c by logme whose bootstrap gave ``probs`` (a scores highest)."""
+    import pandas as pd
+
+    from tguide.select.ranking_result import Pick, Ranking, with_confidence
+
+    table = pd.DataFrame(TABLE)
+    pick = with_confidence(Pick("a", "zoo:a", "fa", "logme", 0.9, "highest logme"), probs)
+    src = Pick("c", "zoo:c", "", "source_accuracy", 0.95, "highest source accuracy")
+    cands = {n: {"spec": SPECS[n], "layers": [DEFAULT[n]]} for n in SPECS}
+    return Ranking(table, pick, {"source_accuracy": src}, [], {}, ["logme"], {}, cands, p_best={"logme": probs})
+
+
+@pytest.mark.parametrize(
+    "probs,expected",
+    [
+        ({"a": 0.55, "b": 0.41, "c": 0.04}, {("a", "fa"): "pick", ("b", "b1"): "contender"}),  # too close: both
+        ({"a": 0.97, "b": 0.03, "c": 0.0}, {("a", "fa"): "pick"}),  # clear: one
+    ],
+)
+def test_guided_fine_tunes_every_contender_and_the_baselines(monkeypatch, probs, expected):
+    import tguide.select.finetune
+    import tguide.select.rank
+    from tguide.select.finetune import FineTuneResult
+    from tguide.select.guided import guided
+
+    seen = []
+    monkeypatch.setattr(tguide.select.rank, "rank", lambda *a, **k: _fake_ranking(probs))
+
+    def fake_finetune(spec, target, *, layer, epochs, seed, out_dir, **_):
+        seen.append((spec, layer, seed))
+        return FineTuneResult(spec, layer, 0.5, {"zoo:a": 0.8, "zoo:b": 0.7, "zoo:c": 0.6}[spec] + seed / 100, None)
+
+    monkeypatch.setattr(tguide.select.finetune, "finetune", fake_finetune)
+    res = guided(["zoo:a", "zoo:b", "zoo:c"], "somewhere", metric="logme", seeds=(0, 1), epochs=1)
+    roles = {(r["candidate"], r["layer"]): r["role"] for r in res.rows}
+    assert roles == {**expected, ("c", "fc"): "baseline:source_accuracy"}
+    assert sorted(seen) == sorted((SPECS[c], layer, s) for c, layer in roles for s in (0, 1))
+    for r in res.rows:
+        assert set(r) == {"candidate", "spec", "layer", "metric", "predicted_score", "p_best", "rank", "test_acc",
+                          "test_acc_std", "role"}
+        assert r["p_best"] == probs[r["candidate"]] and r["test_acc_std"] == pytest.approx(math.sqrt(0.5) / 100)
+    a = next(r for r in res.rows if r["candidate"] == "a")
+    assert a["rank"] == 1 and a["predicted_score"] == 0.9 and a["test_acc"] == pytest.approx(0.805)
+    assert res.agreement["n"] == len(res.rows)

@@ -50,7 +50,7 @@ def test_random_init_ranks_last(cifar_folder: Path, tmp_path: Path):
     assert isinstance(ranking, Ranking)
     df = ranking.table
     assert list(df.columns) == COLUMNS == ["candidate", "layer", "metric", "kind", "score", "z", "null_mean",
-                                           "null_std", "flag", "warning"]
+                                           "null_std", "flag", "warning", "ci_low", "ci_high", "p_best"]
     for metric in ("logme", "hscore_shrinkage", "leep", "knn", "linear_probe"):
         best = _best(df, metric)
         assert best.idxmin() == "resnet20_cifar10:random", (metric, best.to_dict())

@@ -36,11 +36,26 @@ from tguide.metrics.degeneracy import flag_of, width_reason
 from tguide.metrics.registry import METRICS, MetricInfo, get_metric
 from tguide.select.cache import FeatureCache, cache_key
 from tguide.select.candidates import Candidate, resolve_candidates
-from tguide.select.ranking_result import COLUMNS, Ranking, best_pick, mark_ties, no_pick_reason, table_warnings
+from tguide.select.ranking_result import (
+    COLUMNS,
+    Ranking,
+    best_pick,
+    mark_ties,
+    no_pick_reason,
+    table_warnings,
+    with_confidence,
+)
 
 __all__ = ["BASELINES", "DEFAULT_METRICS", "RankError", "rank", "run"]
 
-DEFAULT_METRICS = ("knn", "logme", "hscore_shrinkage", "transrate_comparable", "leep", "nce")  # docs/studies/default_selector.md
+DEFAULT_METRICS = (
+    "knn",
+    "logme",
+    "hscore_shrinkage",
+    "transrate_comparable",
+    "leep",
+    "nce",
+)  # docs/studies/default_selector.md
 BASELINES = ("source_accuracy", "knn", "linear_probe")
 
 
@@ -358,6 +373,33 @@ def _pick(table: Any, metrics: Sequence[str], specs: Mapping[str, str]) -> tuple
     return None, passed
 
 
+def _bootstrap_candidate(
+    boot: Any,
+    cand: Candidate,
+    feats: Mapping[str, Tensor],
+    labels: Tensor,
+    rows: list[dict[str, Any]],
+    start: int,
+    pooled: Mapping[str, list[tuple[int, Any]]],
+    kwargs: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """Bootstrap replicates of the rows ``start:`` of one candidate (its scored rows only)."""
+    for i in range(start, len(rows)):
+        row = rows[i]
+        if row["metric"] == "source_accuracy" or row["layer"] == "":
+            continue
+        info = get_metric(row["metric"])
+        in_pool = any(j == i for j, _ in pooled.get(info.name, []))
+        if not in_pool and not math.isfinite(row["score"]):
+            continue
+        if info.needs_source_probs:
+            inputs, _ = _head_inputs(cand, info, feats, labels)
+            args = inputs[0][1]
+        else:
+            args = info.arguments(feats[row["layer"]], labels)
+        boot.add(i, info, args, kwargs.get(info.name, {}))
+
+
 def rank(
     candidates: Sequence[str | Candidate | torch.nn.Module],
     target: Any,
@@ -375,6 +417,8 @@ def rank(
     metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     root: str | os.PathLike[str] | None = None,
     progress: bool | str = "auto",
+    bootstrap: int = 0,
+    contender_threshold: float = 0.1,
 ) -> Ranking:
     """Rank ``candidates`` for ``target``: resolve them, check the layers, extract features (through
     the cache), score, add nulls and baselines, pick.
@@ -402,11 +446,17 @@ def rank(
         root: data root for named targets.
         progress: a progress bar per candidate while extracting (``"auto"``: when stderr is a
             terminal).
+        bootstrap: resamples of the paired, class-stratified bootstrap over the target samples
+            (:mod:`tguide.select.bootstrap`, seeded by ``seed``) that give each row its 90% interval
+            (``ci_low``, ``ci_high``) and each candidate its P(best) per metric (``p_best``); 0: off.
+        contender_threshold: the P(best) a candidate needs to be one of the pick's ``contenders``.
 
     Returns:
         a :class:`~tguide.select.ranking_result.Ranking`: the long table (``candidate, layer,
-        metric, kind, score, z, null_mean, null_std, warning``), the pick by the first metric with
-        its reason, the baselines' picks, the warnings and the timings.
+        metric, kind, score, z, null_mean, null_std, warning, ci_low, ci_high, p_best``), the pick by
+        the first metric with its reason and how sure it is, the baselines' picks, the warnings, the
+        P(best) of every candidate per metric and the timings (``bootstrap``: seconds of the
+        bootstrap, apart from ``score``).
     """
     import pandas as pd
 
@@ -429,26 +479,49 @@ def rank(
     needs_head = any(i.needs_source_probs for i in infos)
     rows: list[dict[str, Any]] = []
     pooled: dict[str, list[tuple[int, Any]]] = {}
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"bootstrap": 0.0}
+    if bootstrap < 0:
+        raise RankError(f"`bootstrap` must be ≥ 0 resamples (0: off), got {bootstrap}")
+    boot = None
+    if bootstrap:
+        from tguide.select.bootstrap import Bootstrap
+
+        boot = Bootstrap(data.labels, int(bootstrap), seed)
     for cand in cands:
         want = plan[cand.name] + ([OUTPUT] if needs_head and cand.head and OUTPUT not in plan[cand.name] else [])
         feats, labels, timings[f"extract/{cand.name}"] = _features(
             cand, data, want, cache, dev, batch_size, num_workers, bool(progress)
         )
         t_score = time.perf_counter()
+        first = len(rows)
         _score_candidate(
             cand, feats, labels, plan[cand.name], [*infos, *extra], int(null or 0), seed, kwargs, pooled, rows
         )
         if "source_accuracy" in baselines:
             rows.append(_source_accuracy_row(cand))
         timings[f"score/{cand.name}"] = time.perf_counter() - t_score
+        if boot is not None:
+            t_boot = time.perf_counter()
+            _bootstrap_candidate(boot, cand, feats, labels, rows, first, pooled, kwargs)
+            timings["bootstrap"] += time.perf_counter() - t_boot
     _normalise_pools(pooled, rows)
     _flag_widths(rows)
     table = pd.DataFrame(rows, columns=COLUMNS)
     mark_ties(table)
+    p_best: dict[str, dict[str, float]] = {}
+    if boot is not None:  # the bootstrap's intervals and P(best), pools normalised per replicate
+        t_boot = time.perf_counter()
+        p_best = boot.finish(table, lambda name: get_metric(name).load_pool()[1])  # type: ignore[index]
+        timings["bootstrap"] += time.perf_counter() - t_boot
     specs = {c.name: c.spec for c in cands}
     pick, passed = _pick(table, metrics, specs)
-    baseline_picks = {b: p for b in baselines if (p := best_pick(table, b, specs)) is not None}
+    if pick is not None:
+        pick = with_confidence(pick, p_best.get(pick.metric, {}), contender_threshold)
+    baseline_picks = {
+        b: sure
+        for b in baselines
+        if (sure := with_confidence(best_pick(table, b, specs), p_best.get(b, {}), contender_threshold)) is not None
+    }
     notes = table_warnings(table) + (passed if pick else [f"no pick: {'; '.join(passed)}"])
     timings["extract"] = sum(v for k, v in timings.items() if k.startswith("extract/"))
     timings["score"] = sum(v for k, v in timings.items() if k.startswith("score/"))
@@ -474,6 +547,7 @@ def rank(
         },
         null=int(null or 0),
         cache={"hits": cache.hits, "misses": cache.misses},
+        p_best=p_best,
     )
 
 
@@ -521,6 +595,8 @@ def run(cfg: Any) -> Ranking:
         metric_kwargs=rk.get("metric_kwargs") or None,
         root=rk.get("root"),
         progress=rk.get("progress", "auto"),
+        bootstrap=int(rk.get("bootstrap") or 0),
+        contender_threshold=float(rk.get("contender_threshold") or 0.1),
     )
     wandb_run = None
     logger_cfg = cfg.get("logger")

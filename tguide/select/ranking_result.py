@@ -11,13 +11,37 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "EXCLUDED_FLAGS", "Pick", "Ranking", "best_pick", "mark_ties", "no_pick_reason", "table_warnings"]
+__all__ = [
+    "COLUMNS",
+    "EXCLUDED_FLAGS",
+    "Pick",
+    "Ranking",
+    "best_pick",
+    "mark_ties",
+    "no_pick_reason",
+    "table_warnings",
+    "with_confidence",
+]
 
-COLUMNS = ["candidate", "layer", "metric", "kind", "score", "z", "null_mean", "null_std", "flag", "warning"]
+COLUMNS = [
+    "candidate",
+    "layer",
+    "metric",
+    "kind",
+    "score",
+    "z",
+    "null_mean",
+    "null_std",
+    "flag",
+    "warning",
+    "ci_low",
+    "ci_high",
+    "p_best",
+]
 
 #: flags of rows that never make a pick (``"tie"`` rows are eligible, but a tie at the top is no pick)
 EXCLUDED_FLAGS = ("saturated", "degenerate", "not_comparable")
@@ -37,6 +61,13 @@ class Pick:
         metric: the selector that made the pick.
         score: its score there.
         reason: one sentence a person reads.
+        p_best: the probability that this candidate is the best one by ``metric`` (paired
+            bootstrap over the target samples, :mod:`tguide.select.bootstrap`); ``None`` without
+            a bootstrap.
+        contenders: the candidates whose P(best) clears the threshold, most probable first
+            (``()`` without a bootstrap): the ones worth fine-tuning.
+        confidence: one sentence on how sure the pick is ("resnet56_cifar10: clear pick, P(best)
+            0.97" or "a or b: too close to call, P(best) 0.55 / 0.41 — fine-tune both").
     """
 
     candidate: str
@@ -45,6 +76,9 @@ class Pick:
     metric: str
     score: float
     reason: str
+    p_best: float | None = None
+    contenders: tuple[str, ...] = ()
+    confidence: str = ""
 
 
 @dataclass
@@ -55,7 +89,9 @@ class Ranking:
         table: long form, one row per (candidate, layer, metric): columns :data:`COLUMNS`
             (``kind`` is ``"score"`` or ``"baseline"``; ``z``, ``null_mean``, ``null_std`` are NaN
             without a null; ``flag`` is ``""`` or one of ``"saturated"``, ``"degenerate"``, ``"tie"``,
-            ``"not_comparable"``, with its one-line reason in ``warning``).
+            ``"not_comparable"``, with its one-line reason in ``warning``; ``ci_low``, ``ci_high`` the 90%
+            bootstrap interval of the score and ``p_best`` the row's candidate's P(best) for that metric,
+            NaN without a bootstrap).
         pick: the best (candidate, layer) by the first metric, ``None`` when it has no finite score.
         baseline_picks: what each baseline would pick instead (``source_accuracy``, ``knn``,
             ``linear_probe`` when available).
@@ -67,6 +103,7 @@ class Ranking:
         candidates: name → ``{"spec", "provenance", "num_params", "head", "source_accuracy", "layers"}``.
         null: label shuffles per score (0: none).
         cache: ``{"hits", "misses"}`` of the feature cache.
+        p_best: metric → candidate → P(best) (paired bootstrap; ``{}`` without one).
     """
 
     table: Any  # pandas.DataFrame
@@ -79,6 +116,7 @@ class Ranking:
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
     null: int = 0
     cache: dict[str, int] = field(default_factory=dict)
+    p_best: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         pick = (
@@ -224,3 +262,29 @@ def table_warnings(table: Any) -> list[str]:
             where = " / ".join(str(p) for p in (row.candidate, row.layer, row.metric) if p)
             out.append(f"{where}: {row.warning}")
     return out
+
+
+def with_confidence(pick: Pick | None, p_best: Mapping[str, float], threshold: float = 0.1) -> Pick | None:
+    """``pick`` with its P(best), its contenders (candidates with P(best) ≥ ``threshold``, most
+    probable first) and a sentence on how sure it is; ``pick`` unchanged without probabilities."""
+    if pick is None or not p_best:
+        return pick
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"the contender threshold must be in (0, 1], got {threshold}")
+    order = sorted(p_best, key=lambda c: -p_best[c])
+    contenders = tuple(c for c in order if p_best[c] >= threshold) or (order[0],)
+    mine = float(p_best.get(pick.candidate, 0.0))
+    probs = " / ".join(f"{p_best[c]:.2f}" for c in contenders)
+    if len(contenders) == 1 and contenders[0] == pick.candidate:
+        sentence = f"{pick.candidate}: clear pick, P(best) {mine:.2f}"
+    elif len(contenders) == 1:
+        sentence = (
+            f"{contenders[0]}: P(best) {probs}, although {pick.candidate} scores highest on the full sample "
+            f"(P(best) {mine:.2f}) — fine-tune {contenders[0]}"
+        )
+    else:
+        both = "both" if len(contenders) == 2 else f"all {len(contenders)}"
+        sentence = (
+            f"{', '.join(contenders[:-1])} or {contenders[-1]}: too close to call, P(best) {probs} — fine-tune {both}"
+        )
+    return replace(pick, p_best=mine, contenders=contenders, confidence=sentence)
