@@ -600,7 +600,7 @@ def run(cfg: Any) -> Ranking:
         metric_kwargs=rk.get("metric_kwargs") or None,
         root=rk.get("root"),
         progress=rk.get("progress", "auto"),
-        bootstrap=int(rk.get("bootstrap") if rk.get("bootstrap") is not None else 100),
+        bootstrap=100 if (replicates := rk.get("bootstrap")) is None else int(replicates),
         contender_threshold=float(rk.get("contender_threshold") or 0.1),
     )
     wandb_run = None
