@@ -1,4 +1,4 @@
-"""The paired bootstrap of a ranking: replicates against an independent resampling, P(best), seeding."""
+"""The half-sample bootstrap of a ranking: replicates against an independent half-sampling, P(best), seeding."""
 
 import math
 
@@ -10,14 +10,12 @@ import torch
 from tguide.metrics.functional.hscore import hscore
 from tguide.metrics.functional.logme import logme
 from tguide.metrics.registry import get_metric
-from tguide.metrics.statistics import ClassGramStatistics, ClassVarianceStatistics, GramStatistics
 from tguide.select.bootstrap import (
     Bootstrap,
+    half_sample_indices,
     p_best,
-    percentile_interval,
+    recentred_interval,
     replicate_scores,
-    resample_indices,
-    weighted_statistics,
 )
 from tguide.select.ranking_result import Pick, with_confidence
 
@@ -29,16 +27,18 @@ def _data(n=90, d=6, c=3, shift=1.0, seed=0):
     return x, y
 
 
-def _numpy_resamples(labels, b, seed):
-    """An independent stratified resampling: numpy, one explicit loop per replicate and class."""
+def _numpy_half_samples(labels, b, seed):
+    """An independent stratified half-sampling: numpy, one explicit loop per replicate and class."""
     rng = np.random.default_rng(seed)
     y = np.asarray(labels)
-    out = np.empty((b, y.shape[0]), dtype=np.int64)
-    for r in range(b):
+    out = []
+    for _ in range(b):
+        rows = []
         for c in np.unique(y):
             members = np.flatnonzero(y == c)
-            out[r, members] = rng.choice(members, size=members.shape[0], replace=True)
-    return out
+            rows.extend(rng.choice(members, size=max(len(members) // 2, min(2, len(members))), replace=False))
+        out.append(np.sort(rows))
+    return np.array(out)
 
 
 def _numpy_knn_loo(x, y, k):
@@ -59,56 +59,53 @@ def _numpy_knn_loo(x, y, k):
     return correct / x.shape[0]
 
 
-def test_resamples_are_stratified_seeded_and_with_replacement():
-    y = torch.tensor([0] * 7 + [1] * 5 + [2] * 9)
-    a, b = resample_indices(y, 50, 3), resample_indices(y, 50, 3)
-    assert torch.equal(a, b) and not torch.equal(a, resample_indices(y, 50, 4))
-    assert torch.equal(y[a], y.expand(50, -1))  # every position keeps its class
-    assert any(len(set(r.tolist())) < len(y) for r in a)  # drawn with replacement
-
-
-@pytest.mark.parametrize("kind", [GramStatistics, ClassGramStatistics, ClassVarianceStatistics])
-def test_weighted_statistics_equal_the_statistics_of_the_repeated_rows(kind):
-    x, y = _data(n=60, d=4)
-    w = torch.tensor(np.random.default_rng(0).integers(0, 3, size=60), dtype=torch.float64)
-    explicit = kind.from_samples(torch.repeat_interleave(x, w.long(), dim=0), torch.repeat_interleave(y, w.long()))
-    weighted = weighted_statistics(kind, x, y, w)
-    for part in kind._parts:
-        a, b = explicit.part(part), weighted.part(part)
-        assert a.keys() == b.keys()
-        for f in a:
-            torch.testing.assert_close(b[f].to(a[f].dtype), a[f], rtol=1e-10, atol=1e-10)
+def test_half_samples_are_stratified_seeded_and_without_duplicates():
+    y = torch.tensor([0] * 7 + [1] * 5 + [2] * 9 + [3] * 3)
+    a, b = half_sample_indices(y, 50, 3), half_sample_indices(y, 50, 3)
+    assert torch.equal(a, b) and not torch.equal(a, half_sample_indices(y, 50, 4))
+    assert a.shape == (50, 3 + 2 + 4 + 2)  # ⌊n_c/2⌋ per class, at least 2
+    for r in a:
+        assert len(set(r.tolist())) == r.shape[0]  # no row drawn twice
+        counts = torch.bincount(y[r], minlength=4).tolist()
+        assert counts == [3, 2, 4, 2]
+    assert len({tuple(r.tolist()) for r in a}) > 40  # the half-samples differ
+    with pytest.raises(ValueError, match="replicates"):
+        half_sample_indices(y, 0, 0)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("n,d", [(120, 5), (40, 64)])  # the D×D statistics route and the N×N rows route
-def test_hscore_and_logme_replicates_match_an_independent_resampling(n, d):
+def test_hscore_and_logme_replicates_match_an_independent_half_sampling(n, d):
     x, y = _data(n=n, d=d)
-    idx = resample_indices(y, 12, 5)
-    ref_idx = _numpy_resamples(y.numpy(), 12, 5)
+    idx = half_sample_indices(y, 30, 5)
+    ref_idx = _numpy_half_samples(y.numpy(), 30, 5)
+    xs, ys = x.numpy(), y.numpy()
     for name, fn in (("hscore", hscore), ("logme", logme)):
         reps = replicate_scores(get_metric(name), (x, y), idx, {})
-        ref = np.array([float(fn(x[r], y[r])) for r in idx.numpy()])  # explicit rows, one loop
+        ref = np.array([float(fn(torch.from_numpy(xs[r]), torch.from_numpy(ys[r]))) for r in idx.numpy()])
         np.testing.assert_allclose(reps.numpy(), ref, rtol=1e-7, atol=1e-9)
-        # the bootstrap distribution agrees with that of an independent numpy resampling
-        other = np.array([float(fn(x[r], y[r])) for r in ref_idx])
-        assert abs(np.median(reps.numpy()) - np.median(other)) < 3 * np.std(other) / math.sqrt(12) + 0.05 * abs(
-            np.median(other)
-        )
-    assert x.shape[0] == n
+        # the half-sample distribution agrees with that of an independent numpy half-sampling
+        other = np.array([float(fn(torch.from_numpy(xs[r]), torch.from_numpy(ys[r]))) for r in ref_idx])
+        spread = max(np.std(other), np.std(reps.numpy()))
+        assert abs(np.median(reps.numpy()) - np.median(other)) < 4 * spread / math.sqrt(30) + 1e-9
+        assert 0.5 < np.std(reps.numpy()) / np.std(other) < 2.0
 
 
-def test_knn_replicates_match_a_numpy_leave_one_out_on_the_resampled_rows():
+def test_knn_replicates_from_the_full_distances_match_a_numpy_leave_one_out():
     x, y = _data(n=60, d=5, shift=1.5)
-    idx = resample_indices(y, 8, 1)
-    reps = replicate_scores(get_metric("knn"), (x, y), idx, {"k": 5})
-    ref = np.array([_numpy_knn_loo(x.numpy()[r], y.numpy()[r], 5) for r in idx.numpy()])
-    np.testing.assert_allclose(reps.numpy(), ref, atol=1e-12)
+    idx = half_sample_indices(y, 8, 1)
+    for kw in ({"k": 5}, {"k": 5, "metric": "euclidean"}, {}):
+        reps = replicate_scores(get_metric("knn"), (x, y), idx, kw)
+        if kw.get("metric") == "euclidean":
+            ref = np.array([float(get_metric("knn")(x[r], y[r], **kw)) for r in idx])
+        else:
+            ref = np.array([_numpy_knn_loo(x.numpy()[r], y.numpy()[r], kw.get("k", 20)) for r in idx.numpy()])
+        np.testing.assert_allclose(reps.numpy(), ref, atol=1e-12)
 
 
-def test_shrinkage_transrate_gbc_statistics_route_equals_explicit_rows():
+def test_shrinkage_transrate_gbc_replicates_equal_explicit_rows():
     x, y = _data(n=150, d=6)
-    idx = resample_indices(y, 6, 2)
+    idx = half_sample_indices(y, 6, 2)
     for name in ("hscore_shrinkage", "transrate", "transrate_comparable", "gbc"):
         info = get_metric(name)
         reps = replicate_scores(info, (x, y), idx, {})
@@ -116,9 +113,30 @@ def test_shrinkage_transrate_gbc_statistics_route_equals_explicit_rows():
         np.testing.assert_allclose(reps.numpy(), ref, rtol=1e-7, atol=1e-9, err_msg=name)
 
 
+def test_n_below_d_half_samples_keep_logme_at_its_full_sample_order():
+    """N ≤ D: with duplicated rows a bootstrap inflates LogME of the wide candidate; half-samples
+    (no duplicates) keep the narrow, better-separated candidate first, as on the full sample."""
+    y = torch.arange(60) % 3
+    narrow, _ = _data(n=60, d=6, shift=3.0)
+    wide = torch.cat([_data(n=60, d=6, shift=0.5)[0], 0.3 * _data(n=60, d=200, shift=0.0, seed=4)[0]], dim=1)
+    assert float(logme(narrow, y)) > float(logme(wide, y))
+    boot = Bootstrap(y, 40, 0)
+    rows = [
+        {"candidate": "narrow", "layer": "f", "metric": "logme", "score": float(logme(narrow, y))},
+        {"candidate": "wide", "layer": "f", "metric": "logme", "score": float(logme(wide, y))},
+    ]
+    boot.add(0, get_metric("logme"), (narrow, y), {})
+    boot.add(1, get_metric("logme"), (wide, y), {})
+    table = pd.DataFrame(rows)
+    probs = boot.finish(table, lambda name: None)
+    assert probs["logme"]["narrow"] > 0.9
+    assert (table.ci_low <= table.score).all() and (table.score <= table.ci_high).all()
+
+
 def test_p_best_of_identical_candidates_is_one_half_each_and_a_clear_winner_is_one():
     x, y = _data(n=90, d=6, shift=1.0)
     boot = Bootstrap(y, 100, 0)
+    assert all(len(set(r.tolist())) == r.shape[0] for r in boot.idx)
     info = get_metric("logme")
     twin = replicate_scores(info, (x, y), boot.idx, {})
     probs = p_best({"a": twin[None], "b": twin.clone()[None]})
@@ -138,10 +156,12 @@ def test_p_best_takes_each_candidates_best_row_per_replicate():
     )
 
 
-def test_percentile_interval_is_the_5_and_95_percent_quantiles():
-    reps = torch.arange(101, dtype=torch.float64)
-    assert percentile_interval(reps) == pytest.approx((5.0, 95.0))
-    assert all(math.isnan(v) for v in percentile_interval(torch.tensor([math.nan])))
+def test_recentred_interval_is_the_5_and_95_percent_quantiles_shifted_to_the_estimate():
+    reps = torch.arange(101, dtype=torch.float64)  # median 50, quantiles 5 and 95
+    assert recentred_interval(reps, 50.0) == pytest.approx((5.0, 95.0))
+    assert recentred_interval(reps, 10.0) == pytest.approx((-35.0, 55.0))
+    assert all(math.isnan(v) for v in recentred_interval(torch.tensor([math.nan]), 1.0))
+    assert all(math.isnan(v) for v in recentred_interval(reps, math.nan))
 
 
 def _table_boot(seed):
@@ -188,3 +208,13 @@ def test_pick_confidence_sentences():
     assert with_confidence(pick, {}) is pick
     with pytest.raises(ValueError, match="threshold"):
         with_confidence(pick, {"lite0": 1.0}, threshold=0.0)
+
+
+def test_linear_probe_is_not_replicated_and_says_why():
+    x, y = _data(n=60, d=5)
+    boot = Bootstrap(y, 5, 0)
+    boot.add(0, get_metric("linear_probe"), (x, y), {})
+    table = pd.DataFrame([{"candidate": "a", "layer": "f", "metric": "linear_probe", "score": 0.8}])
+    probs = boot.finish(table, lambda name: None)
+    assert "linear_probe" in boot.skipped and "interval" in boot.skipped["linear_probe"]
+    assert probs == {} and table.ci_low.isna().all() and table.p_best.isna().all()

@@ -63,7 +63,9 @@ def test_random_init_ranks_last(cifar_folder: Path, tmp_path: Path):
     assert set(ranking.baseline_picks) == {"source_accuracy", "knn", "linear_probe"}
     assert ranking.baseline_picks["source_accuracy"].candidate == "resnet20_cifar10"  # 0.81 vs 0.59, random unknown
     assert ranking.baseline_picks["knn"].candidate != "resnet20_cifar10:random"
-    assert ranking.warnings == ["resnet20_cifar10:random / source_accuracy: source accuracy unknown"]
+    assert ranking.warnings[0] == "resnet20_cifar10:random / source_accuracy: source accuracy unknown"
+    assert len(ranking.warnings) == 2 and ranking.warnings[1].startswith("linear_probe: no bootstrap interval")
+    assert df[df.metric == "logme"].ci_low.notna().all() and ranking.p_best["logme"]  # the bootstrap is on by default
     assert set(df[df.metric == "leep"].layer) == {"@output"}
     assert ranking.target == {"name": str(cifar_folder.resolve()), "samples": 200, "classes": 10}
     assert ranking.timings["total"] >= ranking.timings["extract"] + ranking.timings["score"] > 0

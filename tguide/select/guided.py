@@ -66,7 +66,7 @@ def guided(
     if max_finetunes < 1:
         raise TGuideError(f"max_finetunes must be ≥ 1, got {max_finetunes}")
     opts = dict(rank_options or {})
-    opts.setdefault("bootstrap", 200)  # the contenders need P(best)
+    opts.setdefault("bootstrap", 100)  # the contenders need P(best) (rank's default, said here)
     metrics = [metric] if metric else list(opts.pop("metrics", ["logme"]))
     opts.pop("metrics", None)
     ranking = rank(
