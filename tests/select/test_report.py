@@ -31,15 +31,6 @@ from tguide.select.report_data import (
 from tguide.select.report_html import render_html
 
 
-@dataclasses.dataclass(frozen=True)
-class _ConfidentPick(Pick):
-    """A Pick with the confidence fields (the same names and defaults as the agreed interface)."""
-
-    p_best: float | None = None
-    contenders: tuple[str, ...] = ()
-    confidence: str = ""
-
-
 def _row(cand, layer, metric, kind, score, warning="", **extra):
     return dict(candidate=cand, layer=layer, metric=metric, kind=kind, score=score, z=extra.pop("z", math.nan),
                 null_mean=extra.pop("null_mean", math.nan), null_std=extra.pop("null_std", math.nan),
@@ -81,7 +72,7 @@ def _ranking(full: bool = False) -> Ranking:
     usable = df[df.flag == ""] if full else df
     pick = best_pick(usable, "logme", specs)
     if full:
-        pick = _ConfidentPick(**dataclasses.asdict(pick), p_best=0.55, contenders=("alpha", "beta"),
+        pick = dataclasses.replace(pick, p_best=0.55, contenders=("alpha", "beta"),
                               confidence="alpha or beta: too close to call, P(best) 0.55 / 0.41 — fine-tune both")
     ranking = Ranking(table=df, pick=pick,
                       baseline_picks={b: best_pick(df, b, specs) for b in ("source_accuracy", "knn")}, warnings=[],
@@ -89,7 +80,7 @@ def _ranking(full: bool = False) -> Ranking:
                       target={"name": "toy", "samples": 30, "classes": 3},
                       candidates={c: {"provenance": f"<{c}> & co", "num_params": 10} for c in names})
     if full:
-        ranking.p_best = {"logme": pb}  # type: ignore[attr-defined]  # a field of the agreed interface
+        ranking.p_best = {"logme": pb}
     return ranking
 
 
@@ -174,7 +165,7 @@ def test_flagged_rows_take_no_rank_and_are_reported(tmp_path: Path):
 
 def test_confidence_from_p_best_alone():
     ranking = _ranking()
-    ranking.pick = _ConfidentPick(**dataclasses.asdict(ranking.pick), p_best=0.93)
+    ranking.pick = dataclasses.replace(ranking.pick, p_best=0.93)
     assert confidence_sentence(ranking) == "P(best) of alpha by logme: 0.93."
     ranking.pick = None
     assert confidence_sentence(ranking).startswith("No pick")
@@ -267,7 +258,7 @@ def _zoo_ranking(full: bool) -> Ranking:
     usable = df[df.flag == ""] if full else df
     pick = best_pick(usable, "logme", specs)
     if full:
-        pick = _ConfidentPick(**dataclasses.asdict(pick), p_best=0.48, contenders=(pick.candidate, cands[5]),
+        pick = dataclasses.replace(pick, p_best=0.48, contenders=(pick.candidate, cands[5]),
                               confidence=f"{pick.candidate} or {cands[5]}: too close to call, P(best) 0.48 / 0.30 "
                               "— fine-tune both")
     return Ranking(table=df, pick=pick,

@@ -77,7 +77,7 @@ def usable(df: Any) -> Any:
     """Rows with a finite score and no ``flag`` (every row when the table has no ``flag`` column)."""
     ok = df.score.notna()
     if "flag" in df.columns:
-        ok &= df.flag.fillna("").astype(str) == ""
+        ok &= df.flag.astype(object).fillna("").astype(str) == ""
     return df[ok]
 
 
@@ -122,7 +122,7 @@ def cell_flags(ranking: Ranking) -> dict[tuple[str, str], str]:
         return {}
     out: dict[tuple[str, str], str] = {}
     for (cand, metric), sub in df[df.score.notna()].groupby(["candidate", "metric"], sort=False):
-        flags = [str(f) for f in sub.flag.fillna("") if str(f)]
+        flags = [str(f) for f in sub.flag.astype(object).fillna("") if str(f)]
         if flags and len(flags) == len(sub):
             out[(str(cand), str(metric))] = max(set(flags), key=flags.count)
     return out
@@ -151,7 +151,7 @@ def summary_table(ranking: Ranking) -> Any:
     first = order[0] if order else ""
     best = _best_rows(ranking, first) if first else {}
     pbest = p_best_of(ranking, first) if first else {}
-    has_ci = {"ci_low", "ci_high"} <= set(df.columns)
+    has_ci = {"ci_low", "ci_high"} <= set(df.columns) and bool(df.ci_low.notna().any())
     baselines = [m for m in order if (df[df.metric == m].kind == "baseline").all() and m != first]
     scores = score_matrix(ranking)
     rows = []
@@ -182,7 +182,7 @@ def candidate_notes(ranking: Ranking, candidate: str) -> tuple[list[str], list[s
     is not repeated here."""
     df = ranking.table
     sub = df[df.candidate == candidate]
-    flag = sub.flag.fillna("").astype(str) if "flag" in df.columns else [""] * len(sub)
+    flag = sub.flag.astype(object).fillna("").astype(str) if "flag" in df.columns else [""] * len(sub)
     flags, warnings = [], []
     for m, f, w in zip(sub.metric, flag, sub.warning):
         if f:
@@ -243,7 +243,7 @@ def flag_sentences(ranking: Ranking) -> list[str]:
     df = ranking.table
     if "flag" not in df.columns:
         return []
-    flagged = df[df.flag.fillna("").astype(str) != ""]
+    flagged = df[df.flag.astype(object).fillna("").astype(str) != ""]
     n = df.candidate.nunique()
     out = []
     for (metric, flag), sub in flagged.groupby(["metric", "flag"], sort=False):

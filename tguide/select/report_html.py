@@ -158,7 +158,7 @@ def _summary_card(ranking: Ranking) -> str:
     flags = flag_sentences(ranking)
     if flags:
         parts.append("".join(f"<li>{_e(s)}</li>" for s in flags))
-    elif "flag" in ranking.table.columns:
+    elif "flag" in ranking.table.columns and bool(ranking.table.flag.notna().any()):
         parts.append('<li class="agree">none: every score is usable here</li>')
     else:
         parts.append("<li>not checked in this ranking</li>")
@@ -231,7 +231,7 @@ def _charts(ranking: Ranking, order: list[str]) -> str:
                     y=[float(v) for v in sub.score],
                     lo=[float(v) for v in sub.ci_low] if has_ci else nan,
                     hi=[float(v) for v in sub.ci_high] if has_ci else nan,
-                    flagged=[bool(f) for f in sub.flag.fillna("")] if has_flag else [],
+                    flagged=[bool(f) for f in sub.flag.astype(object).fillna("")] if has_flag else [],
                     labels=[str(v) for v in sub.layer],
                     emphasis=cand == pick,
                 )
