@@ -2,14 +2,15 @@
 
 ``groundtruth``: linear-probe and fine-tuning accuracy of every (target, candidate)
 (:mod:`tguide.studies.zoo_benchmark.groundtruth_run`); ``quality``: every score against that
-ground truth (:mod:`tguide.studies.zoo_benchmark.quality`). ``--help`` after either for its options.
+ground truth (:mod:`tguide.studies.zoo_benchmark.quality`); ``imagenet``: the ImageNet-only pool
+(:mod:`tguide.studies.zoo_benchmark.imagenet_run`). ``--help`` after either for its options.
 """
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("groundtruth", "quality")
+COMMANDS = ("groundtruth", "quality", "imagenet")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args[0] == "groundtruth":
         from tguide.studies.zoo_benchmark.groundtruth_run import main as run
+    elif args[0] == "imagenet":
+        from tguide.studies.zoo_benchmark.imagenet_run import main as run
     else:
         from tguide.studies.zoo_benchmark.quality import main as run
     return run(args[1:])
