@@ -141,3 +141,47 @@ def test_quick_run_of_the_imagenet_pool(tmp_path: Path, data_root: Path) -> None
     n = len(runs)
     assert main(args) == 0
     assert len((out / "imagenet_groundtruth_runs.jsonl").read_text().splitlines()) == n
+
+
+def _synthetic(n_targets: int = 3, n: int = 7) -> tuple[dict, dict]:
+    from collections import defaultdict
+
+    table: dict = defaultdict(lambda: defaultdict(dict))
+    truth: dict = {}
+    rng = np.random.default_rng(0)
+    for t in range(n_targets):
+        acc = {f"c{i}": float(v) for i, v in enumerate(rng.uniform(0.2, 0.9, n))}
+        truth[f"t{t}"] = acc
+        for c, a in acc.items():
+            table[(f"t{t}", "full")]["sfda"][c] = a  # perfect
+            table[(f"t{t}", "full")]["logme"][c] = -a  # reversed
+            table[(f"t{t}", "full")]["knn"][c] = a + rng.normal(0, 0.3)
+            table[(f"t{t}", "full")]["hscore"][c] = 9.0 if c in ("c0", "c1") else a  # saturated C - 1 for c0, c1
+            table[(f"t{t}", "full")]["extract"][c] = 1280.0 if c in ("c0", "c1") else 64.0
+    return table, truth
+
+
+def test_evaluate_claims_and_saturation_on_a_synthetic_pool() -> None:
+    from tguide.studies.zoo_benchmark.imagenet_quality import evaluate, paired, saturation
+    from tguide.studies.zoo_benchmark.imagenet_tables import claims, default_selector
+
+    table, truth = _synthetic()
+    priors = {c: 0.5 for c in truth["t0"]}
+    ev = evaluate(table, truth, priors, priors, ("sfda", "logme", "knn", "hscore"), n_pools=30)
+    s = ev["summary"]
+    assert s["sfda"]["mean_tau_w"] == pytest.approx(1.0) and s["sfda"]["regret"] == 0.0
+    assert s["sfda"]["top1"] == 1.0 and s["sfda"]["subpool_tau_w"][1] == pytest.approx(1.0)
+    assert s["logme"]["mean_tau_w"] == pytest.approx(-1.0)
+    worst = np.mean([max(v.values()) - min(v.values()) for v in truth.values()])
+    assert s["logme"]["regret"] == pytest.approx(worst)  # picks the worst candidate every time
+    d = paired(ev, "sfda", "logme")
+    assert d["diff"] == pytest.approx(2.0) and d["beats_knn"]
+    shao = next(c for c in claims(ev) if c["source"].startswith("Shao"))
+    assert shao["overall"] == "cannot be tested here"  # NLEEP and LEEP missing
+    assert [p["verdict"] for p in shao["pairs"]] == ["cannot be tested"] * 3
+    sat = saturation(table, {t: 200 for t in truth}, metrics=("hscore", "sfda"))
+    assert sat["wide"]["t0"] == ["c0", "c1"]
+    assert sat["tied"] == {"hscore": {t: ["c0", "c1"] for t in truth}}
+    ds = default_selector(ev)
+    assert ds["chosen"] == "knn" and ds["means"]["logme"] == pytest.approx(-1.0)
+    assert set(ds["loto"]) == set(truth)

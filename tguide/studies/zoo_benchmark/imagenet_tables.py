@@ -70,10 +70,10 @@ def claims(ev: Evaluation) -> list[dict[str, Any]]:
         verdicts = [r["verdict"] for r in rows]
         if all(v == "holds" for v in verdicts):
             overall = "holds"
-        elif any(v == "cannot be tested" for v in verdicts) and len(set(verdicts)) == 1:
-            overall = "cannot be tested here"
         elif any(v == "reversed" for v in verdicts):
             overall = "does not hold"
+        elif any(v == "cannot be tested" for v in verdicts):
+            overall = "cannot be tested here"
         else:
             overall = "not supported (interval includes 0)"
         out.append({"source": source, "claim": text, "overall": overall, "pairs": rows})
