@@ -37,6 +37,7 @@ __all__ = [
 
 BASELINES = ("source_acc", "params", "knn", "linear_probe", "random")
 METRICS = (*SCORES, E2, E1, "source_acc", "params", "random")
+SCORE_ONLY = tuple(m for m in (*SCORES, E2) if m not in ("knn", "linear_probe"))  # what saturation checks
 Evaluation = dict[str, Any]
 
 
@@ -137,11 +138,12 @@ def paired(ev: Evaluation, a: str, b: str) -> dict[str, float | bool]:
 def saturation(
     table: Mapping[tuple[str, str], Mapping[str, Mapping[str, float]]],
     n_train: Mapping[str, int],
-    metrics: Sequence[str] = SCORES,
+    metrics: Sequence[str] = SCORE_ONLY,
     rtol: float = 1e-6,
 ) -> dict[str, Any]:
     """Where N < D makes scores saturate: per target the wide candidates (D ≥ N − 1) and, per score, the
-    targets where two or more of them tie (equal within ``rtol``) — the score cannot order them there.
+    targets where two or more of them tie (equal within ``rtol``) — the score cannot order them there
+    (for NCTI / ETran, per term). kNN and the linear probe are accuracies: their ties are discreteness.
 
     The gap between the D ≥ N − 1 regime and the scores that degenerate in it is the trust issue's:
     H-score = C − 1, SFDA / ETran's LDA term = 1, GBC's coefficients underflowing to 0 (reported as ties)."""
@@ -155,12 +157,13 @@ def saturation(
             continue
         wide[t] = sorted(c for c, d in dims.items() if d >= n - 1)
         for m in metrics:
-            vals = {c: full[m][c] for c in wide[t] if c in full.get(m, {})}
-            groups = [
-                c
-                for c in vals
-                if any(o != c and math.isclose(vals[c], vals[o], rel_tol=rtol, abs_tol=1e-12) for o in vals)
-            ]
-            if groups:
-                tied[m][t] = sorted(groups)
+            for key in [k for k in full if k == m or k.startswith(m + ".")]:  # NCTI / ETran: their terms
+                vals = {c: full[key][c] for c in wide[t] if c in full[key]}
+                groups = [
+                    c
+                    for c in vals
+                    if any(o != c and math.isclose(vals[c], vals[o], rel_tol=rtol, abs_tol=1e-12) for o in vals)
+                ]
+                if groups:
+                    tied[m][t if key == m else f"{t} [{key.split('.', 1)[1]}]"] = sorted(groups)
     return {"wide": wide, "tied": dict(tied), "n_train": dict(n_train)}

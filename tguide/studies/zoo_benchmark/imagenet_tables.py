@@ -132,6 +132,22 @@ def _score_table(ev: Evaluation, sat: dict[str, Any], title: str) -> list[str]:
     return lines + [""]
 
 
+def _pairs_text(pairs: list[dict[str, Any]]) -> str:
+    def one(p: dict[str, Any]) -> str:
+        nan = float("nan")
+        return (
+            f"{p['a']}−{p['b']} {_f(p.get('diff', nan))} [{_f(p.get('low', nan))}, {_f(p.get('high', nan))}] "
+            f"{p['verdict']}"
+        )
+
+    if len(pairs) <= 3:
+        return "; ".join(one(p) for p in pairs)
+    by: dict[str, list[str]] = {}
+    for p in pairs:
+        by.setdefault(p["verdict"], []).append(f"{p['b']} {_f(p.get('diff', float('nan')), 2)}")
+    return "; ".join(f"{v} vs {len(n)}: {', '.join(n)}" for v, n in by.items())
+
+
 def _n_train(path: Path) -> dict[str, int]:
     out = {}
     with path.open() as fh:
@@ -191,11 +207,7 @@ def write_quality(out: Path, src: Path | None = None, n_pools: int = 200) -> dic
     lines += ["|---|---|---|---|---|"]
     result["claims"] = {gt: claims(ev) for gt, ev in result["imagenet"].items() if ev["summary"]}
     for i, c in enumerate(result["claims"].get("linear_probe", [])):
-        pairs = "; ".join(
-            f"{p['a']}−{p['b']} {_f(p.get('diff', float('nan')))} [{_f(p.get('low', float('nan')))}, "
-            f"{_f(p.get('high', float('nan')))}] {p['verdict']}"
-            for p in c["pairs"]
-        )
+        pairs = _pairs_text(c["pairs"])
         ft = result["claims"].get("finetune", [])
         lines.append(
             f"| {c['source']} | {c['claim']} | **{c['overall']}** | {pairs} | {ft[i]['overall'] if ft else '—'} |"
