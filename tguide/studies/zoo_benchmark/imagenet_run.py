@@ -111,7 +111,11 @@ def _scores(out: Path, src: Path, targets: list[str], members: list[Member], arg
             with p.open() as fh:
                 done |= {(p.name, r["target"], r["candidate"], r["metric"].split(".")[0]) for r in csv.DictReader(fh)}
     shipped = list(csv.DictReader((src / "zoo_scores.csv").open())) if (src / "zoo_scores.csv").is_file() else []
-    mixed = [] if args.quick else mixed_pool(imagenet_size=args.imagenet_size)
+    mixed: list[Member] = []
+    if not args.quick and (src / "zoo_groundtruth.csv").is_file():  # the pre-registered mixed pool: its 12 members
+        with (src / "zoo_groundtruth.csv").open() as fh:
+            mixed_names = {r["candidate"] for r in csv.DictReader(fh)}
+        mixed = [m for m in mixed_pool(imagenet_size=args.imagenet_size) if m.name in mixed_names]
     fhs = {}
     for p in (path, mixed_path):
         new = not p.is_file()
