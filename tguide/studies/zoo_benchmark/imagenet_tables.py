@@ -213,8 +213,11 @@ def write_quality(out: Path, src: Path | None = None, n_pools: int = 200) -> dic
             f"| {c['source']} | {c['claim']} | **{c['overall']}** | {pairs} | {ft[i]['overall'] if ft else '—'} |"
         )
     lines += ["", "### Pre-registered estimators vs kNN (decision rule: 95% CI of the τ_w difference above 0)", ""]
-    lines += ["| zoo | truth | estimator | mean τ_w (kNN) | − kNN [95% CI] | beats kNN | regret (kNN) |"]
-    lines += ["|---|---|---|---:|---:|---|---:|"]
+    lines += [
+        "| zoo | truth | estimator | mean τ_w (kNN) | − kNN [95% CI] | beats kNN | regret (kNN) "
+        "| targets won / lost vs kNN (whole pool; descriptive) |"
+    ]
+    lines += ["|---|---|---|---:|---:|---|---:|---|"]
     result["preregistered"] = []
     for zoo in ("mixed", "imagenet"):
         for gt, ev in result[zoo].items():
@@ -226,11 +229,15 @@ def write_quality(out: Path, src: Path | None = None, n_pools: int = 200) -> dic
                     continue
                 d = paired(ev, e, "knn")
                 s = ev["summary"][e]
-                result["preregistered"].append({"zoo": zoo, "truth": gt, "estimator": e, **d})
+                pe, pk = ev["per_target"][e], ev["per_target"]["knn"]
+                won = sum(pe[t]["tau_w"] > pk[t]["tau_w"] for t in pe if t in pk)
+                lost = sum(pe[t]["tau_w"] < pk[t]["tau_w"] for t in pe if t in pk)
+                result["preregistered"].append({"zoo": zoo, "truth": gt, "estimator": e, "won": won, "lost": lost, **d})
                 lines.append(
                     f"| {zoo} | {gt.replace('_', ' ')} ({d['n_targets']} targets) | {e} | {_f(s['mean_tau_w'])} "
                     f"({_f(k['mean_tau_w'])}) | {_f(d['diff'])} [{_f(d['low'])}, {_f(d['high'])}] | "
-                    f"**{'yes' if d['beats_knn'] else 'no'}** | {s['regret']:.3f} ({k['regret']:.3f}) |"
+                    f"**{'yes' if d['beats_knn'] else 'no'}** | {s['regret']:.3f} ({k['regret']:.3f}) | "
+                    f"{won} / {lost} |"
                 )
     if "linear_probe" in result["mixed"]:
         dsel = default_selector(result["mixed"]["linear_probe"])
