@@ -4,7 +4,8 @@
 (:mod:`tguide.studies.zoo_benchmark.groundtruth_run`); ``quality``: every score against that
 ground truth (:mod:`tguide.studies.zoo_benchmark.quality`); ``layers``: the linear probe and the
 scores on every "auto" layer (:mod:`tguide.studies.zoo_benchmark.layers`); ``default-selector``: the
-pre-registered choice of ``rank``'s default selector (:mod:`tguide.studies.zoo_benchmark.default_selector`).
+pre-registered choice of ``rank``'s default selector (:mod:`tguide.studies.zoo_benchmark.default_selector`);
+``imagenet``: the ImageNet-only pool (:mod:`tguide.studies.zoo_benchmark.imagenet_run`).
 ``--help`` after any for its options.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("groundtruth", "quality", "layers", "default-selector")
+COMMANDS = ("groundtruth", "quality", "layers", "default-selector", "imagenet")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args[0] == "groundtruth":
         from tguide.studies.zoo_benchmark.groundtruth_run import main as run
+    elif args[0] == "imagenet":
+        from tguide.studies.zoo_benchmark.imagenet_run import main as run
     elif args[0] == "quality":
         from tguide.studies.zoo_benchmark.quality import main as run
     elif args[0] == "layers":
