@@ -18,12 +18,12 @@ SHAPES = [  # (N, D, C)
 
 
 # ---------------------------------------------------------------- numpy references
-def np_between_cov(f: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """cov(E[f|y]) with 1/N: the covariance of each sample replaced by its class mean."""
+def np_between_cov(f: np.ndarray, y: np.ndarray, ddof: int = 0) -> np.ndarray:
+    """cov(E[f|y]) over N − ddof: the covariance of each sample replaced by its class mean."""
     g = np.empty_like(f)
     for label in np.unique(y):
         g[y == label] = f[y == label].mean(axis=0)
-    return np.cov(g, rowvar=False, bias=True)
+    return np.cov(g, rowvar=False, ddof=ddof)
 
 
 def np_hscore(f: np.ndarray, y: np.ndarray) -> float:
@@ -46,9 +46,10 @@ def np_ledoit_wolf(f: np.ndarray) -> tuple[np.ndarray, float]:
     return (1 - alpha) * s + alpha * m * np.eye(d), alpha
 
 
-def np_hscore_shrinkage(f: np.ndarray, y: np.ndarray) -> float:
+def np_hscore_shrinkage(f: np.ndarray, y: np.ndarray, ddof: int = 1) -> float:
+    """The listing's convention by default: Σ_LW from the 1/N covariance, cov(E[f|y]) over N − 1."""
     sigma, alpha = np_ledoit_wolf(f)
-    return float(np.trace(np.linalg.pinv(sigma, hermitian=True) @ ((1 - alpha) * np_between_cov(f, y))))
+    return float(np.trace(np.linalg.pinv(sigma, hermitian=True) @ ((1 - alpha) * np_between_cov(f, y, ddof))))
 
 
 def rel_err(a: float, b: float) -> float:
@@ -84,8 +85,80 @@ def test_hscore_shrinkage_matches_sklearn(rng, make_data, n, d, c):
     covariance = pytest.importorskip("sklearn.covariance")
     f, y = make_data(rng, n, d, c, signal=0.5)
     lw = covariance.LedoitWolf().fit(f)
-    ref = np.trace(np.linalg.pinv(lw.covariance_) @ ((1 - lw.shrinkage_) * np_between_cov(f, y)))
+    ref = np.trace(np.linalg.pinv(lw.covariance_) @ ((1 - lw.shrinkage_) * np_between_cov(f, y, ddof=1)))
     assert rel_err(float(hscore_shrinkage(f, y)), float(ref)) <= 1e-6
+
+
+# ---------------------------------------------------------------- the published listing's convention
+# Ibrahim, Ponomareva, Mazumder, "Newer is not always better: rethinking transferability metrics, their
+# peculiarities, stability and performance", ECML PKDD 2022: the shrinkage H-score listing, as published in
+# thuml/Transfer-Learning-Library, commit b0d863f20511e60fbc6f5491f37faf2765451cf7, path
+# tllib/ranking/hscore.py, function `regularized_h_score` (read, not copied). Its convention: centre the
+# features; Σ_LW and α from scikit-learn's LedoitWolf (the 1/N covariance); cov(E[f|y]) with numpy.cov's
+# default N − 1; the score tr(pinv(Σ_LW, rcond=1e-15) · (1 − α) cov(E[f|y])).
+
+
+def listing_hscore_shrinkage(features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """That convention in plain numpy (the Ledoit-Wolf intensity written as scikit-learn computes it,
+    from column sums of squares); returns ``(score, alpha)``."""
+    f = np.asarray(features, dtype=np.float64)
+    f = f - f.mean(axis=0, keepdims=True)
+    n, d = f.shape
+    s = f.T @ f / n  # the 1/N covariance
+    mu = np.trace(s) / d
+    sq = f**2
+    beta = (np.sum(sq.T @ sq) / n - np.sum(s**2)) / (d * n)
+    delta = (np.sum(s**2) - 2 * mu * np.trace(s) + d * mu**2) / d
+    alpha = 0.0 if min(beta, delta) == 0 else min(beta, delta) / delta
+    sigma = (1 - alpha) * s + alpha * mu * np.eye(d)
+    g = np.zeros_like(f)
+    for label in np.unique(labels):
+        g[labels == label] = f[labels == label].mean(axis=0)
+    between = np.cov(g, rowvar=False)  # N − 1
+    return float(np.trace(np.linalg.pinv(sigma, rcond=1e-15) @ ((1 - alpha) * between))), float(alpha)
+
+
+def _listing_case() -> tuple[np.ndarray, np.ndarray]:
+    """Seeded 300-sample case: 5 classes, 16 dimensions, unit class signal."""
+    rng = np.random.default_rng(300)
+    y = rng.permutation(np.arange(300) % 5)
+    return rng.normal(size=(5, 16))[y] + rng.normal(size=(300, 16)), y
+
+
+LISTING_REFERENCE = 2.6463942869492194  # listing_hscore_shrinkage(*_listing_case()) (numpy 2, float64)
+ONE_OVER_N_REFERENCE = 2.6375729726593886  # the same with cov(E[f|y]) over N: LISTING_REFERENCE · 299/300
+
+
+def test_hscore_shrinkage_follows_the_published_listing_by_default():
+    f, y = _listing_case()
+    ref, alpha = listing_hscore_shrinkage(f, y)
+    assert 0.05 < alpha < 0.2  # a case where shrinkage matters
+    assert ref == pytest.approx(LISTING_REFERENCE, rel=1e-12)
+    assert float(hscore_shrinkage(f, y)) == pytest.approx(ref, rel=1e-12)
+    assert float(hscore_shrinkage(f, y, between_ddof=1)) == pytest.approx(ref, rel=1e-12)
+
+
+def test_hscore_shrinkage_between_ddof_0_is_the_one_over_n_variant():
+    f, y = _listing_case()
+    old = float(hscore_shrinkage(f, y, between_ddof=0))
+    assert ONE_OVER_N_REFERENCE == pytest.approx(LISTING_REFERENCE * 299 / 300, rel=1e-14)
+    assert old == pytest.approx(ONE_OVER_N_REFERENCE, rel=1e-12)
+    assert old == pytest.approx(np_hscore_shrinkage(f, y, ddof=0), rel=1e-9)  # outer-product Ledoit-Wolf
+
+
+@pytest.mark.parametrize("n,d,c", SHAPES)
+def test_hscore_shrinkage_listing_agreement_across_shapes(rng, make_data, n, d, c):
+    f, y = make_data(rng, n, d, c, signal=0.5)
+    ref, _ = listing_hscore_shrinkage(f, y)
+    assert rel_err(float(hscore_shrinkage(f, y)), ref) <= 1e-6
+    assert rel_err(float(hscore_shrinkage(f, y, between_ddof=0)), ref * (n - 1) / n) <= 1e-6
+
+
+@pytest.mark.parametrize("bad", [2, -1, 0.5, True])
+def test_hscore_shrinkage_rejects_other_ddof(rng, make_data, bad):
+    f, y = make_data(rng, 40, 3, 2)
+    with pytest.raises(ValueError, match="between_ddof"):
+        hscore_shrinkage(f, y, between_ddof=bad)
 
 
 # ---------------------------------------------------------------- closed forms and bounds

@@ -145,6 +145,28 @@ def test_null_fast_path_equals_a_slow_loop(rng, name, shape):
     np.testing.assert_allclose(res.null.numpy(), slow.numpy(), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("between_ddof", [0, 1])
+def test_shrinkage_convention_flag_is_one_formula(rng, between_ddof):
+    """``between_ddof`` reaches the functional, the score of merged statistics and the null alike."""
+    x, y = _data(rng, 150, 5, 3)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    expected = float(hscore_shrinkage(xt, yt, between_ddof=between_ddof))
+    merged = GramStatistics()
+    for p in _batches(rng, 150):
+        merged = merged.merge(GramStatistics.from_samples(xt[p], yt[p]))
+    assert float(hscore_shrinkage_from_statistics(merged, between_ddof=between_ddof)) == pytest.approx(
+        expected, rel=1e-9
+    )
+    res = label_shuffle_null(hscore_shrinkage, xt, yt, n_perm=4, seed=1, between_ddof=between_ddof)
+    slow = torch.stack([hscore_shrinkage(xt, yt[p], between_ddof=between_ddof) for p in label_permutations(150, 4, 1)])
+    assert float(res.score) == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(res.null.numpy(), slow.numpy(), rtol=1e-9, atol=1e-12)
+    # the default is the published listing's N − 1: N/(N − 1) times the 1/N variant
+    assert float(hscore_shrinkage(xt, yt)) == pytest.approx(
+        float(hscore_shrinkage(xt, yt, between_ddof=0)) * 150 / 149, rel=1e-12
+    )
+
+
 def test_null_fast_path_of_gbc_with_pca(rng):
     x, y = _data(rng, 120, 8, 3)
     res = label_shuffle_null(gbc, x, y, n_perm=5, seed=1, pca_dim=3)

@@ -36,6 +36,7 @@ from tguide.metrics.degeneracy import flag_of, width_reason
 from tguide.metrics.registry import METRICS, MetricInfo, get_metric
 from tguide.select.cache import FeatureCache, cache_key
 from tguide.select.candidates import Candidate, resolve_candidates
+from tguide.select.distributed import CandidateResult, is_rank_zero, session, shard_candidates
 from tguide.select.ranking_result import (
     COLUMNS,
     Ranking,
@@ -479,9 +480,6 @@ def rank(
     extra = [get_metric(b) for b in baselines if b != "source_accuracy" and b not in metrics]  # scored once
     kwargs = {k: dict(v) for k, v in (metric_kwargs or {}).items()}
     needs_head = any(i.needs_source_probs for i in infos)
-    rows: list[dict[str, Any]] = []
-    pooled: dict[str, list[tuple[int, Any]]] = {}
-    timings: dict[str, float] = {"bootstrap": 0.0}
     if bootstrap < 0:
         raise RankError(f"`bootstrap` must be ≥ 0 resamples (0: off), got {bootstrap}")
     boot = None
@@ -489,7 +487,11 @@ def rank(
         from tguide.select.bootstrap import Bootstrap
 
         boot = Bootstrap(data.labels, int(bootstrap), seed)
-    for cand in cands:
+
+    def one_candidate(cand: Candidate) -> CandidateResult:  # on its own rank when launched distributed
+        rows: list[dict[str, Any]] = []
+        pooled: dict[str, list[tuple[int, Any]]] = {}
+        timings: dict[str, float] = {}
         want = plan[cand.name] + ([OUTPUT] if needs_head and cand.head and OUTPUT not in plan[cand.name] else [])
         feats, labels, timings[f"extract/{cand.name}"] = _features(
             cand, data, want, cache, dev, batch_size, num_workers, bool(progress)
@@ -502,10 +504,21 @@ def rank(
         if "source_accuracy" in baselines:
             rows.append(_source_accuracy_row(cand))
         timings[f"score/{cand.name}"] = time.perf_counter() - t_score
-        if boot is not None:
+        if boot is not None:  # replicates travel with their rows (the features stay on this rank)
             t_boot = time.perf_counter()
             _bootstrap_candidate(boot, cand, feats, labels, rows, first, pooled, kwargs)
-            timings["bootstrap"] += time.perf_counter() - t_boot
+            for i in range(first, len(rows)):
+                if i in boot.rows:
+                    rows[i]["_replicates"] = boot.rows.pop(i)
+            timings[f"resample/{cand.name}"] = time.perf_counter() - t_boot
+        return rows, pooled, timings
+
+    rows, pooled, timings = shard_candidates(cands, one_candidate)  # one table, in candidate order, on every rank
+    timings["bootstrap"] = sum(v for k, v in timings.items() if k.startswith("resample/"))
+    for i, row in enumerate(rows):
+        replicates = row.pop("_replicates", None)
+        if boot is not None and replicates is not None:
+            boot.rows[i] = replicates
     _normalise_pools(pooled, rows)
     _flag_widths(rows)
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -584,25 +597,28 @@ def run(cfg: Any) -> Ranking:
     cache_dir = rk.get("cache_dir") or (output_root / "feature_cache")
     if str(cache_dir).lower() in ("none", "false", "off"):
         cache_dir = None
-    ranking = rank(
-        candidates,
-        target,
-        layers=rk.get("layers", "auto"),
-        metrics=rk.get("metrics") or DEFAULT_METRICS,
-        baselines=rk.get("baselines") if rk.get("baselines") is not None else BASELINES,
-        null=int(rk.get("null_perm") or 0),
-        max_samples=rk.get("max_samples"),
-        cache_dir=cache_dir,
-        seed=int(rk.get("seed", cfg.get("seed", 0)) or 0),
-        device=rk.get("device"),
-        batch_size=int(rk.get("batch_size") or 64),
-        num_workers=int(rk.get("num_workers") or 0),
-        metric_kwargs=rk.get("metric_kwargs") or None,
-        root=rk.get("root"),
-        progress=rk.get("progress", "auto"),
-        bootstrap=100 if (replicates := rk.get("bootstrap")) is None else int(replicates),
-        contender_threshold=float(rk.get("contender_threshold") or 0.1),
-    )
+    with session():  # under torchrun: candidates sharded across ranks, errors reported by rank 0 only
+        ranking = rank(
+            candidates,
+            target,
+            layers=rk.get("layers", "auto"),
+            metrics=rk.get("metrics") or DEFAULT_METRICS,
+            baselines=rk.get("baselines") if rk.get("baselines") is not None else BASELINES,
+            null=int(rk.get("null_perm") or 0),
+            max_samples=rk.get("max_samples"),
+            cache_dir=cache_dir,
+            seed=int(rk.get("seed", cfg.get("seed", 0)) or 0),
+            device=rk.get("device"),
+            batch_size=int(rk.get("batch_size") or 64),
+            num_workers=int(rk.get("num_workers") or 0),
+            metric_kwargs=rk.get("metric_kwargs") or None,
+            root=rk.get("root"),
+            progress=rk.get("progress", "auto"),
+            bootstrap=100 if (replicates := rk.get("bootstrap")) is None else int(replicates),
+            contender_threshold=float(rk.get("contender_threshold") or 0.1),
+        )
+    if not is_rank_zero():
+        return ranking  # every rank holds the same table; rank 0 writes the reports
     wandb_run = None
     logger_cfg = cfg.get("logger")
     if logger_cfg and "_target_" in logger_cfg and "Wandb" in str(logger_cfg.get("_target_")):

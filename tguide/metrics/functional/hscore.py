@@ -5,8 +5,8 @@ References:
         "An Information-Theoretic Approach to Transferability in Task Transfer Learning",
         ICIP 2019.
     [2] S. Ibrahim, N. Ponomareva, R. Mazumder, "Newer is not always better: Rethinking
-        transferability metrics, their peculiarities, stability and performance", WACV 2023
-        (arXiv:2110.06893).
+        transferability metrics, their peculiarities, stability and performance", ECML PKDD
+        2022 (arXiv:2110.06893).
     [3] O. Ledoit, M. Wolf, "A well-conditioned estimator for large-dimensional covariance
         matrices", Journal of Multivariate Analysis 88(2), 2004.
 
@@ -208,25 +208,39 @@ def _lw_statistics(stats: GramStatistics) -> Tensor:
     return _lw_alpha(gram.diagonal().sum() / n, (gram * gram).sum() / n**2, stats.part("g")["q4"][0] / n, n, d)
 
 
-def hscore_shrinkage_from_statistics(stats: GramStatistics) -> Tensor:
+def _check_between_ddof(between_ddof: int, n: int) -> None:
+    if isinstance(between_ddof, bool) or between_ddof not in (0, 1):
+        raise ValueError(
+            f"`between_ddof` must be 1 (the published listing's N − 1, the default) or 0 (1/N, the same "
+            f"normalisation as the feature covariance); got {between_ddof!r}."
+        )
+    if n - between_ddof <= 0:
+        raise ValueError(f"`between_ddof={between_ddof}` needs more than {between_ddof} sample(s); got N={n}.")
+
+
+def hscore_shrinkage_from_statistics(stats: GramStatistics, *, between_ddof: int = 1) -> Tensor:
     r"""The shrinkage H-score (:func:`hscore_shrinkage`) from
     :class:`~tguide.metrics.statistics.GramStatistics` (sufficient statistics, no samples).
 
-    ``Σ_{μ_k > t} (1-α) v_kᵀ B v_k / μ_k`` with ``μ_k = (1-α)λ_k + α tr(S)/D`` the eigenvalues
-    of the Ledoit–Wolf covariance and α from ``tr S``, ``‖S‖_F²`` and ``Σ‖z_i‖⁴``.
+    ``N/(N − between_ddof) · Σ_{μ_k > t} (1-α) v_kᵀ B v_k / μ_k`` with ``μ_k = (1-α)λ_k + α tr(S)/D``
+    the eigenvalues of the Ledoit–Wolf covariance, α from ``tr S``, ``‖S‖_F²`` and ``Σ‖z_i‖⁴``, and
+    ``B`` the 1/N between-class covariance (rescaled to 1/(N − 1) by the default ``between_ddof=1``,
+    the convention of the published listing; see :func:`hscore_shrinkage`).
     """
     _need_classes(stats)
     lam, energy, n, d = _spectrum(stats)
+    _check_between_ddof(between_ddof, n)
     alpha = _lw_statistics(stats)
     mu = lam.sum() / d  # tr(S)/D; the eigenvalues left out when N < D are 0
     shrunk = (1 - alpha) * lam + alpha * mu
     keep = shrunk > _rank_cut(shrunk, n, d)
     denom = torch.where(keep, shrunk, torch.ones_like(shrunk))
-    return ((1 - alpha) * torch.where(keep, energy / denom, torch.zeros_like(shrunk))).sum()
+    score = ((1 - alpha) * torch.where(keep, energy / denom, torch.zeros_like(shrunk))).sum()
+    return score * (n / (n - between_ddof))
 
 
-def hscore_shrinkage(features: Any, labels: Any) -> Tensor:
-    r"""Shrinkage H-score (Ibrahim, Ponomareva, Mazumder, WACV 2023 [2]).
+def hscore_shrinkage(features: Any, labels: Any, *, between_ddof: int = 1) -> Tensor:
+    r"""Shrinkage H-score (Ibrahim, Ponomareva, Mazumder, ECML PKDD 2022 [2]).
 
     The feature covariance is replaced by its Ledoit-Wolf estimate [3], which keeps the
     score stable when D is large next to N:
@@ -236,9 +250,17 @@ def hscore_shrinkage(features: Any, labels: Any) -> Tensor:
         \operatorname{cov}(\mathbb{E}[f \mid y])\big), \qquad
         \Sigma_{LW} = (1-\alpha)\,S + \alpha\,\tfrac{\operatorname{tr} S}{D}\,I
 
-    with ``S`` the 1/N covariance of the centred features, α the Ledoit-Wolf optimal
-    shrinkage (see :func:`ledoit_wolf_shrinkage`, clipped to [0, 1]) and the between-class
-    covariance also 1/N. ``Σ_LW`` shares the eigenvectors of ``S`` (eigenvalues
+    with ``S`` the 1/N covariance of the centred features and α the Ledoit-Wolf optimal
+    shrinkage (see :func:`ledoit_wolf_shrinkage`, clipped to [0, 1]), both as scikit-learn's
+    ``LedoitWolf`` estimates them, and the between-class covariance
+    ``cov(E[f|y]) = Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ / (N − between_ddof)``, ``g_i`` the mean of sample
+    i's class.
+
+    **Convention.** The paper's text leaves the normalisation of ``cov(E[f|y])`` open; its
+    published listing computes it with ``numpy.cov`` (N − 1) while ``Σ_LW`` is the 1/N
+    Ledoit–Wolf estimate. ``between_ddof=1`` (the default) follows the listing;
+    ``between_ddof=0`` gives the 1/N variant (the listing's score times ``(N − 1)/N``; the
+    ranking of candidates on one target is the same either way). ``Σ_LW`` shares the eigenvectors of ``S`` (eigenvalues
     ``(1-α)λ_k + α tr(S)/D``), so the same single eigendecomposition as :func:`hscore` is
     reused (computed from sufficient statistics, :func:`hscore_shrinkage_from_statistics`);
     eigenvalues of ``Σ_LW`` below the relative cutoff of :func:`hscore` are
@@ -248,9 +270,14 @@ def hscore_shrinkage(features: Any, labels: Any) -> Tensor:
     Args:
         features: ``(N, D)`` float tensor or array.
         labels: ``(N,)`` integer class ids, any label set, at least 2 classes.
+        between_ddof: 1 (default): the between-class covariance over N − 1, as the paper's
+            listing; 0: over N.
 
     Returns:
         0-d float64 tensor on the features' device; higher = more transferable.
+
+    Raises:
+        ValueError: bad features or labels (as :func:`hscore`), ``between_ddof`` not 0 or 1.
 
     Example:
         >>> import torch
@@ -260,4 +287,4 @@ def hscore_shrinkage(features: Any, labels: Any) -> Tensor:
         >>> 0 < float(hscore_shrinkage(f, y)) < float(hscore(f, y))
         True
     """
-    return hscore_shrinkage_from_statistics(_statistics(features, labels))
+    return hscore_shrinkage_from_statistics(_statistics(features, labels), between_ddof=between_ddof)
