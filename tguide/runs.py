@@ -26,6 +26,7 @@ __all__ = [
     "ResumeState",
     "find_resume",
     "check_resumable",
+    "config_dict",
     "start_run",
     "prepare_run",
     "restore_config",
@@ -121,7 +122,7 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, An
     }
 
 
-def _plain_dict(cfg: Any, *, resolve: bool, what: str) -> dict[Any, Any]:
+def config_dict(cfg: Any, *, resolve: bool, what: str) -> dict[Any, Any]:
     """``cfg`` (an OmegaConf node) as a plain dict; :class:`~tguide.errors.TGuideError` naming
     ``what`` when it is not a mapping (a YAML list or scalar where a config was expected)."""
     from omegaconf import OmegaConf
@@ -141,7 +142,7 @@ def restore_config(point: ResumePoint, changes: dict[str, Any], resume: str) -> 
     """
     from omegaconf import OmegaConf
 
-    stored = _plain_dict(
+    stored = config_dict(
         OmegaConf.load(point.run_dir / CONFIG_FILE), resolve=False, what=str(point.run_dir / CONFIG_FILE)
     )
     cfg = OmegaConf.create(stored)
@@ -214,7 +215,7 @@ def start_run(cfg: Any) -> tuple[Path, ResumePoint | None]:
     record: dict[str, Any] = {}
     if cfg.get("resume"):
         point = find_resume(str(cfg.resume))
-        stored = _plain_dict(
+        stored = config_dict(
             OmegaConf.load(point.run_dir / CONFIG_FILE), resolve=False, what=str(point.run_dir / CONFIG_FILE)
         )
         old_dir = (stored.get("paths") or {}).get("run_dir")
@@ -223,13 +224,13 @@ def start_run(cfg: Any) -> tuple[Path, ResumePoint | None]:
             cfg.paths.run_dir = run_dir
         check_resumable(cfg, stored, where=str(point.run_dir))
         history = list(stored.get(HISTORY_KEY) or [])
-        new = _plain_dict(cfg, resolve=True, what="the config")
+        new = config_dict(cfg, resolve=True, what="the config")
         history.append({"at": datetime.now().isoformat(timespec="seconds"), "changed": _changes(stored, new)})
         record = {HISTORY_KEY: history}
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():
-        resolved = _plain_dict(cfg, resolve=True, what="the config")
+        resolved = config_dict(cfg, resolve=True, what="the config")
         resolved.update(record)  # every resumption recorded, none overwritten
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(resolved))
     return run_dir, point
@@ -246,7 +247,7 @@ def prepare_run(cfg: Any, block: str, recipes: str) -> tuple[dict[str, Any], Pat
     if cfg.get(block) is None:
         raise TGuideError(f"the config has no `{block}:` block; use {recipes}")
     run_dir, _ = start_run(cfg)
-    values = _plain_dict(cfg[block], resolve=True, what=f"the config's `{block}:` block")
+    values = config_dict(cfg[block], resolve=True, what=f"the config's `{block}:` block")
     return values, run_dir
 
 
