@@ -100,7 +100,8 @@ class InvarianceMonitor(Callback):
         if isinstance(self.pairs, DataLoader):
             return self.pairs
         if isinstance(self.pairs, str):
-            method = getattr(trainer.datamodule, self.pairs, None)
+            # Lightning attaches `datamodule` to the trainer at fit time; Trainer does not declare it
+            method = getattr(getattr(trainer, "datamodule", None), self.pairs, None)
             if not callable(method):
                 raise ValueError(
                     f"`pairs`={self.pairs!r}: the datamodule has no such method; use data=mnist_lt "
@@ -112,7 +113,7 @@ class InvarianceMonitor(Callback):
     def _counts(self, trainer: L.Trainer) -> list[int]:
         spec = self.class_counts_spec
         if isinstance(spec, str):
-            value = getattr(trainer.datamodule, spec, None)
+            value = getattr(getattr(trainer, "datamodule", None), spec, None)
             if value is None:
                 raise ValueError(f"`class_counts`={spec!r}: the datamodule has no such attribute (after setup).")
             spec = value
@@ -175,7 +176,7 @@ class InvarianceMonitor(Callback):
             self._plot(os.path.join(folder, os.path.splitext(self.filename)[0] + ".png"), rows)
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
-                self._log_wandb(logger.experiment, split, rows)
+                self._log_wandb(logger.experiment, split, rows)  # type: ignore[attr-defined]  # a WandbLogger's run; Lightning's Logger base does not declare it
 
     @staticmethod
     def _plot(path: str, rows: list[list[Any]]) -> None:
@@ -212,7 +213,7 @@ class InvarianceMonitor(Callback):
 
         last = max(r[1] for r in rows)
         pts = [[math.log10(max(r[3], 1)), r[5]] for r in rows if r[1] == last and r[5] == r[5]]
-        payload: dict[str, Any] = {f"invariance/{split}_table": wandb.Table(columns=COLUMNS, data=rows)}
+        payload: dict[str, Any] = {f"invariance/{split}_table": wandb.Table(columns=COLUMNS, data=rows)}  # type: ignore[arg-type]  # wandb types columns as an invariant list[str | int]
         if pts:
             table = wandb.Table(columns=["log10_class_size", "ekld"], data=pts)
             payload[f"invariance/{split}_ekld_vs_size"] = wandb.plot.scatter(

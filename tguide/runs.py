@@ -26,6 +26,7 @@ __all__ = [
     "ResumeState",
     "find_resume",
     "check_resumable",
+    "config_dict",
     "start_run",
     "prepare_run",
     "restore_config",
@@ -121,6 +122,17 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, An
     }
 
 
+def config_dict(cfg: Any, *, resolve: bool, what: str) -> dict[Any, Any]:
+    """``cfg`` (an OmegaConf node) as a plain dict; :class:`~tguide.errors.TGuideError` naming
+    ``what`` when it is not a mapping (a YAML list or scalar where a config was expected)."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.to_container(cfg, resolve=resolve)
+    if not isinstance(value, dict):
+        raise TGuideError(f"{what} must be a mapping of keys to values, got a {type(value).__name__}")
+    return value
+
+
 def restore_config(point: ResumePoint, changes: dict[str, Any], resume: str) -> Any:
     """The config a resumed run continues with: the stored ``config.yaml`` as the base, each
     ``changes`` item (``{dotted key: value}``, values may interpolate the stored keys) put on top.
@@ -130,7 +142,9 @@ def restore_config(point: ResumePoint, changes: dict[str, Any], resume: str) -> 
     """
     from omegaconf import OmegaConf
 
-    stored = OmegaConf.to_container(OmegaConf.load(point.run_dir / CONFIG_FILE), resolve=False)
+    stored = config_dict(
+        OmegaConf.load(point.run_dir / CONFIG_FILE), resolve=False, what=str(point.run_dir / CONFIG_FILE)
+    )
     cfg = OmegaConf.create(stored)
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
@@ -201,21 +215,23 @@ def start_run(cfg: Any) -> tuple[Path, ResumePoint | None]:
     record: dict[str, Any] = {}
     if cfg.get("resume"):
         point = find_resume(str(cfg.resume))
-        stored = OmegaConf.to_container(OmegaConf.load(point.run_dir / CONFIG_FILE), resolve=False)
+        stored = config_dict(
+            OmegaConf.load(point.run_dir / CONFIG_FILE), resolve=False, what=str(point.run_dir / CONFIG_FILE)
+        )
         old_dir = (stored.get("paths") or {}).get("run_dir")
         run_dir = old_dir if old_dir and Path(old_dir).resolve() == point.run_dir else str(point.run_dir)
         with open_dict(cfg):
             cfg.paths.run_dir = run_dir
         check_resumable(cfg, stored, where=str(point.run_dir))
         history = list(stored.get(HISTORY_KEY) or [])
-        new = OmegaConf.to_container(cfg, resolve=True)
-        history.append({"at": datetime.now().isoformat(timespec="seconds"), "changed": _changes(stored, new)})  # type: ignore[arg-type]
+        new = config_dict(cfg, resolve=True, what="the config")
+        history.append({"at": datetime.now().isoformat(timespec="seconds"), "changed": _changes(stored, new)})
         record = {HISTORY_KEY: history}
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        resolved.update(record)  # type: ignore[union-attr]  # every resumption recorded, none overwritten
+        resolved = config_dict(cfg, resolve=True, what="the config")
+        resolved.update(record)  # every resumption recorded, none overwritten
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(resolved))
     return run_dir, point
 
@@ -227,13 +243,12 @@ def prepare_run(cfg: Any, block: str, recipes: str) -> tuple[dict[str, Any], Pat
 
     Raises :class:`~tguide.errors.TGuideError` naming ``recipes`` when the config has no ``block``.
     """
-    from omegaconf import OmegaConf
 
     if cfg.get(block) is None:
         raise TGuideError(f"the config has no `{block}:` block; use {recipes}")
     run_dir, _ = start_run(cfg)
-    values = OmegaConf.to_container(cfg[block], resolve=True)
-    return values, run_dir  # type: ignore[return-value]
+    values = config_dict(cfg[block], resolve=True, what=f"the config's `{block}:` block")
+    return values, run_dir
 
 
 def _resume_state_class() -> type:
@@ -267,7 +282,10 @@ def _resume_state_class() -> type:
 
         def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
             # plain types and tensors only: Lightning loads checkpoints with weights_only=True
-            kind, keys, pos, has_gauss, gauss = np.random.get_state()
+            state = np.random.get_state(legacy=True)
+            # the global RandomState is an MT19937, whose legacy state is the 5-tuple
+            assert isinstance(state, tuple), f"unexpected numpy RNG state {type(state).__name__}"
+            kind, keys, pos, has_gauss, gauss = state
             rng = {
                 "torch": torch.get_rng_state(),
                 "random": random.getstate(),

@@ -14,7 +14,10 @@ import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
 
 __all__ = ["fit", "run", "instantiate_part"]
 
@@ -57,11 +60,10 @@ def fit(cfg: Any) -> dict[str, float]:
     that run from its newest ``last*.ckpt`` (:mod:`tguide.runs`).
     """
     import lightning as L
-    from omegaconf import OmegaConf
 
     from tguide.errors import ResumeError
     from tguide.loggers import ResumableCSVLogger, keep_rows_before
-    from tguide.runs import ResumeState, start_run
+    from tguide.runs import ResumeState, config_dict, start_run
 
     run_dir, point = start_run(cfg)  # resume=PATH: the old folder, config checked against the stored one
     ckpt_path = None
@@ -73,7 +75,7 @@ def fit(cfg: Any) -> dict[str, float]:
             )
         ckpt_path = str(point.checkpoint)
         print(f"tguide.fit: resuming {point.run_dir} from {point.checkpoint.name}", flush=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = config_dict(cfg, resolve=True, what="the config")
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate_part(cfg.data, "data")
@@ -89,17 +91,21 @@ def fit(cfg: Any) -> dict[str, float]:
         callbacks.append(_step_checkpoint(ckpt_dir, int(every)))
     callbacks.append(ResumeState(ckpt_dir))
     logger_cfg = cfg.get("logger")
-    logger = instantiate_part(logger_cfg, "logger") if logger_cfg and "_target_" in logger_cfg else False
+    logger: Logger | None = instantiate_part(logger_cfg, "logger") if logger_cfg and "_target_" in logger_cfg else None
     if isinstance(logger, ResumableCSVLogger) and ckpt_path is not None:
         keep_rows_before(logger, _global_step(ckpt_path))
-    if not logger:  # LearningRateMonitor refuses to run without a logger; it has nothing to do then
+    if logger is None:  # LearningRateMonitor refuses to run without a logger; it has nothing to do then
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate_part(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=logger, default_root_dir=str(run_dir)
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=logger if logger is not None else False,
+        default_root_dir=str(run_dir),
     )
-    if logger:
+    if logger is not None:
         logger.log_hyperparams(resolved)
 
     with _quiet_lightning():

@@ -52,6 +52,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -161,6 +162,48 @@ def residual_distance(
     return torch.as_tensor(d, dtype=torch.float64)
 
 
+@overload
+def denoising_transferability(
+    source_residuals: Tensor,
+    target_residuals: Tensor,
+    *,
+    method: str = ...,
+    patch: int = ...,
+    n_projections: int = ...,
+    max_patches: int | None = ...,
+    seed: int = ...,
+    return_result: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def denoising_transferability(
+    source_residuals: Tensor,
+    target_residuals: Tensor,
+    *,
+    method: str = ...,
+    patch: int = ...,
+    n_projections: int = ...,
+    max_patches: int | None = ...,
+    seed: int = ...,
+    return_result: Literal[True],
+) -> DenoisingTransferResult: ...
+
+
+@overload
+def denoising_transferability(
+    source_residuals: Tensor,
+    target_residuals: Tensor,
+    *,
+    method: str = ...,
+    patch: int = ...,
+    n_projections: int = ...,
+    max_patches: int | None = ...,
+    seed: int = ...,
+    return_result: bool,
+) -> Tensor | DenoisingTransferResult: ...
+
+
 def denoising_transferability(
     source_residuals: Tensor,
     target_residuals: Tensor,
@@ -212,6 +255,22 @@ def denoising_transferability(
     if return_result:
         return DenoisingTransferResult(score=score, distance=d, scale=scale)
     return score
+
+
+@overload
+def denoiser_residuals(model: Callable[[Tensor], Tensor], noisy: Tensor, batch_size: int = ...) -> Tensor: ...
+
+
+@overload
+def denoiser_residuals(
+    model: Callable[[Tensor], Tensor], noisy: list[Tensor], batch_size: int = ...
+) -> list[Tensor]: ...
+
+
+@overload
+def denoiser_residuals(
+    model: Callable[[Tensor], Tensor], noisy: Tensor | list[Tensor], batch_size: int = ...
+) -> Tensor | list[Tensor]: ...
 
 
 @torch.no_grad()
@@ -267,5 +326,4 @@ def score_denoiser(
     pa = source_residuals if source_residuals is not None else patches(source_images)
     pb = patches(target_images)
     result = denoising_transferability(pa, pb, patch=patch, return_result=True, **kwargs)
-    assert isinstance(result, DenoisingTransferResult)
     return DenoisingTransferResult(result.score, result.distance, result.scale, time.perf_counter() - t0)

@@ -139,6 +139,9 @@ class EKLD(Metric):
     is_differentiable: bool = False
     higher_is_better: bool = False
     full_state_update: bool = False
+    # states registered by ``add_state`` in ``__init__``: per-class sums, (num_classes,) float64
+    kl_sum: Tensor
+    count: Tensor
 
     def __init__(self, num_classes: int, average: str = "micro", **kwargs: Any) -> None:
         super().__init__(**kwargs)

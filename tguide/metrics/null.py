@@ -30,7 +30,7 @@ import functools
 import inspect
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -55,12 +55,14 @@ from tguide.metrics.statistics import (
 
 __all__ = ["NullCalibrated", "label_shuffle_null"]
 
+_S = TypeVar("_S", bound=Statistics)
+
 
 # ----------------------------------------------------------------------------- fast paths
 
 
 def _relabelled_scores(
-    stats: Statistics, x: Tensor, codes: Tensor, perms: Tensor, score: Callable[[Statistics], Tensor]
+    stats: _S, x: Tensor, codes: Tensor, perms: Tensor, score: Callable[[_S], Tensor]
 ) -> tuple[Tensor, Tensor]:
     """``score`` of the statistics and of their relabelling by every permutation: ``(score, (P,))``."""
     observed = score(stats)

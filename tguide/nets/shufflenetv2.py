@@ -81,6 +81,10 @@ class ShuffleNetV2Trunk(nn.Module):
     """ShuffleNetV2 backbone without conv5 and classifier; ``forward`` → pooled features ``(B, C4)``."""
 
     STAGES: tuple[str, ...] = ("stage2", "stage3", "stage4", "pool")
+    # the three stages, registered by name in __init__ (checkpoint keys stage2.*, stage3.*, stage4.*)
+    stage2: nn.Sequential
+    stage3: nn.Sequential
+    stage4: nn.Sequential
 
     def __init__(
         self, channels: tuple[int, int, int, int] = (24, 48, 96, 192), repeats: tuple[int, int, int] = (4, 8, 4)

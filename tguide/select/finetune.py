@@ -160,8 +160,9 @@ class FineTuner(ClassificationModule):
             return
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         n = getattr(dm, "num_classes", None)
-        if n is None and getattr(dm, "classes", None):
-            n = len(dm.classes)
+        classes = getattr(dm, "classes", None)
+        if n is None and classes:
+            n = len(classes)
         if n is None:
             raise TGuideError(
                 "FineTuner: num_classes is not set and the data module does not say it "
@@ -190,9 +191,9 @@ class FineTuner(ClassificationModule):
         if self.head is None:
             raise TGuideError("FineTuner has no head yet: pass num_classes or run it under a Trainer with a datamodule")
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        groups = [{"params": list(self.head.parameters()), "lr": float(hp.lr_head)}]
+        groups = [{"params": list(self.head.parameters()), "lr": float(hp["lr_head"])}]
         if backbone:
-            groups.insert(0, {"params": backbone, "lr": float(hp.lr_backbone)})
+            groups.insert(0, {"params": backbone, "lr": float(hp["lr_backbone"])})
         return groups
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
@@ -207,7 +208,7 @@ class FineTuner(ClassificationModule):
         """The OTCE pre-fine-tune of this module's settings."""
         hp = self.hparams
         return OTCEPretune(
-            self.candidate, hp.get("pretune_source"), int(hp.pretune_samples), dict(hp.get("pretune_options") or {})
+            self.candidate, hp.get("pretune_source"), int(hp["pretune_samples"]), dict(hp.get("pretune_options") or {})
         )
 
     def configure_callbacks(self) -> list[Any]:

@@ -75,7 +75,8 @@ class OTCEPretune(L.Callback):
         resuming = bool(trainer.ckpt_path) or trainer.global_step > 0
         if getattr(pl_module, "pretune_history", None) or resuming:
             return
-        pl_module.pretune_history = self.run(trainer, pl_module)
+        history = self.run(trainer, pl_module)
+        pl_module.pretune_history = history  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors/modules only; any value works
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         history = getattr(pl_module, "pretune_history", None)
@@ -92,7 +93,11 @@ class OTCEPretune(L.Callback):
         max_target = int(opts.pop("max_target"))
         xs, ys = source_samples(self.candidate, self.source, max_samples=self.samples, seed=int(opts["seed"]))
         xt, yt = _target_shots(trainer, max_target)
-        backbone = pl_module.backbone
+        backbone = getattr(pl_module, "backbone", None)
+        if not isinstance(backbone, torch.nn.Module):
+            raise TGuideError(
+                f"OTCEPretune needs a module with a `backbone` network (a FineTuner), got {type(pl_module).__name__}"
+            )
         history = otce_pretune(backbone, xs, ys, xt, yt, **opts)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             for p in backbone.parameters():  # every rank starts step 2 from rank 0's pre-tuned weights

@@ -119,6 +119,7 @@ class _Spectrum:
         """
         edge = -0.5 * self.n * (_LOG2PI + torch.log(self.y2 / self.n) + 1.0)
         if self.noise_free:
+            assert self.z2 is not None, "noise_free is only set with the kept rows' z2"
             lam = self.lam[:, 0]
             t = (self.z2 / lam[:, None]).sum(dim=0) / self.n
             noise_free = -0.5 * (self.n * _LOG2PI + torch.log(lam).sum() + self.n * torch.log(t) + self.n)
@@ -159,7 +160,11 @@ def _finish(lam: Tensor, w2: Tensor | None, z2: Tensor | None, y2: Tensor, n: in
     scale = lam.max()
     if float(scale) > 0:
         lam = lam / scale
-    w2 = lam * z2 if w2 is None else (w2 / scale if float(scale) > 0 else w2)
+    if w2 is None:
+        assert z2 is not None, "_spectrum passes z2 (kept rows) or w2 (statistics)"
+        w2 = lam * z2
+    elif float(scale) > 0:
+        w2 = w2 / scale
     eps = torch.finfo(lam.dtype).eps
     noise_free = z2 is not None and float(lam.min()) > float(lam.max()) * max(n, d) * eps
     # Unless β = ∞ is an ordinary edge, ‖Fm − y‖² is floored at ε₆₄·max(N, D)·‖y‖²: below

@@ -93,7 +93,7 @@ def file_source(path_arch: str) -> Candidate:
 
 def ckpt_source(path_s: str) -> Candidate:
     """``PATH``: the ``net`` of a Lightning checkpoint written by ``tguide.fit``, with its run's input transform."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from tguide.select.checkpoints import file_sha256
 
@@ -109,10 +109,15 @@ def ckpt_source(path_s: str) -> Candidate:
         raise CandidateError(
             f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'); for a plain state dict use file:PATH#ARCH"
         )
-    cfg = None
+    cfg: DictConfig | None = None
     for folder in (path.parent, path.parent.parent):
         if (folder / "config.yaml").is_file():
-            cfg = OmegaConf.load(folder / "config.yaml")
+            loaded = OmegaConf.load(folder / "config.yaml")
+            if not isinstance(loaded, DictConfig):
+                raise CandidateError(
+                    f"ckpt:{path_s}: {str(folder / 'config.yaml')!r} is a YAML list, not a run config (a mapping)"
+                )
+            cfg = loaded
             break
     model_cfg = cfg.get("model") if cfg is not None else None
     if model_cfg is None:

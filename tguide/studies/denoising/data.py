@@ -66,8 +66,7 @@ def _load(folder: str, grey: bool) -> tuple[Tensor, ...]:
     out = []
     for f in sorted(Path(folder).glob("*.png")):
         with Image.open(f) as im:
-            im = im.convert("L" if grey else "RGB")
-            a = np.asarray(im, dtype=np.uint8)
+            a = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.uint8)
         t = torch.from_numpy(a.copy()).float().div_(255.0)
         out.append(t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous())
     return tuple(out)

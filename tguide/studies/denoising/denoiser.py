@@ -139,8 +139,8 @@ class Denoiser(L.LightningModule):
         folder.mkdir(parents=True, exist_ok=True)
         from PIL import Image
 
-        array = (grid.clamp(0, 1) * 255).round().byte()
-        array = array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
+        pixels = (grid.clamp(0, 1) * 255).round().byte()  # (C, H, W) uint8
+        array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
         Image.fromarray(array).save(folder / f"val_epoch{self.current_epoch:03d}.png")
 
     def on_test_start(self) -> None:
@@ -163,18 +163,21 @@ class Denoiser(L.LightningModule):
     def test_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, out, clean = self._denoise_eval(batch)
         name = self._test_names[dataloader_idx]
-        self.test_psnr[dataloader_idx].update(out, clean)
-        self.test_ssim[dataloader_idx].update(out, clean)
+        psnr, ssim = self.test_psnr[dataloader_idx], self.test_ssim[dataloader_idx]
+        # on_test_start fills the lists with one metric of each kind per test loader
+        assert isinstance(psnr, PeakSignalNoiseRatio) and isinstance(ssim, StructuralSimilarityIndexMeasure)
+        psnr.update(out, clean)
+        ssim.update(out, clean)
         self.log(
             f"test/psnr/{name}",
-            self.test_psnr[dataloader_idx],
+            psnr,
             on_epoch=True,
             batch_size=x.shape[0],
             add_dataloader_idx=False,
         )
         self.log(
             f"test/ssim/{name}",
-            self.test_ssim[dataloader_idx],
+            ssim,
             on_epoch=True,
             batch_size=x.shape[0],
             add_dataloader_idx=False,

@@ -13,7 +13,7 @@ accuracies) and ``test/acc_{head,mid,tail}`` with the buckets of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,17 @@ from tguide.models.classifier import Classifier, OptimizerFactory, SchedulerFact
 from tguide.studies.invariance.git import GITGenerator, fit_git, git_batch, small_class_mask
 
 __all__ = ["InvarianceClassifier"]
+
+
+class _GITSettings(TypedDict):
+    """The training settings passed to :func:`~tguide.studies.invariance.git.fit_git`."""
+
+    steps: int
+    batch: int
+    lr: float
+    z_dim: int
+    beta: float
+    seed: int
 
 
 class InvarianceClassifier(Classifier):
@@ -68,7 +79,7 @@ class InvarianceClassifier(Classifier):
             git_prob,
             git_family,
         )
-        self.git_kwargs = {
+        self.git_kwargs: _GITSettings = {
             "steps": git_steps,
             "batch": git_batch,
             "lr": git_lr,

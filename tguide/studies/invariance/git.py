@@ -79,6 +79,8 @@ class TransformationCVAE(nn.Module):
     parameters ``θ (B,)``, bounded by ``±family.span`` (the largest relative change).
     """
 
+    blur: Tensor  # buffer: the (1, 1, 7, 7) Gaussian kernel B of the reconstruction loss
+
     def __init__(self, fam: str | Family, z_dim: int = 2, hidden: int = 64, blur_sigma: float = 1.5) -> None:
         super().__init__()
         self.family = family(fam)

@@ -136,7 +136,7 @@ class Family:
     """
 
     name: str
-    apply: Callable[[Tensor, Tensor], Tensor]
+    apply: Callable[[Tensor, Tensor | float], Tensor]  # (x, t) -> T_t(x); t per image (B,) or one scalar
     low: float
     high: float
     discrete: bool = False

@@ -68,7 +68,8 @@ def score_table(score_rows: list[dict[str, Any]]) -> tuple[dict, dict]:
         if r["penultimate"]:
             secs[r["score"]].append(r["seconds"])
             pen[r["target"]][r["source"]] = r["layer"]
-    values = {
+    # values[target][score][source][layer] = mean, and values[target][PEN][source] = a layer name
+    values: dict[str, dict[str, dict[str, Any]]] = {
         t: {
             s: {src: {layer: _mean(v) for layer, v in layers.items()} for src, layers in d2.items()}
             for s, d2 in d1.items()

@@ -285,7 +285,7 @@ def log_wandb(result: dict[str, Any], out: Path) -> None:
         "seconds",
         "speedup",
     ]
-    table = wandb.Table(columns=cols)
+    table = wandb.Table(columns=cols)  # type: ignore[arg-type]  # wandb types columns as an invariant list[str | int]
     for name, sm in result["summary"].items():
         table.add_data(
             name,

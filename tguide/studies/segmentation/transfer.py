@@ -211,10 +211,25 @@ def pixel_scores(
     tgt_loader = DataLoader(RetinaImages(target), batch_size=1)
     out: dict[str, float] = {}
     for sampling in samplings:
-        kw = dict(ignore_index=IGNORE, sampling=sampling, band=band)
-        fs = extract_pixel_features(model, src_loader, layer, pixels_per_image=pixels_per_image, seed=seed, **kw)
+        fs = extract_pixel_features(
+            model,
+            src_loader,
+            layer,
+            pixels_per_image=pixels_per_image,
+            seed=seed,
+            ignore_index=IGNORE,
+            sampling=sampling,
+            band=band,
+        )
         ft = extract_pixel_features(
-            model, tgt_loader, layer, seed=seed + 1, pixels_per_image=target_pixels_per_image or pixels_per_image, **kw
+            model,
+            tgt_loader,
+            layer,
+            pixels_per_image=target_pixels_per_image or pixels_per_image,
+            seed=seed + 1,
+            ignore_index=IGNORE,
+            sampling=sampling,
+            band=band,
         )
         xs, ys, xt, yt = fs.features[layer].double(), fs.labels, ft.features[layer].double(), ft.labels
         out[f"otce_sim_{sampling}"] = float(otce_sim(xs, ys, xt, yt, max_samples=otce_max_samples))

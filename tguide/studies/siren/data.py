@@ -94,6 +94,7 @@ class ImageFitDataModule(L.LightningDataModule):
 
     def _loader(self) -> DataLoader[Any]:
         self.setup()
+        assert self.coords is not None and self.pixels is not None, "setup() sets both"
         return DataLoader(_WholeImage(self.coords, self.pixels), batch_size=None, shuffle=False)
 
     def train_dataloader(self) -> DataLoader[Any]:

@@ -85,4 +85,4 @@ class SirenFit(L.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is not None:
             return self.optimizer_factory(params=self.parameters())
-        return torch.optim.Adam(self.parameters(), lr=float(self.hparams.lr))
+        return torch.optim.Adam(self.parameters(), lr=float(self.hparams["lr"]))

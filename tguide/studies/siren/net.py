@@ -100,6 +100,16 @@ class Siren(nn.Module):
         """Last sine layer's activations ``(P, hidden_features)`` (the features a linear head reads)."""
         return self.net[:-1](coords)
 
+    def linear_layers(self) -> list[nn.Linear]:
+        """The affine maps of ``net.0`` … ``net.{L+1}`` (each sine layer's, then the output layer's)."""
+        out = []
+        for m in self.net:
+            lay = m.linear if isinstance(m, SineLayer) else m
+            if not isinstance(lay, nn.Linear):
+                raise ValueError(f"Siren layer {type(m).__name__} is neither a SineLayer nor a Linear")
+            out.append(lay)
+        return out
+
 
 class BatchedSiren(nn.Module):
     """``M`` independent SIRENs of one shape, evaluated at once: ``(M, P, in)`` → ``(M, P, out)``.
@@ -139,7 +149,7 @@ class BatchedSiren(nn.Module):
         if not nets:
             raise ValueError("nets is empty; pass at least one Siren")
         first = nets[0]
-        lin = [m.linear if isinstance(m, SineLayer) else m for m in first.net]
+        lin = first.linear_layers()
         shape = (lin[0].in_features, lin[0].out_features, len(lin) - 2, lin[-1].out_features)
         out = cls(len(nets), *shape, omega0=first.omega0)
         for m, net in enumerate(nets):
@@ -147,7 +157,7 @@ class BatchedSiren(nn.Module):
         return out
 
     def _layers(self, net: Siren) -> list[nn.Linear]:
-        lin = [m.linear if isinstance(m, SineLayer) else m for m in net.net]
+        lin = net.linear_layers()
         if len(lin) != len(self.weights) or any(lay.weight.shape != w.shape[1:] for lay, w in zip(lin, self.weights)):
             raise ValueError(f"Siren shape does not match this BatchedSiren {self.shape}")
         return lin

@@ -182,13 +182,14 @@ def run_triples(
     pix = image_to_pixels(images[triples.flatten()]).reshape(t_count, 3, -1, images.shape[1])  # (T, 3, P, C)
     a, b, c = pix[:, 0], pix[:, 1], pix[:, 2]
     torch.manual_seed(int(seed))
-    shape = dict(hidden_features=int(hidden_features), hidden_layers=int(hidden_layers), omega0=float(omega0))
-    theta0 = BatchedSiren(t_count, **shape)
+    hidden, depth, w0 = int(hidden_features), int(hidden_layers), float(omega0)
+    theta0 = BatchedSiren(t_count, hidden_features=hidden, hidden_layers=depth, omega0=w0)
     t0 = time.perf_counter()
     pre = theta0.select(list(range(t_count)) * 2)  # members: B of triples 0..T-1, then C
     prefit_curves = fit_batched(pre, coords, torch.cat([b, c]), prefit_epochs, lr)
     prefit_seconds = time.perf_counter() - t0
-    start = BatchedSiren(3 * t_count, **shape)  # members: random (T), prefit_same (T), prefit_other (T)
+    # members: random (T), prefit_same (T), prefit_other (T)
+    start = BatchedSiren(3 * t_count, hidden_features=hidden, hidden_layers=depth, omega0=w0)
     with torch.no_grad():
         for dst, s0, sp in zip(
             list(start.weights) + list(start.biases),

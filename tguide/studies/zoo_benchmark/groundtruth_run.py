@@ -261,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         log("phase 3: fine-tuning, other seeds at the val-chosen lr")
         for t in targets:
             for c in cands:
-                lr = choose_lr(runs, t, c.name, protocol.lrs, protocol.epochs, c.entry.input.size)
-                if lr is None:
+                best_lr = choose_lr(runs, t, c.name, protocol.lrs, protocol.epochs, c.entry.input.size)
+                if best_lr is None:
                     log(f"skip {t} {c.name}: the seed-0 lr grid is incomplete")
                     continue
                 for seed in protocol.seeds:
-                    ft_run(t, c, lr, seed)
+                    ft_run(t, c, best_lr, seed)
             write_groundtruth_report(runs, args.out, targets, cands, protocol, note)
     p = write_groundtruth_report(runs, args.out, targets, cands, protocol, note)
     log(f"done in {(time.perf_counter() - t_start) / 60:.1f} min; wrote {p} and {p.with_suffix('.md')}")

@@ -131,14 +131,14 @@ def write_groundtruth_report(
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ft = (
+        ft_cell = (
             f"{r['finetune_acc_mean']:.4f} ± {r['finetune_acc_ci95']:.4f}"
             if r["finetune_acc_ci95"] != ""
             else (f"{r['finetune_acc_mean']:.4f}" if r["finetune_acc_mean"] != "" else "")
         )
         lp = f"{r['linear_probe_acc']:.4f}" if r["linear_probe_acc"] != "" else ""
         md.append(
-            f"| {r['target']} | {r['candidate']} | {lp} | {ft} | {r['finetune_lr']} | {r['seeds']} | "
+            f"| {r['target']} | {r['candidate']} | {lp} | {ft_cell} | {r['finetune_lr']} | {r['seeds']} | "
             f"{r['n_train']} | {r['n_test']} | {r['input_size']} | {r['probe_seconds']} | "
             f"{r['finetune_seconds_mean']} |"
         )
