@@ -106,13 +106,14 @@ def test_guided_smoke_two_candidates_and_resume(tmp_path, tiny_cifar, monkeypatc
         assert (Path(r["run_dirs"]) / "metrics.json").is_file() and (Path(r["run_dirs"]) / "checkpoints").is_dir()
     md = (out / "guided.md").read_text()
     assert md.startswith("# Guided fine-tuning") and "| candidate | layer | predicted score |" in md
+    assert (out / "guided.json").is_file() and (out / "report.html").is_file()
     # resumable: every fine-tune has its metrics.json, so a second run trains nothing
-    import tguide.fit
+    import tguide.select.finetune
 
-    def no_fit(_cfg):
+    def no_finetune(*_a, **_k):
         raise AssertionError("a finished fine-tune was run again")
 
-    monkeypatch.setattr(tguide.fit, "fit", no_fit)
+    monkeypatch.setattr(tguide.select.finetune, "finetune", no_finetune)
     again = run(cfg)
     assert [r["test_acc"] for r in again["rows"]] == [r["test_acc"] for r in res["rows"]]
 

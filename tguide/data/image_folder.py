@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from tguide.data.splits import SPLITS, SplitError, stratified_split
-from tguide.data.targets import Target, TargetError, image_folder_target
+from tguide.data.target import Target, TargetError, image_folder_target
 from tguide.data.transforms import InputSpec, input_transform
 
 __all__ = ["ImageFolderDataModule"]

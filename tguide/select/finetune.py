@@ -273,6 +273,7 @@ def finetune(
     batch_size: int = 64,
     out_dir: str | Path | None = None,
     data_root: Any = None,
+    trainer_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> FineTuneResult:
     """Fine-tune ``candidate`` cut at ``layer`` (+ a new head) on ``target``; a plain function, no config.
@@ -285,6 +286,8 @@ def finetune(
         seed: seeds the head, the split of a folder and the batch order.
         pretune: ``None`` or ``"otce"`` (the :class:`~tguide.select.pretune_callback.OTCEPretune` callback).
         out_dir: where the best checkpoint (``checkpoints/best.ckpt``) and ``pretune.json`` go (default: nothing kept).
+        trainer_options: further ``lightning.Trainer`` arguments (``accelerator``, ``limit_train_batches`` …);
+            the epochs, callbacks and root folder are this function's.
         options: further :class:`FineTuner` options (``freeze_backbone``, ``freeze_bn``, ``weight_decay`` …).
     """
     import tempfile
@@ -313,15 +316,14 @@ def finetune(
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(out_dir) if out_dir is not None else Path(tmp)
         ckpt = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor="val/acc", mode="max")
-        trainer = L.Trainer(
-            max_epochs=int(epochs),
-            default_root_dir=str(root),
-            callbacks=[ckpt],
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            deterministic=False,
-        )
+        settings: dict[str, Any] = {
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "deterministic": False,
+            **dict(trainer_options or {}),
+        }
+        trainer = L.Trainer(max_epochs=int(epochs), default_root_dir=str(root), callbacks=[ckpt], **settings)
         trainer.fit(model, datamodule=dm)
         val = trainer.validate(model, datamodule=dm, ckpt_path="best", verbose=False)[0]["val/acc"]
         test = trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False)[0]["test/acc"]

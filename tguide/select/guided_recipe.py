@@ -1,52 +1,48 @@
-r"""The ``recipe=guided`` runner: rank the candidates, fine-tune the picks, compare with the baselines.
+r"""The ``recipe=guided`` runner: a thin wrapper over :func:`tguide.select.guided.guided`.
 
-The library call is :func:`tguide.select.guided.guided` (a plain function). The recipe (:func:`run`):
+:func:`run` maps the ``guided`` block of the config to :func:`~tguide.select.guided.guided`'s
+arguments and writes its result into the run folder (:func:`tguide.runs.prepare_run`):
 
-1. ranks ``guided.candidates`` on the target's **training split** with
-   :func:`tguide.select.rank.rank` (the first of ``guided.metrics`` makes the pick; the
-   validation and test images are never scored);
-2. fine-tunes, each with the same budget (the ``finetune`` recipe's model, data and trainer
-   settings: same epochs, learning rates, batch size) and for every seed of ``guided.seeds``:
+1. ``guided`` ranks ``guided.candidates`` on the target's **training split** (the validation and
+   test images are never scored) by the first of ``guided.metrics``, with ``guided.layers``,
+   ``max_samples``, ``cache_dir``, ``rank_seed``, ``device`` and a paired bootstrap for P(best);
+2. it fine-tunes the pick and every contender whose P(best) is at least ``guided.threshold``
+   (at most ``guided.top_k`` candidates, ``chosen_by = metric:<name>#<r>``), each at its best
+   layer, and the baselines' picks (``source_accuracy`` from the ranking, ``random`` and
+   ``median`` by :func:`~tguide.select.guided.choose`), each with the same budget: the
+   ``finetune`` recipe's model options, ``data.batch_size``, ``trainer.max_epochs`` and the
+   trainer settings, for every seed of ``guided.seeds``; a (candidate, layer) chosen twice is
+   fine-tuned once and lists every reason;
+3. writes ``guided.csv``, ``guided.md``, ``guided.json``, ``ranking.json`` and the ranking's
+   report page (``report.html``, :func:`tguide.select.report.write_report` with the guided rows):
+   candidate, layer, predicted score, rank by that score (1 = best of all candidate × layer
+   rows), realised test accuracy (mean over seeds, and per seed), who chose it; plus Spearman ρ
+   and Kendall τ_b between predicted score and realised accuracy when there are at least 3 rows.
 
-   - the ``top_k`` best candidates by that metric, each cut at its best-scoring layer
-     (``chosen_by = metric:<name>#<r>``; LEEP/NCE rows, which score the head, use the
-     candidate's default layer, its last "auto" layer);
-   - the baselines a user could follow instead, at the candidate's default layer:
-     ``source_accuracy`` (the candidate with the highest accuracy on its own source task),
-     ``random`` (a seeded random candidate) and ``median`` (the candidate of median score);
-
-   a (candidate, layer) chosen twice is fine-tuned once and lists every reason;
-3. writes ``guided.csv`` and ``guided.md``: candidate, layer, predicted score, rank by that
-   score (1 = best of all candidate × layer rows), realised test accuracy (mean over seeds, and
-   per seed), who chose it; plus Spearman ρ and Kendall τ_b between predicted score and realised
-   accuracy over the fine-tuned rows when there are at least 3.
-
-Each fine-tune is an ordinary fit run in ``<run>/finetunes/<candidate>__<layer>/seed<S>/``
-(config, checkpoints, logger files, ``metrics.json``). It is skipped when its ``metrics.json``
-exists, so a killed ``guided`` run resumes where it stopped (pass ``paths.run_dir`` of the
-first run, or ``resume=``).
+Each fine-tune keeps its best checkpoint and ``metrics.json`` in
+``<run>/finetunes/<candidate>__<layer>/seed<S>/``; one whose ``metrics.json`` exists is not run
+again, so a killed ``guided`` run resumes where it stopped (pass ``paths.run_dir`` of the first run).
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
-import random
-import re
 import statistics
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tguide.errors import TGuideError
+from tguide.select.guided import BASELINE_CHOICES, GuidedResult, _finite, choose, guided
 
-__all__ = ["BASELINE_CHOICES", "Pick", "choose", "guided_table", "markdown", "run"]
+__all__ = ["BASELINE_CHOICES", "choose", "guided_table", "markdown", "run"]
 
-BASELINE_CHOICES = ("source_accuracy", "random", "median")
-_HEAD_LAYER = "@output"
+# the finetune recipe's model options that tguide.select.finetune.finetune takes as keywords
+_MODEL_OPTIONS = ("pool", "weight_decay", "freeze_backbone", "freeze_bn", "label_smoothing", "pretune_samples")
+# trainer settings that are finetune()'s own (or meaningless for a function without logger)
+_TRAINER_OWN = ("_target_", "max_epochs", "callbacks", "logger", "default_root_dir", "enable_checkpointing")
 CSV_COLUMNS = [
     "candidate",
     "spec",
@@ -63,164 +59,6 @@ CSV_COLUMNS = [
     "seeds",
     "run_dirs",
 ]
-
-
-class Pick(dict):
-    """One fine-tune job: ``candidate``, ``spec``, ``layer``, ``score``, ``rank``, ``chosen_by`` (list)."""
-
-
-def _records(table: Any) -> list[dict[str, Any]]:
-    """Rows of ``rank``'s table (a pandas DataFrame, or a list of dicts) as dicts."""
-    if hasattr(table, "to_dict"):
-        return [dict(r) for r in table.to_dict("records")]
-    return [dict(r) for r in table]
-
-
-def _finite(x: Any) -> bool:
-    try:
-        return x is not None and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-def choose(
-    table: Any,
-    specs: Mapping[str, str],
-    default_layers: Mapping[str, str],
-    metric: str,
-    *,
-    top_k: int = 2,
-    baselines: Sequence[str] = ("source_accuracy",),
-    seed: int = 0,
-    source_accuracy: Mapping[str, float | None] | None = None,
-) -> list[Pick]:
-    """The fine-tune jobs for a ranking table (see the module doc).
-
-    Args:
-        table: :func:`tguide.select.rank.rank`'s rows (``candidate, layer, metric, kind, score``).
-        specs: candidate name → spec (what the fine-tune resolves).
-        default_layers: candidate name → the layer used for head scores and baselines.
-        metric: the metric whose scores pick.
-        top_k: how many distinct candidates the metric picks.
-        baselines: any of :data:`BASELINE_CHOICES`.
-        seed: seeds the ``random`` choice.
-        source_accuracy: candidate name → source accuracy (default: the table's
-            ``source_accuracy`` rows).
-    """
-    unknown = [b for b in baselines if b not in BASELINE_CHOICES]
-    if unknown:
-        raise TGuideError(f"unknown guided.baselines {unknown}; valid: {', '.join(BASELINE_CHOICES)}")
-    if top_k < 0:
-        raise TGuideError(f"guided.top_k must be ≥ 0, got {top_k}")
-    rows = _records(table)
-    scored = [r for r in rows if r.get("metric") == metric and _finite(r.get("score"))]
-    if not scored:
-        raise TGuideError(f"no finite {metric} score in the ranking; pick another guided.metric")
-    ordered = sorted(scored, key=lambda r: -float(r["score"]))
-    rank_of = {(r["candidate"], r["layer"]): i + 1 for i, r in enumerate(ordered)}
-
-    def layer_of(r: Mapping[str, Any]) -> str:
-        return default_layers[r["candidate"]] if r["layer"] in (_HEAD_LAYER, "", None) else str(r["layer"])
-
-    best: dict[str, dict[str, Any]] = {}
-    for r in ordered:  # best layer per candidate, candidates in score order
-        best.setdefault(r["candidate"], r)
-    jobs: dict[tuple[str, str], Pick] = {}
-
-    def add(name: str, layer: str, why: str) -> None:
-        key = (name, layer)
-        if key not in jobs:
-            row = next((r for r in scored if r["candidate"] == name and layer_of(r) == layer), None)
-            jobs[key] = Pick(
-                candidate=name,
-                spec=specs[name],
-                layer=layer,
-                metric=metric,
-                score=float(row["score"]) if row else math.nan,
-                rank=rank_of.get((name, row["layer"])) if row else None,
-                chosen_by=[],
-            )
-        jobs[key]["chosen_by"].append(why)
-
-    for i, (name, r) in enumerate(list(best.items())[:top_k]):
-        add(name, layer_of(r), f"metric:{metric}#{i + 1}")
-    names = list(specs)
-    if "source_accuracy" in baselines:
-        acc = dict(source_accuracy or {})
-        if not acc:
-            acc = {r["candidate"]: r["score"] for r in rows if r.get("metric") == "source_accuracy"}
-        known = {n: float(a) for n, a in acc.items() if n in specs and _finite(a)}
-        if known:
-            top = max(known, key=lambda n: known[n])
-            add(top, default_layers[top], "baseline:source_accuracy")
-    if "random" in baselines and names:
-        name = random.Random(int(seed)).choice(sorted(names))
-        add(name, default_layers[name], "baseline:random")
-    if "median" in baselines and best:
-        order = list(best)
-        name = order[(len(order) - 1) // 2]
-        add(name, layer_of(best[name]), "baseline:median")
-    return list(jobs.values())
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
-
-
-def _finetune_cfg(cfg: Any, pick: Mapping[str, Any], seed: int, run_dir: Path, name: str) -> Any:
-    from omegaconf import OmegaConf, open_dict
-
-    sub = copy.deepcopy(cfg)
-    with open_dict(sub):
-        sub.runner = None
-        sub.test_after_fit = True
-        sub.seed = int(seed)
-        sub.name = name
-        sub.paths.run_dir = str(run_dir)
-        sub.finetune.candidate = pick["spec"]
-        sub.finetune.layer = pick["layer"]
-        sub.data.root = OmegaConf.select(cfg, "guided.target") or cfg.data.root
-        # a fine-tune killed after its first checkpoint continues from it (tguide.fit's resume=)
-        partial = (run_dir / "config.yaml").is_file() and any(run_dir.glob("checkpoints/last*.ckpt"))
-        sub.resume = str(run_dir) if partial else None
-    return sub
-
-
-def _run_name(cfg: Any) -> str:
-    try:
-        return str(cfg.name)
-    except Exception:  # noqa: BLE001 - ${hydra:...} outside a Hydra run
-        return "guided"
-
-
-def _finetune_all(cfg: Any, picks: list[Pick], seeds: Sequence[int], out: Path, verbose: bool) -> None:
-    from tguide.fit import fit
-
-    base = _run_name(cfg)
-    for pick in picks:
-        pick["results"] = []
-        for s in seeds:
-            run_dir = out / "finetunes" / f"{_slug(pick['candidate'])}__{_slug(pick['layer'])}" / f"seed{int(s)}"
-            done = run_dir / "metrics.json"
-            if not done.is_file():
-                if verbose:
-                    print(
-                        f"guided: fine-tuning {pick['candidate']} at {pick['layer']} (seed {s}, "
-                        f"{', '.join(pick['chosen_by'])})",
-                        flush=True,
-                    )
-                fit(_finetune_cfg(cfg, pick, int(s), run_dir, f"{base}/{pick['candidate']}/{pick['layer']}/s{s}"))
-            elif verbose:
-                print(f"guided: {run_dir} already done; reusing its metrics.json", flush=True)
-            metrics = json.loads(done.read_text())
-            pick["results"].append(
-                {
-                    "seed": int(s),
-                    "run_dir": str(run_dir),
-                    "test_acc": metrics.get("test/acc"),
-                    "val_acc": metrics.get("val/acc"),
-                }
-            )
 
 
 def guided_table(
@@ -329,80 +167,125 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _picks(result: GuidedResult) -> list[dict[str, Any]]:
+    """``guided``'s rows in :func:`guided_table`'s form: roles as ``chosen_by`` (the pick and the
+    contenders as ``metric:<name>#<r>``, by P(best)), the seeds' runs as ``results``."""
+    picks, r = [], 0
+    for row in result.rows:
+        chosen = []
+        for role in str(row["role"]).split(";"):
+            if role in ("pick", "contender"):
+                r += 1
+                chosen.append(f"metric:{row['metric']}#{r}")
+            else:
+                chosen.append(role)
+        runs = [x for x in result.runs if (x["candidate"], x["layer"]) == (row["candidate"], row["layer"])]
+        picks.append(
+            {
+                "candidate": row["candidate"],
+                "spec": row["spec"],
+                "layer": row["layer"],
+                "metric": row["metric"],
+                "score": row["predicted_score"],
+                "rank": row["rank"] if row["rank"] != "" else None,
+                "chosen_by": chosen,
+                "results": runs,
+            }
+        )
+    return picks
+
+
+def _finetune_options(cfg: Any) -> dict[str, Any]:
+    """The ``finetune`` recipe's model, data and trainer settings as :func:`finetune` keywords."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.to_container(cfg.model, resolve=True) if cfg.get("model") is not None else {}
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.get("trainer") is not None else {}
+    opts: dict[str, Any] = {k: model[k] for k in _MODEL_OPTIONS if model.get(k) is not None}
+    for key, name in (("lr_backbone", "lr"), ("lr_head", "lr_head"), ("pretune", "pretune")):
+        if model.get(key) is not None:
+            opts[name] = model[key]
+    if model.get("pretune") is not None:
+        opts["pretune_source"] = model.get("pretune_source")
+        opts["pretune_options"] = model.get("pretune_options")
+    opts["batch_size"] = int(cfg.data.get("batch_size", 64))
+    opts["trainer_options"] = {k: v for k, v in trainer.items() if k not in _TRAINER_OWN and v is not None}
+    return opts
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """The ``recipe=guided`` runner (see the module doc); returns ``{"rows", "agreement", "picks", "ranking"}``."""
     from tguide.runs import prepare_run
-    from tguide.select.candidates import resolve_candidate
-    from tguide.select.rank import rank
 
     gd, out = prepare_run(cfg, "guided", "recipe=guided")
     target = gd.get("target") or cfg.data.get("root")
     if target in (None, ""):
         raise TGuideError("no target: pass guided.target=NAME_OR_FOLDER (or data.root)")
-    specs_in = gd.get("candidates") or []
-    if isinstance(specs_in, str):
-        specs_in = [specs_in]
-    if len(specs_in) < 2:
+    specs = gd.get("candidates") or []
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if len(specs) < 2:
         raise TGuideError("guided.candidates needs at least two candidates to choose from")
     metrics = list(gd.get("metrics") or ["knn"])
     seeds = [int(s) for s in (gd.get("seeds") or [cfg.get("seed", 0)])]
+    baselines = list(gd.get("baselines") or [])
+    unknown = [b for b in baselines if b not in BASELINE_CHOICES]
+    if unknown:
+        raise TGuideError(f"unknown guided.baselines {unknown}; valid: {', '.join(BASELINE_CHOICES)}")
     verbose = bool(gd.get("verbose", True))
-    train = _train_part(cfg, target)
-    cands = [resolve_candidate(s) for s in specs_in]
-    specs = {c.name: s for c, s in zip(cands, specs_in)}
-    default_layers = {c.name: (c.layers[-1] if c.layers else None) for c in cands}
-    src_acc = {c.name: c.source_accuracy for c in cands}
-    layers = gd.get("layers", "auto")
     cache_dir = gd.get("cache_dir") or (Path(str(cfg.paths.output_root)) / "feature_cache")
     if str(cache_dir).lower() in ("none", "false", "off"):
         cache_dir = None
-    t0 = time.perf_counter()
-    ranking_path = out / "ranking.json"
-    ranking = rank(
-        cands,
-        train,
-        layers=layers,
-        metrics=metrics,
-        baselines=["source_accuracy"],
-        max_samples=gd.get("max_samples"),
-        cache_dir=cache_dir,
-        seed=int(gd.get("rank_seed", 0)),
-        device=gd.get("device"),
-        progress=verbose,
-    )
-    table = ranking.table
-    records = _records(table)
-    ranking_path.write_text(json.dumps(records, indent=1, default=str) + "\n")
-    rank_seconds = time.perf_counter() - t0
-    del cands  # the fine-tunes resolve their own copies (fresh weights)
-    picks = choose(
-        table,
+    train = _train_part(cfg, target)
+    top_k = int(gd.get("top_k", 2))
+    epochs = cfg.trainer.get("max_epochs")
+    result = guided(
         specs,
-        default_layers,
-        metrics[0],
-        top_k=int(gd.get("top_k", 2)),
-        baselines=list(gd.get("baselines") or []),
-        seed=int(gd.get("baseline_seed", 0)),
-        source_accuracy=src_acc,
+        target,
+        metric=metrics[0],
+        threshold=float(gd.get("threshold", 0.1)),
+        max_finetunes=top_k,
+        seeds=seeds,
+        epochs=int(epochs),
+        out_dir=out / "finetunes",
+        baselines=baselines,
+        baseline_seed=int(gd.get("baseline_seed", 0)),
+        rank_target=train,
+        rank_options={
+            "layers": gd.get("layers", "auto"),
+            "max_samples": gd.get("max_samples"),
+            "cache_dir": cache_dir,
+            "seed": int(gd.get("rank_seed", 0)),
+            "device": gd.get("device"),
+            "progress": verbose,
+            "bootstrap": int(gd.get("bootstrap", 200)),
+        },
+        finetune_options=_finetune_options(cfg),
     )
-    _finetune_all(cfg, picks, seeds, out, verbose)
+    ranking = result.ranking
+    (out / "ranking.json").write_text(json.dumps(ranking.table.to_dict("records"), indent=1, default=str) + "\n")
+    src_acc = {str(r.candidate): r.score for r in ranking.table[ranking.table.metric == "source_accuracy"].itertuples()}
+    picks = _picks(result)
     rows, agree = guided_table(picks, src_acc)
     _write_csv(out / "guided.csv", rows)
     info = {
         "target": target,
         "metric": metrics[0],
-        "top_k": int(gd.get("top_k", 2)),
-        "baselines": list(gd.get("baselines") or []),
+        "top_k": top_k,
+        "threshold": float(gd.get("threshold", 0.1)),
+        "baselines": baselines,
         "seeds": seeds,
         "rank_samples": len(train),
-        "budget": f"{cfg.trainer.get('max_epochs')} epochs",
-        "rank_seconds": rank_seconds,
+        "budget": f"{epochs} epochs",
+        "rank_seconds": ranking.timings.get("total"),
         "pick_reason": ranking.pick.reason if ranking.pick is not None else None,
     }
     (out / "guided.md").write_text(markdown(rows, agree, info))
     (out / "guided.json").write_text(
         json.dumps({"info": info, "agreement": agree, "rows": rows}, indent=2, default=str) + "\n"
     )
+    from tguide.select.report import write_report
+
+    write_report(ranking, out, guided=result)
     if verbose:
         print((out / "guided.md").read_text(), flush=True)
         print(f"tguide.fit: wrote guided.csv, guided.md; run folder {out.resolve()}", flush=True)

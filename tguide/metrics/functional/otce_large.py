@@ -37,14 +37,8 @@ from torch import Tensor
 
 from tguide._warnings import stacklevel_outside
 from tguide.metrics._validate import check_labels
-from tguide.metrics.functional.otce import (
-    OTCEConvergenceWarning,
-    OTCEResult,
-    _check_solver_options,
-    _check_weights,
-    _prepare_features,
-    squared_euclidean,
-)
+from tguide.metrics.functional.ot_coupling import OTCEConvergenceWarning, _check_solver_options, squared_euclidean
+from tguide.metrics.functional.otce import OTCEResult, _check_weights, _prepare_features
 from tguide.metrics.functional.task_distance import _plogp
 
 __all__ = ["otce_large", "mean_squared_distance", "release_large_blocks_to_os"]

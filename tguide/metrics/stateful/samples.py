@@ -18,7 +18,8 @@ import torch
 
 from tguide.metrics._validate import check_features, check_probs
 from tguide.metrics.functional.leep import leep
-from tguide.metrics.functional.otce import OTCEResult, _check_solver_options, _check_weights, otce
+from tguide.metrics.functional.ot_coupling import _check_solver_options
+from tguide.metrics.functional.otce import OTCEResult, _check_weights, otce
 from tguide.metrics.stateful.base import FeatureMetric, batch_labels, owned
 
 __all__ = ["LEEP", "OTCE"]
