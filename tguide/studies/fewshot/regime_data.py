@@ -89,9 +89,16 @@ def load_pair(source: str, target: str, *, root: str | None = None, quick: bool 
         sy = labels[keep]
         sub = _subsample(sy, n_src)
         sx, sy = sx[sub], sy[sub]
-        prep: Callable[[Tensor], Tensor] = lambda x: x
+
+        def prep(x: Tensor) -> Tensor:
+            return x
+
+        def _scratch() -> nn.Module:
+            return type(net)(num_classes=10)
+
+        scratch: Callable[[], nn.Module] | None = _scratch
+
         head, last = "linear2", ["net.linear1"]
-        scratch = lambda: type(net)(num_classes=10)
     else:
         from tguide.data.cifar10 import load_cifar10
 
@@ -99,7 +106,10 @@ def load_pair(source: str, target: str, *, root: str | None = None, quick: bool 
         sub = _subsample(labels, n_src)
         tf = zoo_transform(entry)
         trunk = net
-        prep = lambda x: _resnet_trunk(trunk, x)
+
+        def prep(x: Tensor) -> Tensor:
+            return _resnet_trunk(trunk, x)
+
         sx, sy = prep(_via_transform(imgs[sub], tf)), labels[sub]
         net = ResNetTail(net)
         head, last = "linear", ["net.layer3.2"]

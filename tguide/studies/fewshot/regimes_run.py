@@ -1,8 +1,8 @@
 """When does the OTCE pre-fine-tune pay? The regime grid of :mod:`tguide.studies.fewshot.regimes`.
 
-    OMP_NUM_THREADS=1 TGUIDE_DATA=../shared/data python -m tguide.studies.fewshot            # full grid (~70 min)
-    python -m tguide.studies.fewshot --quick --out /tmp/q                                     # < 60 s smoke run
-    python -m tguide.studies.fewshot --report-only                                            # tables/plot from the JSONL
+    OMP_NUM_THREADS=1 TGUIDE_DATA=../shared/data python -m tguide.studies.fewshot  # full grid (~70 min)
+    python -m tguide.studies.fewshot --quick --out /tmp/q  # < 60 s smoke run
+    python -m tguide.studies.fewshot --report-only  # tables/plot from the JSONL
 
 Resumable: every finished episode is a line of ``<out>/fewshot_regimes_episodes.jsonl``; a
 restart skips them. Writes ``fewshot_regimes.csv``, ``.md`` and ``.png`` into ``--out``.
@@ -22,6 +22,11 @@ import torch
 from tguide.studies.fewshot import regimes as R
 
 RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results"
+
+
+def _accs(by_lr: dict) -> str:
+    """``{lr: accuracy}`` as compact JSON (lr in %g, accuracy to 3 decimals)."""
+    return json.dumps({f"{k:g}": round(v, 3) for k, v in by_lr.items()})
 
 
 def _fmt(v: float, ci: float, scale: float = 100.0, sign: bool = False) -> str:
@@ -91,8 +96,8 @@ def write_report(out: Path, rows: list[dict], hps: dict, wall_s: float | None = 
     md += [
         "Validation choices per pair: "
         + "; ".join(
-            f"{p}: step-2 lr {h['step2_lr']:g} (vanilla val acc {json.dumps({f'{k:g}': round(v, 3) for k, v in h['val_vanilla'].items()})}), "
-            f"step-1 lr {h['step1_lr']:g} (otce val acc {json.dumps({f'{k:g}': round(v, 3) for k, v in h['val_otce'].items()})})"
+            f"{p}: step-2 lr {h['step2_lr']:g} (vanilla val acc {_accs(h['val_vanilla'])}), "
+            f"step-1 lr {h['step1_lr']:g} (otce val acc {_accs(h['val_otce'])})"
             for p, h in hps.items()
         ),
         "",
@@ -156,8 +161,8 @@ def plot(cells: list[dict], path: Path) -> None:
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel(label, fontsize=8)
     axes[0].set_ylabel("OTCE − vanilla (points, 95% CI)")
-    h, l = axes[0].get_legend_handles_labels()
-    fig.legend(h, l, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=5, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=80)
     plt.close(fig)
