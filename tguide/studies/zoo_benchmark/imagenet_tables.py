@@ -39,7 +39,7 @@ CLAIMS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
         "SFDA > NLEEP > LogME > LEEP",
         (("sfda", "nleep"), ("nleep", "logme"), ("logme", "leep")),
     ),
-    ("Wang et al., CVPR 2023 (NCTI)", "NCTI above SFDA and LogME", (("ncti", "sfda"), ("ncti", "logme"))),
+    ("Wang et al., ICCV 2023 (NCTI)", "NCTI above SFDA and LogME", (("ncti", "sfda"), ("ncti", "logme"))),
     ("Gholami et al., ICCV 2023 (ETran)", "ETran above SFDA and LogME", (("etran", "sfda"), ("etran", "logme"))),
     (
         "Singh et al., 2025",
