@@ -269,7 +269,7 @@ class TransferabilityMonitor(Callback):
         columns, rows = self.table()
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
-                self._log_wandb(logger.experiment, columns, rows)
+                self._log_wandb(logger.experiment, columns, rows)  # type: ignore[attr-defined]  # a WandbLogger's run; Lightning's Logger base does not declare it
             log_dir = getattr(logger, "log_dir", None)
             if isinstance(log_dir, str) and os.path.isdir(log_dir):
                 with open(os.path.join(log_dir, "transferability.csv"), "w", newline="") as fh:
@@ -280,7 +280,7 @@ class TransferabilityMonitor(Callback):
     def _log_wandb(self, run: Any, columns: list[str], rows: list[list[Any]]) -> None:
         import wandb
 
-        payload: dict[str, Any] = {"transfer/table": wandb.Table(columns=columns, data=rows)}
+        payload: dict[str, Any] = {"transfer/table": wandb.Table(columns=columns, data=rows)}  # type: ignore[arg-type]  # wandb types columns as an invariant list[str | int]
         tracked = columns[5:]
         if tracked:
             x = tracked[0]

@@ -158,7 +158,7 @@ def resume_config(value: str, overrides: Sequence[str]) -> Any:
     top (:func:`tguide.runs.restore_config`); composes only when there are overrides, to read
     their values (with the run's own recipe and overrides below them)."""
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from tguide.errors import ResumeError, UserInputError
@@ -176,7 +176,9 @@ def resume_config(value: str, overrides: Sequence[str]) -> Any:
             composed = compose([*below, *asked])
         except (HydraException, OmegaConfBaseException) as err:
             raise UserInputError(explain(err, asked)) from err
-        stored_name = OmegaConf.load(point.run_dir / "config.yaml").get("name")
+        stored = OmegaConf.load(point.run_dir / "config.yaml")
+        # a config.yaml that is not a mapping is refused by restore_config below
+        stored_name = stored.get("name") if isinstance(stored, DictConfig) else None
         for key in keys:
             if key == "recipe":
                 recipe = next(o.partition("=")[2] for o in asked if _override_key(o) == "recipe")

@@ -52,13 +52,6 @@ def _records(table: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in table]
 
 
-def _finite(x: Any) -> bool:
-    try:
-        return x is not None and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
 def choose(
     table: Any,
     specs: Mapping[str, str],
@@ -125,7 +118,7 @@ def choose(
         acc = dict(source_accuracy or {})
         if not acc:
             acc = {r["candidate"]: r["score"] for r in rows if r.get("metric") == "source_accuracy"}
-        known = {n: float(a) for n, a in acc.items() if n in specs and _finite(a)}
+        known = {n: float(a) for n, a in acc.items() if n in specs and a is not None and _finite(a)}
         if known:
             top = max(known, key=lambda n: known[n])
             add(top, default_layers[top], "baseline:source_accuracy")
@@ -137,10 +130,6 @@ def choose(
         name = order[(len(order) - 1) // 2]
         add(name, layer_of(best[name]), "baseline:median")
     return list(jobs.values())
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
 @dataclass
@@ -276,7 +265,7 @@ def guided(
     extra = [b for b in baselines if b in _CHOSEN_HERE]
     if extra:
         names = ranking.candidates
-        for job in choose(
+        for extra_job in choose(
             table,
             {n: c["spec"] for n, c in names.items()},
             {n: (c["layers"][-1] if c["layers"] else "") for n, c in names.items()},
@@ -285,8 +274,8 @@ def guided(
             baselines=extra,
             seed=baseline_seed,
         ):
-            for why in job["chosen_by"]:
-                add(job["candidate"], job["layer"], why)
+            for why in extra_job["chosen_by"]:
+                add(extra_job["candidate"], extra_job["layer"], why)
     rows, runs = [], []
     for job in jobs.values():
         where = None if out_dir is None else Path(out_dir) / f"{_slug(job['candidate'])}__{_slug(job['layer'])}"

@@ -147,11 +147,10 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def _train_part(cfg: Any, target: Any) -> Any:
     """The target's training split (TargetData), as the fine-tunes will see it."""
-    from omegaconf import OmegaConf
-
+    from tguide.runs import config_dict
     from tguide.select.target_data import target_datamodule
 
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg = config_dict(cfg.data, resolve=True, what="guided: data")
     for key in ("_target_", "candidate", "transform", "root"):
         data_cfg.pop(key, None)
     dm = target_datamodule(target, transform=_identity, **data_cfg)
@@ -197,10 +196,14 @@ def _picks(result: GuidedResult) -> list[dict[str, Any]]:
 
 def _finetune_options(cfg: Any) -> dict[str, Any]:
     """The ``finetune`` recipe's model, data and trainer settings as :func:`finetune` keywords."""
-    from omegaconf import OmegaConf
+    from tguide.runs import config_dict
 
-    model = OmegaConf.to_container(cfg.model, resolve=True) if cfg.get("model") is not None else {}
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.get("trainer") is not None else {}
+    model: dict[Any, Any] = (
+        config_dict(cfg.model, resolve=True, what="guided: model") if cfg.get("model") is not None else {}
+    )
+    trainer: dict[Any, Any] = (
+        config_dict(cfg.trainer, resolve=True, what="guided: trainer") if cfg.get("trainer") is not None else {}
+    )
     opts: dict[str, Any] = {k: model[k] for k in _MODEL_OPTIONS if model.get(k) is not None}
     for key, name in (("lr_backbone", "lr"), ("lr_head", "lr_head"), ("pretune", "pretune")):
         if model.get(key) is not None:

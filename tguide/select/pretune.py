@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +104,10 @@ def otce_task_loss(
 # ----------------------------------------------------------------------------- backbones
 
 
+class _HasEmbed(Protocol):
+    def embed(self, x: Tensor) -> Tensor: ...
+
+
 class _Embed(nn.Module):
     """``net.embed`` as a module (the network is held as ``net``, so names are ``net.<name>``)."""
 
@@ -111,7 +116,9 @@ class _Embed(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net.embed(x)
+        # feature_extractor wraps only networks with a callable `embed`; nn.Module's attribute
+        # typing (Tensor | Module) cannot say so
+        return cast(_HasEmbed, self.net).embed(x)
 
 
 def feature_extractor(backbone: nn.Module) -> nn.Module:

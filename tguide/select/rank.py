@@ -597,13 +597,14 @@ def run(cfg: Any) -> Ranking:
     cache_dir = rk.get("cache_dir") or (output_root / "feature_cache")
     if str(cache_dir).lower() in ("none", "false", "off"):
         cache_dir = None
+    baselines = rk.get("baselines")
     with session():  # under torchrun: candidates sharded across ranks, errors reported by rank 0 only
         ranking = rank(
             candidates,
             target,
             layers=rk.get("layers", "auto"),
             metrics=rk.get("metrics") or DEFAULT_METRICS,
-            baselines=rk.get("baselines") if rk.get("baselines") is not None else BASELINES,
+            baselines=baselines if baselines is not None else BASELINES,
             null=int(rk.get("null_perm") or 0),
             max_samples=rk.get("max_samples"),
             cache_dir=cache_dir,

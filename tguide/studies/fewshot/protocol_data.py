@@ -63,8 +63,9 @@ def load_or_train_source(
 
     Returns the network and its info (settings, held-out MNIST accuracy, training seconds).
     """
+    kept = sorted(int(d) for d in digits)
     meta = {
-        "digits": sorted(int(d) for d in digits),
+        "digits": kept,
         "epochs": int(epochs),
         "lr": float(lr),
         "batch": int(batch),
@@ -79,7 +80,7 @@ def load_or_train_source(
             net.load_state_dict(saved["state_dict"])
             net.eval()
             return net, {**meta, **saved["info"], "reused": str(path)}
-    xs, ys, xh, yh = source_data(meta["digits"], root)
+    xs, ys, xh, yh = source_data(kept, root)
     t0 = time.perf_counter()
     net = train_source(xs, ys, epochs=epochs, lr=lr, batch=batch, seed=seed)
     info = {

@@ -32,9 +32,9 @@ class ResNetTail(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.layer3 = net.layer3
-        self.avgpool = net.avgpool
-        self.linear = net.linear
+        self.layer3 = net.get_submodule("layer3")
+        self.avgpool = net.get_submodule("avgpool")
+        self.linear = net.get_submodule("linear")
 
     def embed(self, x: Tensor) -> Tensor:
         return torch.flatten(self.avgpool(self.layer3(x)), 1)
@@ -45,10 +45,11 @@ class ResNetTail(nn.Module):
 
 @torch.no_grad()
 def _resnet_trunk(net: nn.Module, x: Tensor, chunk: int = 250) -> Tensor:
+    conv1, bn1, layer1, layer2 = (net.get_submodule(n) for n in ("conv1", "bn1", "layer1", "layer2"))
     out = []
     for i in range(0, x.shape[0], chunk):
-        h = torch.relu(net.bn1(net.conv1(x[i : i + chunk])))
-        out.append(net.layer2(net.layer1(h)))
+        h = torch.relu(bn1(conv1(x[i : i + chunk])))
+        out.append(layer2(layer1(h)))
     return torch.cat(out) if out else x.new_zeros((0, 32, 16, 16))
 
 

@@ -126,7 +126,7 @@ def pretune_wd(
     with eval_mode(ext):
         for step in range(steps + 1):
             idx = torch.randperm(src_x.shape[0], generator=gen)[: min(batch, src_x.shape[0])]
-            _, _, wd, wt, _ = _coupling(ext(src_x[idx]), src_y[idx], ext(xs), ys, reg, max_iter)
+            _plan, _cost, wd, wt, _h = _coupling(ext(src_x[idx]), src_y[idx], ext(xs), ys, reg, max_iter)
             if wd0 is None:
                 wd0 = float(wd.detach()) or 1.0
             loss = wt + lam * wd / wd0

@@ -20,7 +20,7 @@ def paired_stats(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "ci": ci, "n": int(d.size), "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
 
 
-def summarise_cells(rows: list[dict[str, Any]], hps: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+def summarise_cells(rows: list[dict[str, Any]], hps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One dict per cell (CSV_COLUMNS) from the test rows (``phase`` main / var)."""
     out = []
     for cell in cells():
@@ -75,21 +75,21 @@ def loo_rule(cells_: list[dict[str, Any]], prop: str, gain: str = "gain_otce") -
         others = [vals[j] for j in range(len(vals)) if j != i]
         xs = sorted(o[0] for o in others)
         cands = [xs[0] - 1] + [(a + b) / 2 for a, b in zip(xs, xs[1:])] + [xs[-1] + 1]
-        best = (0.0, None, None)
+        best: tuple[float, float | None, str | None] = (0.0, None, None)  # (summed gain, threshold, direction)
         for t in cands:
             for d in ("<", ">"):
                 on = [o[1] for o in others if (o[0] < t if d == "<" else o[0] > t)]
                 s = float(sum(on))
                 if s > best[0]:
                     best = (s, t, d)
-        _, t, d = best
-        switch = t is not None and (v < t if d == "<" else v > t)
+        _, threshold, direction = best
+        switch = threshold is not None and (v < threshold if direction == "<" else v > threshold)
         held.append(
             {
                 "value": v,
                 "gain": g,
-                "threshold": t,
-                "direction": d,
+                "threshold": threshold,
+                "direction": direction,
                 "switch_on": bool(switch),
                 "realised": g if switch else 0.0,
             }

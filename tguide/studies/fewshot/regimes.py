@@ -164,7 +164,7 @@ def run_grid(
     budget_s: float = 70 * 60,
     root: str | None = None,
     log: Callable[[str], None] = print,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Validation, then the 100 main test episodes of every cell, then variant rounds until ``budget_s``.
 
     Every finished episode is appended to ``jsonl`` at once; rows already there are skipped.
@@ -243,7 +243,7 @@ def _run_grid(jsonl: Path, quick: bool, budget_s: float, root: str | None, log: 
         return row
 
     # ---- validation (per pair, pooled over shots)
-    hps: dict[str, dict[str, float]] = {}
+    hps: dict[str, dict[str, Any]] = {}
     for pair in dict.fromkeys(c.pair for c in cells()):
         pcells = [c for c in cells() if c.pair == pair]
         score2 = {}
@@ -316,7 +316,7 @@ def diagnose_steps(
     jsonl: str | Path,
     cell_ids: Sequence[str],
     *,
-    hps: dict[str, dict[str, float]],
+    hps: dict[str, dict[str, Any]],
     root: str | None = None,
     n: int | None = None,
     log: Callable[[str], None] = print,

@@ -102,7 +102,7 @@ def write_report(out: Path, rows: list[dict], hps: dict, wall_s: float | None = 
         ),
         "",
     ]
-    diag = {}
+    diag: dict[str, dict[int, float]] = {}  # cell -> episode -> accuracy of the longer vanilla
     for r in rows:
         if r["phase"] == "diag":
             diag.setdefault(r["cell"], {})[r["episode"]] = r["vanilla_long"]

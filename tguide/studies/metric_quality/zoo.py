@@ -200,17 +200,18 @@ def stages(net: nn.Module) -> list[tuple[str, Callable[[Tensor], Tensor]]]:
     if isinstance(net, MLP):
         out: list[tuple[str, Callable[[Tensor], Tensor]]] = []
         for k, n in enumerate(net.hidden_names):
-            lin = getattr(net, n)
-            out.append(
-                (
-                    n,
-                    (lambda x, lin=lin: torch.relu(lin(x.flatten(1))))
-                    if k == 0
-                    else (lambda x, lin=lin: torch.relu(lin(x))),
-                )
-            )
+            out.append((n, _relu_stage(getattr(net, n), flatten=k == 0)))
         return out
     raise TGuideError(f"stages() knows LeNet5, SmallResNet and MLP, got {type(net).__name__}")
+
+
+def _relu_stage(layer: nn.Module, *, flatten: bool) -> Callable[[Tensor], Tensor]:
+    """``x -> relu(layer(x))``, with ``x`` flattened to (B, -1) first when ``flatten``."""
+
+    def stage(x: Tensor) -> Tensor:
+        return torch.relu(layer(x.flatten(1) if flatten else x))
+
+    return stage
 
 
 def head_of(net: nn.Module) -> nn.Linear:
