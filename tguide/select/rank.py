@@ -1,7 +1,8 @@
 """Rank source models for a target task: features per candidate and layer, scores, nulls, a pick.
 
-:func:`rank` is the library call; :func:`run` is the ``recipe=rank`` runner
-(``python -m tguide.fit recipe=rank rank.candidates=[...] data=image_folder data.root=PATH``).
+:func:`rank` is the library call; :func:`tguide.select.rank_recipe.run` is the ``recipe=rank``
+runner (``python -m tguide.fit recipe=rank rank.candidates=[...] data=image_folder data.root=PATH``);
+the scoring of one candidate is :mod:`tguide.select.rank_scoring`.
 
 :func:`rank` returns a :class:`~tguide.select.ranking_result.Ranking` (table, pick, baselines'
 picks, warnings, timings) in six steps: resolve the candidates
@@ -17,14 +18,10 @@ ETran) are min-max normalised here across every candidate × layer of the pool.
 
 from __future__ import annotations
 
-import math
 import os
-import resource
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,11 +29,17 @@ from torch import Tensor
 
 from tguide.errors import TGuideError
 from tguide.features import OUTPUT, describe_pool, extract_features, resolve_layers
-from tguide.metrics.degeneracy import flag_of, width_reason
 from tguide.metrics.registry import METRICS, MetricInfo, get_metric
 from tguide.select.cache import FeatureCache, cache_key
 from tguide.select.candidates import Candidate, resolve_candidates
-from tguide.select.distributed import CandidateResult, is_rank_zero, session, shard_candidates
+from tguide.select.distributed import CandidateResult, shard_candidates
+from tguide.select.rank_scoring import (
+    bootstrap_candidate,
+    flag_widths,
+    normalise_pools,
+    score_candidate,
+    source_accuracy_row,
+)
 from tguide.select.ranking_result import (
     COLUMNS,
     Ranking,
@@ -47,7 +50,8 @@ from tguide.select.ranking_result import (
     with_confidence,
 )
 
-__all__ = ["BASELINES", "DEFAULT_METRICS", "RankError", "rank", "run"]
+__all__ = ["BASELINES", "DEFAULT_METRICS", "RankError", "rank"]
+
 
 DEFAULT_METRICS = (
     "knn",
@@ -149,41 +153,6 @@ def _features(
     return {layer: found[layer] for layer in layers}, target.labels, seconds
 
 
-def _score(
-    info: MetricInfo, args: tuple[Any, ...], null: int, seed: int, kwargs: Mapping[str, Any]
-) -> tuple[float, float, float, float]:
-    """``(score, z, null mean, null std)``; the last three NaN without a null."""
-    fn = info.load()
-    kw = {**info.default_kwargs, **kwargs}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if null and null > 0 and not info.baseline:
-            from tguide.metrics.null import label_shuffle_null
-
-            res = label_shuffle_null(fn, *args, n_perm=int(null), seed=seed, **kw)
-            return (
-                float(getattr(res.score, "score", res.score)),
-                float(res.z),
-                float(res.null_mean),
-                float(res.null_std),
-            )
-        value = fn(*args, **kw)
-    return float(getattr(value, "score", value)), math.nan, math.nan, math.nan
-
-
-def _degeneracy(info: MetricInfo, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-    """The registry's degeneracy check on the actual features (``""`` when fine, unchecked or uncheckable:
-    bad input is reported by the score itself)."""
-    if info.needs_source_probs or info.needs_source_samples or info.degeneracy is None:
-        return ""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return info.check_degeneracy(args[0], args[-1], **kwargs)
-    except (ValueError, RuntimeError):
-        return ""
-
-
 def _load_data(target: Any, max_samples: int | None, seed: int, root: Any) -> Any:
     """The target (a subset of ``max_samples``, class-stratified and seeded); two classes at least."""
     from tguide.data.targets import Target, load_target
@@ -217,149 +186,6 @@ def _check_candidates(cands: list[Candidate], infos: list[MetricInfo], metrics: 
         )
 
 
-def _row(
-    cand: Candidate,
-    layer: str,
-    info: MetricInfo,
-    score: float = math.nan,
-    z: float = math.nan,
-    mu: float = math.nan,
-    sd: float = math.nan,
-    warning: str = "",
-    flag: str = "",
-    width: int = 0,
-) -> dict[str, Any]:
-    return dict(
-        candidate=cand.name,
-        layer=layer,
-        metric=info.name,
-        kind="baseline" if info.baseline else "score",
-        score=score,
-        z=z,
-        null_mean=mu,
-        null_std=sd,
-        flag=flag,
-        warning=warning,
-        _width=width,  # the feature width D (0: not a feature score); not a table column
-    )
-
-
-def _head_inputs(
-    cand: Candidate, info: MetricInfo, feats: Mapping[str, Tensor], labels: Tensor
-) -> tuple[list[tuple[str, tuple[Any, ...]]], dict[str, Any] | None]:
-    """``([(OUTPUT, args)], None)`` for a score of the source head, or ``([], NaN row)`` when it does not apply."""
-    if not cand.head:
-        return [], _row(
-            cand, OUTPUT, info, warning=f"not applicable: {info.name} needs a classifier head; {cand.name} has none"
-        )
-    logits = feats[OUTPUT].double()
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        return [], _row(cand, OUTPUT, info, warning=f"not applicable: output shape {tuple(logits.shape)} is not logits")
-    return [(OUTPUT, info.arguments(labels=labels, source_probs=torch.softmax(logits, dim=1)))], None
-
-
-def _score_layer(
-    cand: Candidate,
-    layer: str,
-    info: MetricInfo,
-    args: tuple[Any, ...],
-    null: int,
-    seed: int,
-    kwargs: Mapping[str, Any],
-    pooled: dict[str, list[tuple[int, Any]]],
-    index: int,
-) -> dict[str, Any]:
-    """One row, flagged when the registry's degeneracy check fires on these features; a pool-normalised
-    score (NCTI, ETran) leaves its terms in ``pooled`` for later unless flagged (a flagged row never
-    enters the pool normalisation and keeps a NaN score)."""
-    warn = _degeneracy(info, args, kwargs)
-    flag = flag_of(warn)
-    width = 0 if info.needs_source_probs else int(args[0].shape[1])
-    score, z, mu, sd = math.nan, math.nan, math.nan, math.nan
-    try:
-        if info.pool_normalised and info.load_pool() is not None:
-            if flag:
-                return _row(cand, layer, info, warning=f"{warn}; left out of the pool normalisation", flag=flag)
-            terms_fn, _ = info.load_pool()  # type: ignore[misc]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                terms = terms_fn(*args, **{**info.default_kwargs, **kwargs})
-            pooled.setdefault(info.name, []).append((index, terms))
-        else:
-            score, z, mu, sd = _score(info, args, null, seed, kwargs)
-    except (ValueError, RuntimeError) as err:
-        warn = "; ".join(w for w in (warn, f"failed: {str(err).splitlines()[0]}") if w)
-    return _row(cand, layer, info, score, z, mu, sd, warn, flag, width)
-
-
-def _score_candidate(
-    cand: Candidate,
-    feats: Mapping[str, Tensor],
-    labels: Tensor,
-    layers: list[str],
-    infos: list[MetricInfo],
-    null: int,
-    seed: int,
-    kwargs: Mapping[str, Mapping[str, Any]],
-    pooled: dict[str, list[tuple[int, Any]]],
-    rows: list[dict[str, Any]],
-) -> None:
-    """Append the rows of every score and registry baseline of one candidate to ``rows``."""
-    for info in infos:
-        if info.needs_source_samples:
-            rows.append(_row(cand, "", info, warning=f"not applicable: {info.name} needs source samples"))
-            continue
-        if info.needs_source_probs:
-            inputs, nan_row = _head_inputs(cand, info, feats, labels)
-            if nan_row is not None:
-                rows.append(nan_row)
-                continue
-        else:
-            inputs = [(layer, info.arguments(feats[layer], labels)) for layer in layers]
-        for layer, args in inputs:
-            rows.append(_score_layer(cand, layer, info, args, null, seed, kwargs.get(info.name, {}), pooled, len(rows)))
-
-
-def _source_accuracy_row(cand: Candidate) -> dict[str, Any]:
-    acc = cand.source_accuracy
-    return dict(
-        candidate=cand.name,
-        layer="",
-        metric="source_accuracy",
-        kind="baseline",
-        score=float(acc) if acc is not None else math.nan,
-        z=math.nan,
-        null_mean=math.nan,
-        null_std=math.nan,
-        flag="",
-        warning="" if acc is not None else "source accuracy unknown",
-    )
-
-
-def _normalise_pools(pooled: Mapping[str, list[tuple[int, Any]]], rows: list[dict[str, Any]]) -> None:
-    """NCTI / ETran: min-max normalise each score's terms across the whole pool of candidate × layer rows."""
-    for name, entries in pooled.items():
-        _, combine = get_metric(name).load_pool()  # type: ignore[misc]
-        scores = combine([t for _, t in entries])
-        note = f"pool-normalised over {len(entries)} candidate×layer rows"
-        for (i, _), s in zip(entries, scores.tolist()):
-            rows[i]["score"] = float(s)
-            rows[i]["warning"] = "; ".join(w for w in (rows[i]["warning"], note) if w)
-
-
-def _flag_widths(rows: list[dict[str, Any]]) -> None:
-    """A width-dependent score (raw TransRate) over rows of different widths: every such row ``not_comparable``."""
-    for name in {r["metric"] for r in rows}:
-        info = METRICS.get(name)
-        if info is None or not info.width_dependent:
-            continue
-        mine = [r for r in rows if r["metric"] == name and not r["flag"] and not math.isnan(r["score"])]
-        reason = width_reason(name, [r.get("_width", 0) for r in mine], remedy="transrate_comparable")
-        for r in mine if reason else []:
-            r["flag"] = flag_of(reason)
-            r["warning"] = "; ".join(w for w in (r["warning"], reason) if w)
-
-
 def _pick(table: Any, metrics: Sequence[str], specs: Mapping[str, str]) -> tuple[Any, list[str]]:
     """The pick by the first metric that can make one (flagged rows never do; a tie at the top is no pick),
     and a note per metric passed over."""
@@ -372,33 +198,6 @@ def _pick(table: Any, metrics: Sequence[str], specs: Mapping[str, str]) -> tuple
             return pick, passed
         passed.append(f"{name} cannot pick ({no_pick_reason(table, name)})")
     return None, passed
-
-
-def _bootstrap_candidate(
-    boot: Any,
-    cand: Candidate,
-    feats: Mapping[str, Tensor],
-    labels: Tensor,
-    rows: list[dict[str, Any]],
-    start: int,
-    pooled: Mapping[str, list[tuple[int, Any]]],
-    kwargs: Mapping[str, Mapping[str, Any]],
-) -> None:
-    """Bootstrap replicates of the rows ``start:`` of one candidate (its scored rows only)."""
-    for i in range(start, len(rows)):
-        row = rows[i]
-        if row["metric"] == "source_accuracy" or row["layer"] == "":
-            continue
-        info = get_metric(row["metric"])
-        in_pool = any(j == i for j, _ in pooled.get(info.name, []))
-        if not in_pool and not math.isfinite(row["score"]):
-            continue
-        if info.needs_source_probs:
-            inputs, _ = _head_inputs(cand, info, feats, labels)
-            args = inputs[0][1]
-        else:
-            args = info.arguments(feats[row["layer"]], labels)
-        boot.add(i, info, args, kwargs.get(info.name, {}))
 
 
 def rank(
@@ -498,29 +297,35 @@ def rank(
         )
         t_score = time.perf_counter()
         first = len(rows)
-        _score_candidate(
+        score_candidate(
             cand, feats, labels, plan[cand.name], [*infos, *extra], int(null or 0), seed, kwargs, pooled, rows
         )
         if "source_accuracy" in baselines:
-            rows.append(_source_accuracy_row(cand))
+            rows.append(source_accuracy_row(cand))
         timings[f"score/{cand.name}"] = time.perf_counter() - t_score
         if boot is not None:  # replicates travel with their rows (the features stay on this rank)
             t_boot = time.perf_counter()
-            _bootstrap_candidate(boot, cand, feats, labels, rows, first, pooled, kwargs)
-            for i in range(first, len(rows)):
+            bootstrap_candidate(boot, cand, feats, labels, rows, first, pooled, kwargs)
+            for i in range(first, len(rows)):  # local row indices: keyed again after the gather
                 if i in boot.rows:
                     rows[i]["_replicates"] = boot.rows.pop(i)
+            for name, entries in boot.pooled.items():
+                for i, terms in entries:
+                    rows[i]["_pool_replicates"] = (name, terms)
+            boot.pooled.clear()
             timings[f"resample/{cand.name}"] = time.perf_counter() - t_boot
         return rows, pooled, timings
 
     rows, pooled, timings = shard_candidates(cands, one_candidate)  # one table, in candidate order, on every rank
     timings["bootstrap"] = sum(v for k, v in timings.items() if k.startswith("resample/"))
     for i, row in enumerate(rows):
-        replicates = row.pop("_replicates", None)
+        replicates, pool_terms = row.pop("_replicates", None), row.pop("_pool_replicates", None)
         if boot is not None and replicates is not None:
             boot.rows[i] = replicates
-    _normalise_pools(pooled, rows)
-    _flag_widths(rows)
+        if boot is not None and pool_terms is not None:
+            boot.pooled.setdefault(pool_terms[0], []).append((i, pool_terms[1]))
+    normalise_pools(pooled, rows)
+    flag_widths(rows)
     table = pd.DataFrame(rows, columns=COLUMNS)
     mark_ties(table)
     p_best: dict[str, dict[str, float]] = {}
@@ -567,72 +372,3 @@ def rank(
         cache={"hits": cache.hits, "misses": cache.misses},
         p_best=p_best,
     )
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def run(cfg: Any) -> Ranking:
-    """The ``recipe=rank`` runner: rank ``rank.candidates`` on the target and write the reports."""
-    from omegaconf import OmegaConf
-
-    from tguide.runs import prepare_run
-
-    rk, run_dir = prepare_run(cfg, "rank", "recipe=rank")
-    target = rk.get("target")
-    if target in (None, ""):
-        data = OmegaConf.to_container(cfg.get("data") or {}, resolve=True) or {}
-        target = data.get("root") if isinstance(data, dict) else None
-        if target in (None, ""):
-            raise RankError(
-                "no target: pass rank.target=NAME (cifar10, office31_webcam, mnist_m, usps, mnist) or "
-                "data=image_folder data.root=PATH"
-            )
-    candidates = rk.get("candidates") or []
-    if isinstance(candidates, str):
-        candidates = [candidates]
-    output_root = Path(str(cfg.paths.output_root))
-    cache_dir = rk.get("cache_dir") or (output_root / "feature_cache")
-    if str(cache_dir).lower() in ("none", "false", "off"):
-        cache_dir = None
-    baselines = rk.get("baselines")
-    with session():  # under torchrun: candidates sharded across ranks, errors reported by rank 0 only
-        ranking = rank(
-            candidates,
-            target,
-            layers=rk.get("layers", "auto"),
-            metrics=rk.get("metrics") or DEFAULT_METRICS,
-            baselines=baselines if baselines is not None else BASELINES,
-            null=int(rk.get("null_perm") or 0),
-            max_samples=rk.get("max_samples"),
-            cache_dir=cache_dir,
-            seed=int(rk.get("seed", cfg.get("seed", 0)) or 0),
-            device=rk.get("device"),
-            batch_size=int(rk.get("batch_size") or 64),
-            num_workers=int(rk.get("num_workers") or 0),
-            metric_kwargs=rk.get("metric_kwargs") or None,
-            root=rk.get("root"),
-            progress=rk.get("progress", "auto"),
-            bootstrap=100 if (replicates := rk.get("bootstrap")) is None else int(replicates),
-            contender_threshold=float(rk.get("contender_threshold") or 0.1),
-        )
-    if not is_rank_zero():
-        return ranking  # every rank holds the same table; rank 0 writes the reports
-    wandb_run = None
-    logger_cfg = cfg.get("logger")
-    if logger_cfg and "_target_" in logger_cfg and "Wandb" in str(logger_cfg.get("_target_")):
-        from hydra.utils import instantiate
-
-        logger = instantiate(logger_cfg)
-        wandb_run = logger.experiment
-    paths = ranking.write_report(run_dir, wandb_run=wandb_run)
-    if wandb_run is not None:
-        wandb_run.finish()
-    print(paths["ranking.md"].read_text(), flush=True)
-    print(
-        f"tguide.fit: wrote {', '.join(paths)}; run folder {run_dir.resolve()}; peak memory {peak_rss_mb():.0f} MB",
-        flush=True,
-    )
-    return ranking
