@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from tguide.errors import TGuideError
@@ -68,3 +69,14 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, Any], what: st
         parts.append(f"{len(shapes)} shape mismatch(es) [{_shorten(shapes, 3)}]")
     detail = "; ".join(parts) or "load_state_dict(strict=True) refused it"
     raise TGuideError(f"{what} does not fit {type(model).__name__}: {detail}")
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], *, error: type[Exception] = TGuideError, weights_only: bool = True, what: str = ""
+) -> Any:
+    """``torch.load(path)`` on the CPU; any failure becomes one line of ``error`` naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # noqa: BLE001 - a corrupt, truncated or foreign file: one readable line
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise error(f"cannot load {what}{str(path)!r}: {type(err).__name__}: {first_line}") from err

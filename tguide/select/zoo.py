@@ -1,4 +1,4 @@
-"""The pretrained source zoo: 11 published checkpoints, their architectures, inputs and checks.
+"""The pretrained source zoo: 16 published checkpoints, their architectures, inputs and checks.
 
 :data:`ZOO` maps a short name to a :class:`ZooEntry`: where the file lies under the models root,
 its sha256, the builder of the matching :mod:`tguide.nets` module, the input it expects
@@ -6,22 +6,8 @@ its sha256, the builder of the matching :mod:`tguide.nets` module, the input it 
 shared data, from ``shared/models/README.md``), the parameter count, the "auto" feature layers
 and whether it has a classifier head.
 
-=====================  ==============================  ==========  =======================
-name                   architecture                    source      input
-=====================  ==============================  ==========  =======================
-resnet20_cifar10       CIFAR ResNet-20 (option A)      CIFAR-10    32² RGB, ImageNet norm
-resnet32_cifar10       CIFAR ResNet-32                 CIFAR-10    32² RGB, ImageNet norm
-resnet44_cifar10       CIFAR ResNet-44                 CIFAR-10    32² RGB, ImageNet norm
-resnet56_cifar10       CIFAR ResNet-56                 CIFAR-10    32² RGB, ImageNet norm
-simplecnn_cifar10      PyTorch-tutorial CNN (Captum)   CIFAR-10    32² RGB, (x−.5)/.5
-lenet5_mnist           advertorch LeNet5, clean        MNIST       28² grey in [0, 1]
-lenet5_mnist_adv       advertorch LeNet5, PGD-trained  MNIST       28² grey in [0, 1]
-shufflenetv2_trunk     ShuffleNetV2 0.5× trunk, no     (ImageNet)  224² RGB in [0, 1]
-                       head: 192-d pooled features
-efficientnet_lite0     EfficientNet-Lite0              ImageNet    224² RGB, (x−127)/128
-efficientnet_lite1     EfficientNet-Lite1              ImageNet    240² RGB, (x−127)/128
-efficientnet_lite2     EfficientNet-Lite2              ImageNet    260² RGB, (x−127)/128
-=====================  ==============================  ==========  =======================
+The 16 entries (11 checkpoints of CIFAR-10, MNIST and ImageNet, and the ImageNet sub-zoo of 5) are
+tabled in :mod:`tguide.select.zoo_entries`.
 
 Models root (:func:`models_root`): the ``root`` argument, else ``$TGUIDE_MODELS``, else
 ``../shared/models`` **relative to the current working directory** (the layout of this project's

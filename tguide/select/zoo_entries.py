@@ -20,9 +20,12 @@ shufflenetv2_trunk     ShuffleNetV2 0.5× trunk, no     (ImageNet)  224² RGB in
 efficientnet_lite0     EfficientNet-Lite0              ImageNet    224² RGB, (x−127)/128
 efficientnet_lite1     EfficientNet-Lite1              ImageNet    240² RGB, (x−127)/128
 efficientnet_lite2     EfficientNet-Lite2              ImageNet    260² RGB, (x−127)/128
+mobilenetv1_x025       MobileNetV1 ×0.25, LeakyReLU    ImageNet    224² RGB, ImageNet norm
+mcunet_in2             MCUNet-in2 (MIT HAN Lab)        ImageNet    160² RGB, (x−.5)/.5
+mcunet_in3             MCUNet-in3                      ImageNet    176² RGB, (x−.5)/.5
+proxyless_w025         ProxylessNAS-Mobile ×0.25       ImageNet    112² RGB, (x−.5)/.5
+proxyless_w03          ProxylessNAS-Mobile ×0.3        ImageNet    176² RGB, (x−.5)/.5
 =====================  ==============================  ==========  =======================
-
-The ImageNet sub-zoo (MobileNetV1, MCUNet, ProxylessNAS of MIT HAN Lab) follows the table.
 """
 
 from __future__ import annotations

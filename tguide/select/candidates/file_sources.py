@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from tguide.data.transforms import plain_transform
 from tguide.select.candidates.base import IMAGENET_MEAN_STD, Candidate, CandidateError, fallback_layers, register_source
+from tguide.select.checkpoints import read_checkpoint
 
 __all__ = ["ckpt_source", "file_source"]
 
@@ -63,12 +63,7 @@ def file_source(path_arch: str) -> Candidate:
         model = models.get_model(arch, weights=None)
         transform, head = plain_transform(3, 224, *IMAGENET_MEAN_STD, crop=True), True
         layers = fallback_layers(model)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise CandidateError(
-            f"cannot load {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from err
+    state = read_checkpoint(path, error=CandidateError)
     if not isinstance(state, Mapping):
         raise CandidateError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
     state = _strip(state)
@@ -100,11 +95,7 @@ def ckpt_source(path_s: str) -> Candidate:
     path = Path(path_s).expanduser()
     if not path.is_file():
         raise CandidateError(f"ckpt:{path_s}: no such checkpoint {str(path.resolve())!r}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        first_line = str(err).splitlines()[0] if str(err) else ""
-        raise CandidateError(f"cannot load checkpoint {str(path)!r}: {type(err).__name__}: {first_line}") from err
+    ckpt = read_checkpoint(path, error=CandidateError, weights_only=False, what="checkpoint ")
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise CandidateError(
             f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'); for a plain state dict use file:PATH#ARCH"

@@ -25,6 +25,7 @@ from tguide.select.candidates.base import (
     register_source,
     seeded_init,
 )
+from tguide.select.checkpoints import read_checkpoint
 
 __all__ = ["timm_source", "torchvision_archs", "torchvision_source"]
 
@@ -88,12 +89,7 @@ def torchvision_source(rest: str) -> Candidate:
     from tguide.select.checkpoints import file_sha256, load_state_dict_checked
 
     model = models.get_model(arch, weights=None, num_classes=len(w.meta.get("categories") or []) or 1000)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise CandidateError(
-            f"cannot load {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from err
+    state = read_checkpoint(path, error=CandidateError)
     load_state_dict_checked(model, state, f"torchvision weights {str(path)!r}")
     acc = None
     for metrics in (w.meta.get("_metrics") or {}).values():
