@@ -96,7 +96,7 @@ def np_hscore_shrinkage(f: np.ndarray, y: np.ndarray) -> float:
     beta = (np.sum(x2.T @ x2) / n - np.sum(s**2)) / (d * n)
     alpha = min(beta, delta) / delta if delta > 0 else 0.0
     sigma = (1 - alpha) * s + alpha * mu * np.eye(d)
-    cov_g = np.cov(np_class_means(f, y), rowvar=False, bias=True)
+    cov_g = np.cov(np_class_means(f, y), rowvar=False)  # over N − 1: the published listing's convention
     return float(np.trace(np.linalg.pinv(sigma, rcond=1e-15) @ ((1 - alpha) * cov_g)))
 
 

@@ -255,3 +255,19 @@ def test_errors(fn, rng):
         fn(f, y + 0.5)
     with pytest.raises(ValueError, match=r"argmax"):
         fn(f, np.eye(3)[y])  # one-hot labels
+
+
+@pytest.mark.parametrize("between_ddof", [0, 1])
+def test_hscore_shrinkage_class_takes_the_convention_flag(between_ddof):
+    from tguide.metrics import HScoreShrinkage
+
+    g = torch.Generator().manual_seed(3)
+    f = torch.randn(120, 6, generator=g, dtype=torch.float64)
+    y = torch.arange(120) % 4
+    f = f + y[:, None].double()
+    metric = HScoreShrinkage(between_ddof=between_ddof)
+    for fb, yb in zip(f.split(50), y.split(50)):
+        metric.update(fb, yb)
+    assert float(metric.compute()) == pytest.approx(float(hscore_shrinkage(f, y, between_ddof=between_ddof)), rel=1e-9)
+    other = float(hscore_shrinkage(f, y, between_ddof=1 - between_ddof))
+    assert float(metric.compute()) != pytest.approx(other, rel=1e-6)  # the flag changes the value (factor N/(N-1))

@@ -189,15 +189,26 @@ class HScore(StreamingMetric):
 
 
 class HScoreShrinkage(StreamingMetric):
-    """Stateful :func:`~tguide.metrics.functional.hscore.hscore_shrinkage` (Ibrahim et al., WACV 2023).
+    """Stateful :func:`~tguide.metrics.functional.hscore.hscore_shrinkage` (Ibrahim et al., ECML PKDD 2022).
 
     :class:`~tguide.metrics.statistics.GramStatistics` (with ``Σ‖a‖²a`` and ``Σ‖a‖⁴``, shifted
     exactly to the final mean, for the Ledoit–Wolf intensity).
+
+    Args:
+        between_ddof: ``1`` (default) the published listing's class-mean covariance over N − 1,
+            ``0`` the 1/N variant. Other arguments: :class:`~tguide.metrics.stateful.base.FeatureMetric`.
     """
 
     statistics_type = GramStatistics
     _function = staticmethod(hscore_shrinkage)
     _from_statistics = staticmethod(hscore_shrinkage_from_statistics)
+
+    def __init__(self, between_ddof: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.between_ddof = between_ddof
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"between_ddof": self.between_ddof}
 
 
 class TransRate(StreamingMetric):
