@@ -148,7 +148,8 @@ def test_error_on_rank_one_only_is_one_line_and_exit_2(cifar_folder: Path, tmp_p
     # no traceback through tguide on any rank (torchrun's own agent prints one for the failed workers)
     assert not [line for line in text.splitlines() if 'File "' in line and f"{os.sep}tguide{os.sep}" in line], text
     assert res.returncode != 0
-    # torchrun's summary names each failed worker's own exit code: 2 (the usage error), nothing else
+    # torchrun's summary names each failed worker's own exit code: 2 (the usage error); once one worker has
+    # failed, torchrun's agent may SIGTERM the other before it exits on its own (-15): that is torchrun's policy
     codes = {line.split(":", 1)[1].split()[0] for line in text.splitlines() if line.strip().startswith("exitcode")}
-    assert codes == {"2"}, text[-4000:]
+    assert "2" in codes and codes <= {"2", "-15"}, text[-4000:]
     assert not list((tmp_path / "run").rglob("ranking.csv"))
