@@ -1,10 +1,8 @@
 """One plain training loop for a classifier on tensors held in memory (no Trainer, no loader).
 
 :func:`fit_tensors` is the loop the studies share for "backbone + new head" on cached tensors:
-the zoo benchmark's fine-tune (:func:`tguide.studies.zoo_benchmark.groundtruth.finetune`: SGD,
-per-step cosine, a head learning-rate multiplier), metric_quality's source training
-(:func:`tguide.studies.metric_quality.zoo.train_classifier`: Adam for a number of minibatch
-steps) and the few-shot fine-tunes (:func:`tguide.select.pretune.finetune`, the few-shot
+the zoo benchmark's fine-tune (SGD, per-step cosine, a head learning-rate multiplier), the metric
+quality study's source training (Adam for a number of minibatch steps) and the few-shot fine-tunes (:func:`tguide.select.pretune.finetune`, the few-shot
 study's full-batch step 2 and LeNet-5 source training). Per step, in this order:
 ``xb = transform(x[idx])``, ``loss = cross_entropy(model(xb), y[idx])``, ``zero_grad``,
 ``backward``, optimiser step, scheduler step. Minibatches are the consecutive slices of one
