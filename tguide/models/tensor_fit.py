@@ -2,8 +2,9 @@
 
 :func:`fit_tensors` is the loop the studies share for "backbone + new head" on cached tensors:
 the zoo benchmark's fine-tune (SGD, per-step cosine, a head learning-rate multiplier), the metric
-quality study's source training (Adam for a number of minibatch steps) and the few-shot fine-tunes (:func:`tguide.select.pretune.finetune`, the few-shot
-study's full-batch step 2 and LeNet-5 source training). Per step, in this order:
+quality study's source training (Adam for a number of minibatch steps) and the few-shot
+fine-tunes (:func:`tguide.select.pretune.finetune`, the few-shot study's full-batch step 2 and
+LeNet-5 source training). Per step, in this order:
 ``xb = transform(x[idx])``, ``loss = cross_entropy(model(xb), y[idx])``, ``zero_grad``,
 ``backward``, optimiser step, scheduler step. Minibatches are the consecutive slices of one
 seeded permutation per pass (``torch.randperm(N, generator)``, the generator seeded with
