@@ -45,8 +45,11 @@ def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
 
     A W&B run left open by one test would be reused by the next test's ``WandbLogger``
     (Lightning reuses ``wandb.run``), which then logs into the wrong folder: close it before
-    and after every test.
+    and after every test. An in-process W&B run also leaves ``WANDB_SERVICE`` in this process's
+    environment; a child ``tguide.fit`` inheriting it would register its run in this process's
+    W&B service, where a killed child's run id stays "in use": each test starts without it.
     """
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     monkeypatch.setenv("TGUIDE_DATA", str(_data_root()))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
