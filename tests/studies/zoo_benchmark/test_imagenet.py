@@ -185,3 +185,14 @@ def test_evaluate_claims_and_saturation_on_a_synthetic_pool() -> None:
     ds = default_selector(ev)
     assert ds["chosen"] == "knn" and ds["means"]["logme"] == pytest.approx(-1.0)
     assert set(ds["loto"]) == set(truth)
+
+
+def test_geometry_key_tells_centre_crops_apart() -> None:
+    """Two crops of one size read different pixels, so they must not share a cache file."""
+    import dataclasses
+
+    entry = ZOO["efficientnet_lite0"]
+    crop = dataclasses.replace(entry.input, size=96, resize="crop")
+    keys = {geometry_key(dataclasses.replace(entry, input=dataclasses.replace(crop, crop_pct=p)))
+            for p in (1.0, 0.875, 0.75)}
+    assert len(keys) == 3 and "c3_s96_crop" in keys and "c3_s96_crop_p0.875" in keys

@@ -16,7 +16,7 @@ shorter side resized to 96, a centre 96×96 crop (``crop_pct = 1``), each model'
 normalisation. These are exactly the pixels of the mixed benchmark's shipped ImageNet rows (its
 run predates the per-model ``crop_pct`` of the zoo), so those rows are reused, and every member
 of this pool reads the same pixels. The uint8 inputs are cached under :data:`CACHE`, apart from
-the mixed run's cache, whose 96-px key does not record ``crop_pct``.
+the mixed run's cache (whose files were written before the cache key recorded ``crop_pct``).
 
 **Source-accuracy prior** (:func:`source_prior`): the reported ImageNet top-1 of each checkpoint
 (44.9–77.6% where reported). The ShuffleNetV2 trunk has none: it gets

@@ -140,9 +140,11 @@ def pool(
 
 
 def geometry_key(entry: Any) -> str:
-    """What fixes the uint8 pixels of an input: channels, size, resize policy (not mean/std)."""
+    """What fixes the uint8 pixels of an input: channels, size, resize policy and, for a centre
+    crop, ``crop_pct`` (not mean/std). ``crop_pct = 1`` adds nothing, so older cache names stay valid."""
     s = entry.input
-    return f"c{s.channels}_s{s.size}_{s.resize}" + (f"{s.inner}" if s.inner else "")
+    key = f"c{s.channels}_s{s.size}_{s.resize}" + (f"{s.inner}" if s.inner else "")
+    return key + (f"_p{s.crop_pct:g}" if s.resize == "crop" and s.crop_pct != 1.0 else "")
 
 
 def _raw_transform(entry: Any) -> Callable[[Any], Tensor]:
