@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,6 @@ import pandas as pd
 import pytest
 import torch
 
-from tguide.data.roots import data_root
 from tguide.select.distributed import shard_candidates
 from tguide.select.rank import rank
 
@@ -25,15 +23,9 @@ METRICS = ["logme", "hscore_shrinkage", "ncti", "leep"]  # ncti: pool-normalised
 
 
 @pytest.fixture(scope="module")
-def cifar_folder(tmp_path_factory) -> Path:
+def cifar_folder(make_cifar_folder) -> Path:
     """A CIFAR-10 image folder, 8 JPEGs per class (copied from the shared data)."""
-    src = data_root() / "cifar10" / "test"
-    dst = tmp_path_factory.mktemp("cifar") / "cifar8"
-    for cls in sorted(p.name for p in src.iterdir()):
-        (dst / cls).mkdir(parents=True)
-        for f in sorted((src / cls).glob("*.jpg"))[:8]:
-            shutil.copy(f, dst / cls / f.name)
-    return dst
+    return make_cifar_folder(8)
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -18,7 +18,6 @@ import pytest
 import torch
 from torch import nn
 
-from tguide.data.roots import data_root
 from tguide.select.candidates import Candidate, create_candidate, register_source
 from tguide.select.candidates import base as candidates_base
 from tguide.select.rank import RankError, rank
@@ -29,15 +28,9 @@ THREE = ["zoo:resnet20_cifar10", "zoo:simplecnn_cifar10", "zoo:resnet20_cifar10:
 
 
 @pytest.fixture(scope="module")
-def cifar_folder(tmp_path_factory) -> Path:
+def cifar_folder(make_cifar_folder) -> Path:
     """A class-sorted CIFAR-10 image folder, 20 JPEGs per class (copied from the shared data)."""
-    src = data_root() / "cifar10" / "test"
-    dst = tmp_path_factory.mktemp("cifar") / "cifar20"
-    for cls in sorted(p.name for p in src.iterdir()):
-        (dst / cls).mkdir(parents=True)
-        for f in sorted((src / cls).glob("*.jpg"))[:20]:
-            shutil.copy(f, dst / cls / f.name)
-    return dst
+    return make_cifar_folder(20)
 
 
 def _best(df: pd.DataFrame, metric: str) -> pd.Series:
